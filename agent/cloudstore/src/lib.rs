@@ -1,0 +1,10 @@
+//! The cloudstore agent and command line: configuration from qubesdb, logging, the three
+//! roles (storage, transfer, consumer) and the offline volume commands.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod notify;
+pub mod offline;
+pub mod passphrase;
+pub mod roles;

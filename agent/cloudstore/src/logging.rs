@@ -1,0 +1,1 @@
+//! Logging: journald with structured fields under systemd, readable stderr otherwise.

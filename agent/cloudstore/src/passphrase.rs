@@ -1,0 +1,1 @@
+//! Passphrases from the terminal (no echo) or a file, held in zeroizing memory.

@@ -1,0 +1,1 @@
+//! Consumer role: mounts each configured volume as a decrypted folder.

@@ -1,0 +1,1 @@
+//! Storage role: serves the ciphertext of each configured volume over qrexec.

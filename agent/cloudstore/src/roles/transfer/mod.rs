@@ -1,0 +1,1 @@
+//! Transfer role: syncs storage with the cloud through rclone.

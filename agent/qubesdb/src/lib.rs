@@ -1,0 +1,1 @@
+//! qubesdb client: reads and watches keys of the qube's configuration database.

@@ -1,0 +1,1 @@
+//! Role sandboxes: capability drop, landlock and seccomp built from per-role policy data.

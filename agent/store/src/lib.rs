@@ -1,0 +1,1 @@
+//! The storage back end: ciphertext trees confined beneath a volume root, change journal, version history.
