@@ -7,4 +7,5 @@ pub mod logging;
 pub mod notify;
 pub mod offline;
 pub mod passphrase;
+pub mod qrexec;
 pub mod roles;
