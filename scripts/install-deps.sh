@@ -7,6 +7,7 @@ packages=(
     fuse3                                   # fusermount3 for the consumer mounts
     gocryptfs                               # the format oracle
     rclone                                  # the cloud engine
+    python3-pytest python3-setuptools       # dom0 package tests (dom0/tests)
 )
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: run as root (apt-get needs it)" >&2

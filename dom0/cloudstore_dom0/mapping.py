@@ -225,7 +225,7 @@ def qubes_from_json(data: object, source: str) -> List["QubeInfo"]:
         if netvm is False or netvm is None:
             netvm_name: Optional[str] = None
         elif netvm is True:
-            netvm_name = "(network)"
+            netvm_name = "true"
         elif isinstance(netvm, str):
             netvm_name = netvm or None
         else:

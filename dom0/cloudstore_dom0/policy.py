@@ -142,7 +142,7 @@ def check_setup(qubes: List[QubeInfo]) -> List[Problem]:
     for storage in storages:
         if storage.netvm is not None:
             problem(
-                f"storage qube {storage.name!r} has a network qube ({storage.netvm}); "
+                f"storage qube {storage.name!r} has a network qube (netvm {storage.netvm}); "
                 f"it must have none: qvm-prefs {storage.name} netvm ''"
             )
         _check_has_volumes(
