@@ -7,7 +7,7 @@ packages=(
     fuse3                                   # fusermount3 for the consumer mounts
     gocryptfs                               # the format oracle
     rclone                                  # the cloud engine
-    python3-pytest python3-setuptools       # dom0 package tests (dom0/tests)
+    python3-pytest python3-setuptools rpm cpio  # dom0 package: tests, RPM build (dom0/)
 )
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: run as root (apt-get needs it)" >&2
