@@ -48,7 +48,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:  # policy.py imports this module at run time
+    from .policy import QubeInfo
 
 #: Prefix of the features this package exports.
 FEATURE_PREFIX = "cloudstore."
@@ -210,9 +213,9 @@ def features_from_json(data: object, source: str) -> Dict[str, str]:
     return dict(data)
 
 
-def qubes_from_json(data: object, source: str) -> List["QubeInfo"]:
+def qubes_from_json(data: object, source: str) -> List[QubeInfo]:
     """The qubes of a ``{"qube": {NAME: {"netvm": ..., "features": {...}}}}`` document."""
-    from .policy import QubeInfo  # the policy module imports this one
+    from .policy import QubeInfo  # pylint: disable=import-outside-toplevel
 
     if not isinstance(data, dict) or not isinstance(data.get("qube"), dict):
         raise InputError(f'{source}: expected a JSON object {{"qube": {{NAME: {{...}}, ...}}}}')
