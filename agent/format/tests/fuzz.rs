@@ -1,6 +1,8 @@
 //! Bounded, deterministic fuzzing of the parsers that read untrusted bytes: the config,
 //! the file header, and a whole file's ciphertext. Longer runs: CLOUDSTORE_FUZZ_ITERS.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use cloudstore_format::file::CryptFile;
@@ -38,8 +40,8 @@ fn fuzz_header_parser() {
 fn fuzz_file_decryption() {
     // The corpus files belong to tests/vectors/v2_default_scryptn10, so mutants reach every
     // block, not only the first tag check; they must be refused or decrypt, never panic.
-    let v = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let conf = std::fs::read(v.join("v2_default_scryptn10/cipher/gocryptfs.conf")).unwrap();
+    let unpacked = common::unpack_volume("v2_default_scryptn10");
+    let conf = std::fs::read(unpacked.path().join("cipher/gocryptfs.conf")).unwrap();
     let (_, vol) = Volume::open(&conf, b"vector-passphrase").unwrap();
     let cc = std::cell::RefCell::new(vol.content_cipher().unwrap());
     cloudstore_fuzzkit::run("file", &corpus("file"), |data| {

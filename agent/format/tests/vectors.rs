@@ -5,16 +5,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cloudstore_format::file::CryptFile;
 use cloudstore_format::names::{classify, LONGNAME_SUFFIX};
 use cloudstore_format::{Config, DirIv, FormatError, NameKind, Volume};
 use serde_json::Value;
 
-fn vectors() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
-}
+mod common;
+use common::{unpack_volume, vectors};
 
 fn passphrase() -> Vec<u8> {
     let p = fs::read(vectors().join("passphrase")).unwrap();
@@ -102,7 +101,8 @@ fn sha256_hex(d: &[u8]) -> String {
 
 fn check_volume(name: &str) {
     let dir = vectors().join(name);
-    let conf = fs::read(dir.join("cipher/gocryptfs.conf")).unwrap();
+    let unpacked = unpack_volume(name);
+    let conf = fs::read(unpacked.path().join("cipher/gocryptfs.conf")).unwrap();
     let (cfg, vol) = Volume::open(&conf, &passphrase()).unwrap();
     assert!(cfg.creator.starts_with("gocryptfs 2."), "{}", cfg.creator);
     // Parse → serialise gives gocryptfs's own bytes back (same field order and indentation).
@@ -111,7 +111,7 @@ fn check_volume(name: &str) {
         String::from_utf8(conf).unwrap()
     );
     let mut got = BTreeMap::new();
-    walk(&vol, &dir.join("cipher"), "", true, &mut got);
+    walk(&vol, &unpacked.path().join("cipher"), "", true, &mut got);
     let expected: Vec<Value> =
         serde_json::from_slice(&fs::read(dir.join("expected.json")).unwrap()).unwrap();
     assert_eq!(
@@ -170,7 +170,8 @@ fn variant(e: &FormatError) -> String {
 #[test]
 fn fail_vectors_fail_with_the_expected_error() {
     let dir = vectors().join("fail");
-    let conf = fs::read(vectors().join("v2_default_scryptn10/cipher/gocryptfs.conf")).unwrap();
+    let unpacked = unpack_volume("v2_default_scryptn10");
+    let conf = fs::read(unpacked.path().join("cipher/gocryptfs.conf")).unwrap();
     let (_, vol) = Volume::open(&conf, &passphrase()).unwrap();
     let mut cc = vol.content_cipher().unwrap();
     let expected: Vec<Value> =
