@@ -1,0 +1,600 @@
+//! Prior versions of files (and parked conflict copies): a flat directory of `<id>.data`
+//! (the preserved file or symlink) and `<id>.meta` (what it was: path, time, size, mode)
+//! per entry. Ids are hexadecimal, increasing per volume.
+//!
+//! Order of writes: data first (hard link, or a copy that is fsynced), then the meta record
+//! (written to `<id>.meta.tmp`, fsynced, renamed), then the directory is fsynced — all before
+//! the caller is allowed to replace or modify the original. A crash leaves at worst data
+//! without meta, which the next open removes (the original was not touched yet).
+//!
+//! Nothing in the public API removes an entry except retention pruning (versions) and
+//! adoption (conflicts).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::crc32::crc32;
+use crate::error::{ErrorKind, IoContext, Result, StoreError};
+use crate::sys;
+use crate::types::{FileType, Timespec};
+
+/// Largest meta record: a 4096-byte path plus fixed fields; a bigger file is not ours.
+const MAX_META: usize = 4096 + 128;
+
+/// Identifies one preserved version (or one parked conflict) within its volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VersionId(pub u64);
+
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for VersionId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<VersionId> {
+        if s.len() != 16 {
+            return Err(StoreError::refused(
+                "parse version id",
+                s,
+                ErrorKind::Invalid,
+                "a version id is 16 hexadecimal digits",
+            ));
+        }
+        u64::from_str_radix(s, 16).map(VersionId).map_err(|_| {
+            StoreError::refused(
+                "parse version id",
+                s,
+                ErrorKind::Invalid,
+                "a version id is 16 hexadecimal digits",
+            )
+        })
+    }
+}
+
+/// Why a version was kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VersionReason {
+    /// The file was replaced as a whole (put, rename over it, restore over it).
+    Overwrite,
+    /// The file was deleted.
+    Delete,
+    /// The file was about to be modified in place (first write or truncate of a session).
+    Modify,
+    /// A conflicting copy parked by sync (conflict area only).
+    Conflict,
+}
+
+impl VersionReason {
+    fn code(self) -> u8 {
+        match self {
+            VersionReason::Overwrite => 1,
+            VersionReason::Delete => 2,
+            VersionReason::Modify => 3,
+            VersionReason::Conflict => 4,
+        }
+    }
+    fn from_code(c: u8) -> Option<VersionReason> {
+        Some(match c {
+            1 => VersionReason::Overwrite,
+            2 => VersionReason::Delete,
+            3 => VersionReason::Modify,
+            4 => VersionReason::Conflict,
+            _ => return None,
+        })
+    }
+}
+
+/// One preserved version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub id: VersionId,
+    /// The path the content had when it was preserved.
+    pub path: String,
+    /// When it was preserved (storage clock).
+    pub time: Timespec,
+    pub size: u64,
+    /// `File` or `Symlink`.
+    pub kind: FileType,
+    pub reason: VersionReason,
+    /// Permission bits and modification time of the content when preserved.
+    pub perm: u32,
+    pub mtime: Timespec,
+}
+
+/// How long versions are kept and how much space they may take.
+///
+/// Pruning removes, oldest first: every version older than `max_age`; then, while the versions
+/// take more than `max_bytes`, versions at least `min_age` old. Versions younger than
+/// `min_age` are removed for space only if `hard_cap` is set. The trade-off: with `hard_cap`
+/// off (the default), a peer that floods the volume with rewrites cannot push recent history
+/// out — the disk fills instead and further writes fail cleanly with `NoSpace`, losing
+/// nothing; with it on, the disk stays usable but such a flood can erase all history older
+/// than the flood itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub max_age: Duration,
+    pub min_age: Duration,
+    pub max_bytes: u64,
+    pub hard_cap: bool,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> RetentionPolicy {
+        RetentionPolicy {
+            // The product promise: 30 days to notice a destructive change.
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            // A day: enough for a user to notice a bad morning; older history yields to space.
+            min_age: Duration::from_secs(24 * 3600),
+            // 10 GiB: most personal volumes' history fits; the disk is the real limit.
+            max_bytes: 10 << 30,
+            hard_cap: false,
+        }
+    }
+}
+
+/// What a prune did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub removed: usize,
+    pub freed_bytes: u64,
+    pub kept: usize,
+    pub kept_bytes: u64,
+    /// The versions still take more than `max_bytes` (only young versions remain).
+    pub over_cap: bool,
+}
+
+struct Index {
+    by_id: BTreeMap<u64, VersionInfo>,
+    next_id: u64,
+    total: u64,
+}
+
+pub(crate) struct Versions {
+    dir: OwnedFd,
+    label: String,
+    index: Mutex<Index>,
+}
+
+fn data_name(id: u64) -> String {
+    format!("{id:016x}.data")
+}
+
+fn meta_name(id: u64) -> String {
+    format!("{id:016x}.meta")
+}
+
+fn encode_meta(v: &VersionInfo) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&v.id.0.to_le_bytes());
+    p.extend_from_slice(&v.time.secs.to_le_bytes());
+    p.extend_from_slice(&v.time.nanos.to_le_bytes());
+    p.extend_from_slice(&v.size.to_le_bytes());
+    p.push(match v.kind {
+        FileType::Symlink => 2,
+        _ => 1,
+    });
+    p.push(v.reason.code());
+    p.extend_from_slice(&v.perm.to_le_bytes());
+    p.extend_from_slice(&v.mtime.secs.to_le_bytes());
+    p.extend_from_slice(&v.mtime.nanos.to_le_bytes());
+    p.extend_from_slice(&(v.path.len() as u16).to_le_bytes());
+    p.extend_from_slice(v.path.as_bytes());
+    let mut out = (p.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32(&p).to_le_bytes());
+    out.extend_from_slice(&p);
+    out
+}
+
+fn decode_meta(b: &[u8]) -> Option<VersionInfo> {
+    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+    let p = b.get(8..)?;
+    if p.len() != len || crc32(p) != crc || len < 48 {
+        return None;
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(p[o..o + 4].try_into().unwrap());
+    let kind = match p[28] {
+        1 => FileType::File,
+        2 => FileType::Symlink,
+        _ => return None,
+    };
+    let plen = u16::from_le_bytes(p[46..48].try_into().unwrap()) as usize;
+    let path = String::from_utf8(p.get(48..48 + plen)?.to_vec()).ok()?;
+    (p.len() == 48 + plen).then_some(VersionInfo {
+        id: VersionId(u64_at(0)),
+        time: Timespec::new(u64_at(8) as i64, u32_at(16)),
+        size: u64_at(20),
+        kind,
+        reason: VersionReason::from_code(p[29])?,
+        perm: u32_at(30),
+        mtime: Timespec::new(u64_at(34) as i64, u32_at(42)),
+        path,
+    })
+}
+
+impl Versions {
+    /// Opens the area in `dir`, loading its index and removing leftovers of a crash.
+    pub(crate) fn open(dir: OwnedFd, label: String) -> Result<Versions> {
+        let mut names = Vec::new();
+        let mut cookie = 0i64;
+        let rd = sys::open_beneath(dir.as_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .ctx("open", &label)?;
+        loop {
+            let mut page = Vec::new();
+            let end =
+                sys::read_dir_from(rd.as_fd(), cookie, 4096, &mut page).ctx("list", &label)?;
+            if let Some(last) = page.last() {
+                cookie = last.off;
+            }
+            names.extend(page.into_iter().map(|d| d.name));
+            if end {
+                break;
+            }
+        }
+        let mut by_id = BTreeMap::new();
+        let mut datas = std::collections::HashSet::new();
+        let mut stray = Vec::new();
+        for n in &names {
+            let Ok(s) = std::str::from_utf8(n) else {
+                continue;
+            };
+            let parsed = s
+                .split_once('.')
+                .and_then(|(id, ext)| Some((u64::from_str_radix(id, 16).ok()?, ext)));
+            match parsed {
+                Some((id, "data")) => {
+                    datas.insert(id);
+                }
+                Some((id, "meta")) => {
+                    let f = File::from(
+                        sys::open_at(dir.as_fd(), s, libc::O_RDONLY, 0)
+                            .ctx("open", &format!("{label}/{s}"))?,
+                    );
+                    let len = f.metadata().ctx("stat", &format!("{label}/{s}"))?.len() as usize;
+                    let mut b = vec![0u8; len.min(MAX_META)];
+                    f.read_exact_at(&mut b, 0)
+                        .ctx("read", &format!("{label}/{s}"))?;
+                    match decode_meta(&b) {
+                        Some(v) if v.id.0 == id && len <= MAX_META => {
+                            by_id.insert(id, v);
+                        }
+                        _ => {
+                            tracing::error!(file = %format!("{label}/{s}"), "unreadable version record; leaving it and its data in place");
+                        }
+                    }
+                }
+                _ => stray.push(s.to_owned()),
+            }
+        }
+        for s in stray.iter().filter(|s| s.ends_with(".tmp")) {
+            let _ = sys::unlink_at(dir.as_fd(), s, false);
+        }
+        // Data without a record: a crash between the two, before the original was touched.
+        for id in datas.iter().filter(|id| !by_id.contains_key(id)) {
+            let meta_exists = names.iter().any(|n| n == meta_name(*id).as_bytes());
+            if !meta_exists {
+                tracing::info!(file = %format!("{label}/{}", data_name(*id)), "removing version data without a record (crash before the change it guarded)");
+                let _ = sys::unlink_at(dir.as_fd(), &data_name(*id), false);
+            }
+        }
+        by_id.retain(|id, _| datas.contains(id));
+        let next_id = names
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .filter_map(|s| u64::from_str_radix(s.split('.').next()?, 16).ok())
+            .max()
+            .map_or(1, |m| m + 1);
+        let total = by_id.values().map(|v| v.size).sum();
+        Ok(Versions {
+            dir,
+            label,
+            index: Mutex::new(Index {
+                by_id,
+                next_id,
+                total,
+            }),
+        })
+    }
+
+    fn file_label(&self, name: &str) -> String {
+        format!("{}/{name}", self.label)
+    }
+
+    fn alloc(&self) -> u64 {
+        let mut ix = self.index.lock().unwrap();
+        let id = ix.next_id;
+        ix.next_id += 1;
+        id
+    }
+
+    /// Preserves the entry `name` in `parent` (about to be replaced or removed), as a hard
+    /// link when it is the inode's only name (so the kept copy costs nothing and cannot be
+    /// changed through the tree), else as a copy.
+    pub(crate) fn preserve_entry(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &str,
+        path: &str,
+        st: &libc::stat,
+        reason: VersionReason,
+        now: Timespec,
+    ) -> Result<Option<VersionId>> {
+        let kind = FileType::from_mode(st.st_mode);
+        if kind != FileType::File && kind != FileType::Symlink {
+            return Ok(None);
+        }
+        let id = self.alloc();
+        let dname = data_name(id);
+        if kind == FileType::Symlink || st.st_nlink == 1 {
+            sys::link_at(parent, name, self.dir.as_fd(), &dname).ctx("keep version of", path)?;
+        } else {
+            let src = File::from(
+                sys::open_at(parent, name, libc::O_RDONLY, 0).ctx("keep version of", path)?,
+            );
+            self.copy_into(&src, &dname, st, path)?;
+        }
+        self.finish(id, path, st, kind, reason, now).map(Some)
+    }
+
+    /// Preserves the current content of an open file about to be modified in place (a copy,
+    /// or a reflink where the filesystem shares extents).
+    pub(crate) fn preserve_open(
+        &self,
+        src: &File,
+        path: &str,
+        st: &libc::stat,
+        reason: VersionReason,
+        now: Timespec,
+    ) -> Result<VersionId> {
+        let id = self.alloc();
+        self.copy_into(src, &data_name(id), st, path)?;
+        self.finish(id, path, st, FileType::File, reason, now)
+    }
+
+    /// Takes a finished, fsynced staged file (`name` in `staging`) into the area.
+    pub(crate) fn adopt_staged(
+        &self,
+        staging: BorrowedFd<'_>,
+        name: &str,
+        path: &str,
+        reason: VersionReason,
+        now: Timespec,
+    ) -> Result<VersionInfo> {
+        let st = sys::stat_at(staging, name).ctx("stat", path)?;
+        let id = self.alloc();
+        sys::rename_at(
+            staging,
+            name,
+            self.dir.as_fd(),
+            &data_name(id),
+            libc::RENAME_NOREPLACE,
+        )
+        .ctx("park", path)?;
+        self.finish(id, path, &st, FileType::File, reason, now)?;
+        Ok(self.get(VersionId(id)).expect("just inserted"))
+    }
+
+    fn copy_into(&self, src: &File, dname: &str, st: &libc::stat, path: &str) -> Result<()> {
+        let dst = File::from(
+            sys::open_at(
+                self.dir.as_fd(),
+                dname,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )
+            .ctx("keep version of", path)?,
+        );
+        let r = sys::clone_or_copy(src, &dst)
+            .and_then(|_| sys::fchmod(dst.as_fd(), (st.st_mode & 0o7777) | 0o600))
+            .and_then(|_| {
+                sys::utimens_at(
+                    dst.as_fd(),
+                    "",
+                    sys::UTIME_OMIT_TS,
+                    sys::timespec(st.st_mtime, st.st_mtime_nsec as u32),
+                )
+            })
+            .and_then(|_| sys::fsync(dst.as_fd()));
+        if let Err(e) = r {
+            let _ = sys::unlink_at(self.dir.as_fd(), dname, false);
+            return Err(StoreError::fs("keep version of", path, e));
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        id: u64,
+        path: &str,
+        st: &libc::stat,
+        kind: FileType,
+        reason: VersionReason,
+        now: Timespec,
+    ) -> Result<VersionId> {
+        let v = VersionInfo {
+            id: VersionId(id),
+            path: path.to_owned(),
+            time: now,
+            size: st.st_size as u64,
+            kind,
+            reason,
+            perm: st.st_mode & 0o7777,
+            mtime: Timespec::new(st.st_mtime, st.st_mtime_nsec as u32),
+        };
+        let tmp = format!("{}.tmp", meta_name(id));
+        let r = (|| {
+            let f = File::from(sys::open_at(
+                self.dir.as_fd(),
+                &tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )?);
+            f.write_all_at(&encode_meta(&v), 0)?;
+            sys::fsync(f.as_fd())?;
+            sys::rename_at(self.dir.as_fd(), &tmp, self.dir.as_fd(), &meta_name(id), 0)?;
+            sys::fsync(self.dir.as_fd())
+        })();
+        if let Err(e) = r {
+            let _ = sys::unlink_at(self.dir.as_fd(), &tmp, false);
+            let _ = sys::unlink_at(self.dir.as_fd(), &meta_name(id), false);
+            let _ = sys::unlink_at(self.dir.as_fd(), &data_name(id), false);
+            return Err(StoreError::fs("keep version of", path, e));
+        }
+        let mut ix = self.index.lock().unwrap();
+        ix.total += v.size;
+        ix.by_id.insert(id, v);
+        Ok(VersionId(id))
+    }
+
+    pub(crate) fn get(&self, id: VersionId) -> Option<VersionInfo> {
+        self.index.lock().unwrap().by_id.get(&id.0).cloned()
+    }
+
+    /// Versions of `path`, newest first.
+    pub(crate) fn list(&self, path: &str) -> Vec<VersionInfo> {
+        let ix = self.index.lock().unwrap();
+        let mut v: Vec<_> = ix
+            .by_id
+            .values()
+            .filter(|v| v.path == path)
+            .cloned()
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// Every entry, oldest first.
+    pub(crate) fn list_all(&self) -> Vec<VersionInfo> {
+        self.index.lock().unwrap().by_id.values().cloned().collect()
+    }
+
+    /// (count, bytes)
+    pub(crate) fn usage(&self) -> (usize, u64) {
+        let ix = self.index.lock().unwrap();
+        (ix.by_id.len(), ix.total)
+    }
+
+    pub(crate) fn open_data(&self, id: VersionId) -> Result<File> {
+        sys::open_at(self.dir.as_fd(), &data_name(id.0), libc::O_RDONLY, 0)
+            .map(File::from)
+            .ctx("open", &self.file_label(&data_name(id.0)))
+    }
+
+    pub(crate) fn read_link(&self, id: VersionId) -> Result<Vec<u8>> {
+        sys::readlink_at(self.dir.as_fd(), &data_name(id.0))
+            .ctx("read", &self.file_label(&data_name(id.0)))
+    }
+
+    pub(crate) fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    pub(crate) fn data_name(id: VersionId) -> String {
+        data_name(id.0)
+    }
+
+    /// Forgets an entry whose data was moved away (conflict adoption) or is to be removed.
+    pub(crate) fn remove(&self, id: VersionId, data_too: bool) -> Result<()> {
+        let mname = meta_name(id.0);
+        sys::unlink_at(self.dir.as_fd(), &mname, false).ctx("remove", &self.file_label(&mname))?;
+        if data_too {
+            let dname = data_name(id.0);
+            match sys::unlink_at(self.dir.as_fd(), &dname, false) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    return Err(StoreError::fs("remove", &self.file_label(&dname), e))
+                }
+                _ => {}
+            }
+        }
+        let mut ix = self.index.lock().unwrap();
+        if let Some(v) = ix.by_id.remove(&id.0) {
+            ix.total -= v.size;
+        }
+        Ok(())
+    }
+
+    /// Applies `policy` at time `now`; see [`RetentionPolicy`].
+    pub(crate) fn prune(&self, policy: &RetentionPolicy, now: Timespec) -> Result<PruneReport> {
+        let age = |v: &VersionInfo| {
+            let secs = now.secs.saturating_sub(v.time.secs);
+            Duration::from_secs(secs.max(0) as u64)
+        };
+        let all = self.list_all();
+        let mut total = self.usage().1;
+        let mut doomed = Vec::new();
+        for v in &all {
+            if age(v) > policy.max_age {
+                doomed.push(v.id);
+                total -= v.size;
+            }
+        }
+        for v in &all {
+            if total <= policy.max_bytes {
+                break;
+            }
+            if doomed.contains(&v.id) {
+                continue;
+            }
+            if age(v) >= policy.min_age || policy.hard_cap {
+                doomed.push(v.id);
+                total -= v.size;
+            }
+        }
+        let mut report = PruneReport::default();
+        for id in doomed {
+            let size = self.get(id).map_or(0, |v| v.size);
+            self.remove(id, true)?;
+            report.removed += 1;
+            report.freed_bytes += size;
+        }
+        if report.removed > 0 {
+            sys::fsync(self.dir.as_fd()).ctx("fsync", &self.label)?;
+        }
+        let (kept, kept_bytes) = self.usage();
+        report.kept = kept;
+        report.kept_bytes = kept_bytes;
+        report.over_cap = kept_bytes > policy.max_bytes;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trip_and_damage() {
+        let v = VersionInfo {
+            id: VersionId(0x1234),
+            path: "a/b".into(),
+            time: Timespec::new(100, 5),
+            size: 77,
+            kind: FileType::Symlink,
+            reason: VersionReason::Delete,
+            perm: 0o640,
+            mtime: Timespec::new(-1, 3),
+        };
+        let b = encode_meta(&v);
+        assert_eq!(decode_meta(&b), Some(v));
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x40;
+            assert_eq!(decode_meta(&c), None, "flip at {i}");
+            assert_eq!(decode_meta(&b[..i]), None, "prefix {i}");
+        }
+        assert_eq!(
+            "0000000000001234".parse::<VersionId>().unwrap(),
+            VersionId(0x1234)
+        );
+        assert!("12".parse::<VersionId>().is_err());
+        assert!("zzzzzzzzzzzzzzzz".parse::<VersionId>().is_err());
+    }
+}
