@@ -1,0 +1,115 @@
+//! Shared helpers for the store's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cloudstore_store::*;
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+pub struct FakeClock(pub Arc<AtomicI64>);
+
+impl FakeClock {
+    pub fn new() -> FakeClock {
+        FakeClock(Arc::new(AtomicI64::new(1_700_000_000)))
+    }
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_secs() as i64, Ordering::SeqCst);
+    }
+    pub fn clock(&self) -> Clock {
+        let c = self.0.clone();
+        Arc::new(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst) as u64)
+        })
+    }
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<Store>,
+    pub vol: Arc<Volume>,
+    pub clock: FakeClock,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::with(|_| {})
+    }
+
+    pub fn with(tweak: impl FnOnce(&mut StoreConfig)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FakeClock::new();
+        let mut cfg = StoreConfig {
+            clock: clock.clock(),
+            ..StoreConfig::default()
+        };
+        tweak(&mut cfg);
+        let store = Arc::new(Store::open(dir.path().join("data"), cfg).unwrap());
+        let vol = store.create_volume("work").unwrap();
+        Fixture {
+            dir,
+            store,
+            vol,
+            clock,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn tree(&self) -> PathBuf {
+        self.data().join("volumes/work/tree")
+    }
+
+    /// Drops the store and opens it again from disk, as after a restart.
+    pub fn reopen(self) -> Fixture {
+        let Fixture {
+            dir,
+            store,
+            vol,
+            clock,
+        } = self;
+        let cfg = store.config().clone();
+        drop(vol);
+        drop(store);
+        let store = Arc::new(Store::open(dir.path().join("data"), cfg).unwrap());
+        let vol = store.volume("work").unwrap();
+        Fixture {
+            dir,
+            store,
+            vol,
+            clock,
+        }
+    }
+}
+
+pub fn p(s: &str) -> RelPath {
+    RelPath::new(s).unwrap()
+}
+
+pub fn put_bytes(vol: &Volume, path: &str, data: &[u8]) -> Attr {
+    vol.put(&p(path), &mut &data[..], PutOptions::default())
+        .unwrap()
+}
+
+pub fn get_bytes(vol: &Volume, path: &str) -> Vec<u8> {
+    let mut r = vol.get(&p(path)).unwrap();
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut v).unwrap();
+    v
+}
+
+pub fn all_changes(vol: &Volume, since: u64) -> Vec<ChangeEntry> {
+    match vol.changes_since(since, usize::MAX).unwrap() {
+        Changes::Entries { entries, .. } => entries,
+        other => panic!("expected entries, got {other:?}"),
+    }
+}
+
+pub fn read_file(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
