@@ -282,6 +282,13 @@ impl Journal {
                         || rest[8.min(rest.len())..].iter().all(|&b| b == 0);
                     damaged = !torn_tail;
                     if damaged {
+                        // Keep numbering above every sequence number that may have been
+                        // handed out: walk the records after the damaged one by their lengths.
+                        let mut o = off + 8 + claimed;
+                        while let Ok(Some((e, n))) = read_record(&file, o, file_len) {
+                            last = last.max(e.seq);
+                            o += n;
+                        }
                         tracing::error!(file = %fname, offset = off, "journal damaged mid-file; cutting it here and asking every reader to rescan");
                     } else {
                         tracing::warn!(file = %fname, offset = off, bytes = file_len - off, "dropping a torn journal record left by a crash");
