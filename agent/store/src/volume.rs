@@ -91,12 +91,12 @@ impl FileReader {
         &self.attr
     }
 
-    /// Whether the open file's size, mtime or ctime differ from when it was opened.
+    /// Whether the open file's size or mtime differ from when it was opened (its content was
+    /// modified in place). Not ctime: keeping a replaced file as a version links it, which
+    /// changes ctime but not content.
     pub fn changed(&self) -> io::Result<bool> {
         let now = Attr::from_stat(&sys::fstat(self.file.as_fd())?);
-        Ok(now.size != self.attr.size
-            || now.mtime != self.attr.mtime
-            || now.ctime != self.attr.ctime)
+        Ok(now.size != self.attr.size || now.mtime != self.attr.mtime)
     }
 
     /// Reads at an offset without moving the stream position.

@@ -1,0 +1,266 @@
+//! Version history: what is kept on overwrite, delete, rename-over and in-place change (the
+//! session rule), restore, and retention.
+
+mod common;
+
+use std::time::Duration;
+
+use cloudstore_store::*;
+use common::*;
+
+fn version_bytes(v: &Volume, path: &str, id: VersionId) -> Vec<u8> {
+    let mut r = v.open_version(&p(path), id).unwrap();
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut b).unwrap();
+    b
+}
+
+fn contents(v: &Volume, path: &str) -> Vec<Vec<u8>> {
+    v.list_versions(&p(path))
+        .iter()
+        .map(|i| version_bytes(v, path, i.id))
+        .collect()
+}
+
+#[test]
+fn overwrite_delete_and_rename_over_keep_the_old_content() {
+    let f = Fixture::new();
+    let v = &f.vol;
+    put_bytes(v, "f", b"one");
+    assert!(
+        v.list_versions(&p("f")).is_empty(),
+        "a new file has no history"
+    );
+    put_bytes(v, "f", b"two");
+    put_bytes(v, "g", b"gee");
+    v.rename(&p("g"), &p("f"), RenameMode::Replace).unwrap();
+    v.unlink(&p("f")).unwrap();
+    // Newest first.
+    assert_eq!(
+        contents(v, "f"),
+        [b"gee".to_vec(), b"two".to_vec(), b"one".to_vec()]
+    );
+    let reasons: Vec<_> = v.list_versions(&p("f")).iter().map(|i| i.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            VersionReason::Delete,
+            VersionReason::Overwrite,
+            VersionReason::Overwrite
+        ]
+    );
+    // A symlink is kept as a symlink.
+    v.symlink(&p("s"), b"target-1").unwrap();
+    v.unlink(&p("s")).unwrap();
+    let sv = v.list_versions(&p("s"));
+    assert_eq!(sv[0].kind, FileType::Symlink);
+    assert_eq!(v.read_version_link(&p("s"), sv[0].id).unwrap(), b"target-1");
+    // A version of one path cannot be fetched under another.
+    assert_eq!(
+        v.open_version(&p("other"), sv[0].id).err().unwrap().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn a_hard_linked_file_is_copied_so_the_version_cannot_change() {
+    let f = Fixture::new();
+    let v = &f.vol;
+    put_bytes(v, "a", b"original");
+    v.link(&p("a"), &p("b")).unwrap();
+    v.unlink(&p("a")).unwrap();
+    // Writing through the remaining link must not alter the kept version of "a".
+    v.write(&p("b"), 0, b"CHANGED!").unwrap();
+    assert_eq!(contents(&f.vol, "a"), [b"original".to_vec()]);
+    // A version made by hard link is the only name of its inode.
+    put_bytes(v, "c", b"cc");
+    put_bytes(v, "c", b"dd");
+    let id = v.list_versions(&p("c"))[0].id;
+    let path = f.data().join(format!("volumes/work/versions/{id}.data"));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(path).unwrap().nlink(), 1);
+}
+
+#[test]
+fn in_place_changes_snapshot_once_per_session() {
+    let f = Fixture::with(|c| c.quiet_interval = Duration::from_secs(5));
+    let v = &f.vol;
+    put_bytes(v, "f", b"v1");
+    // Session 1: several writes and a truncate, one snapshot of "v1".
+    v.write(&p("f"), 0, b"v2").unwrap();
+    v.write(&p("f"), 2, b"-more").unwrap();
+    v.truncate(&p("f"), 4).unwrap();
+    v.fsync(&p("f"), false).unwrap(); // fsync does not end a session
+    v.write(&p("f"), 0, b"v2").unwrap();
+    assert_eq!(contents(v, "f"), [b"v1".to_vec()]);
+    // Release ends the session: the next write snapshots "v2-m".
+    v.release(&p("f")).unwrap();
+    v.write(&p("f"), 0, b"v3").unwrap();
+    assert_eq!(contents(v, "f"), [b"v2-m".to_vec(), b"v1".to_vec()]);
+    // Quiet interval: a write after 5 s of silence starts a new session.
+    f.clock.advance(Duration::from_secs(4));
+    v.write(&p("f"), 0, b"v4").unwrap();
+    assert_eq!(v.list_versions(&p("f")).len(), 2);
+    f.clock.advance(Duration::from_secs(6));
+    v.write(&p("f"), 0, b"v5").unwrap();
+    assert_eq!(contents(v, "f")[0], b"v4-m");
+    // The maintenance pass ends quiet sessions and journals their end.
+    let head = v.journal_head();
+    f.clock.advance(Duration::from_secs(6));
+    assert_eq!(v.end_quiet_sessions().unwrap(), 1);
+    let e = all_changes(v, head);
+    assert_eq!((e[0].kind, e[0].size), (ChangeKind::ModifyEnd, 4));
+    // An empty file has nothing to lose: no snapshot.
+    v.create(&p("e"), 0o600, true).unwrap();
+    v.write(&p("e"), 0, b"x").unwrap();
+    assert!(v.list_versions(&p("e")).is_empty());
+    // The snapshot keeps mode and mtime of the content it preserves.
+    let old = v.stat(&p("f")).unwrap();
+    v.release(&p("f")).unwrap();
+    v.write(&p("f"), 0, b"zz").unwrap();
+    let info = &v.list_versions(&p("f"))[0];
+    assert_eq!(
+        (info.perm, info.mtime, info.size),
+        (old.perm, old.mtime, old.size)
+    );
+}
+
+#[test]
+fn restore_brings_back_a_version_and_keeps_the_current_one() {
+    let f = Fixture::new();
+    let v = &f.vol;
+    put_bytes(v, "f", b"first");
+    put_bytes(v, "f", b"second");
+    let first = v.list_versions(&p("f"))[0].clone();
+    let head = v.journal_head();
+    let a = v.restore(&p("f"), first.id).unwrap();
+    assert_eq!(a.size, 5);
+    assert_eq!(get_bytes(v, "f"), b"first");
+    let all = contents(v, "f");
+    assert_eq!(
+        all,
+        [b"second".to_vec(), b"first".to_vec()],
+        "restoring versioned the current content; the restored version stays"
+    );
+    assert_eq!(all_changes(v, head)[0].kind, ChangeKind::Restore);
+    // Restoring a deleted file, and a deleted symlink.
+    v.unlink(&p("f")).unwrap();
+    let id = v.list_versions(&p("f"))[0].id;
+    v.restore(&p("f"), id).unwrap();
+    assert_eq!(get_bytes(v, "f"), b"first");
+    v.symlink(&p("s"), b"tgt").unwrap();
+    v.unlink(&p("s")).unwrap();
+    let sid = v.list_versions(&p("s"))[0].id;
+    v.restore(&p("s"), sid).unwrap();
+    assert_eq!(v.readlink(&p("s")).unwrap(), b"tgt");
+    // An unknown id is NotFound.
+    assert_eq!(
+        v.restore(&p("f"), VersionId(999_999)).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // History survives a restart.
+    let n = v.list_versions(&p("f")).len();
+    let f = f.reopen();
+    assert_eq!(f.vol.list_versions(&p("f")).len(), n);
+}
+
+#[test]
+fn retention_by_age_cap_and_minimum_age() {
+    let day = Duration::from_secs(24 * 3600);
+    let policy = RetentionPolicy {
+        max_age: 30 * day,
+        min_age: day,
+        max_bytes: 1000,
+        hard_cap: false,
+    };
+    let f = Fixture::with(|c| c.retention = policy);
+    let v = &f.vol;
+    let big = vec![7u8; 300];
+    // Day 0: three 300-byte versions of "old".
+    put_bytes(v, "old", &big);
+    for _ in 0..3 {
+        put_bytes(v, "old", &big);
+    }
+    f.clock.advance(10 * day);
+    // Day 10: two more of "new".
+    put_bytes(v, "new", &big);
+    for _ in 0..2 {
+        put_bytes(v, "new", &big);
+    }
+    assert_eq!(v.stats().version_bytes, 1500);
+    // Over the cap: the oldest go first, until the rest fits.
+    let r = v.prune_versions().unwrap();
+    assert_eq!(
+        (r.removed, r.kept, r.kept_bytes, r.over_cap),
+        (2, 3, 900, false)
+    );
+    assert_eq!(v.list_versions(&p("old")).len(), 1);
+    assert_eq!(v.list_versions(&p("new")).len(), 2);
+    // Young versions are not removed for space: a flood within a day overruns the cap.
+    for _ in 0..5 {
+        put_bytes(v, "new", &big);
+    }
+    let r = v.prune_versions().unwrap();
+    assert_eq!(v.list_versions(&p("new")).len(), 7, "{r:?}");
+    assert!(r.over_cap, "{r:?}");
+    assert_eq!(
+        v.list_versions(&p("old")).len(),
+        0,
+        "older versions went first"
+    );
+    // A day later they are fair game for the cap.
+    f.clock.advance(day);
+    let r = v.prune_versions().unwrap();
+    assert_eq!((r.kept_bytes <= 1000, r.over_cap), (true, false), "{r:?}");
+    // Age: past 30 days everything goes, cap or not.
+    f.clock.advance(31 * day);
+    let r = v.prune_versions().unwrap();
+    assert_eq!(r.kept, 0, "{r:?}");
+    assert_eq!(
+        f.data()
+            .join("volumes/work/versions")
+            .read_dir()
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_hard_cap_evicts_even_young_versions() {
+    let f = Fixture::with(|c| {
+        c.retention = RetentionPolicy {
+            max_bytes: 500,
+            hard_cap: true,
+            ..RetentionPolicy::default()
+        }
+    });
+    let v = &f.vol;
+    for i in 0..6 {
+        put_bytes(v, "f", &vec![i as u8; 200]);
+    }
+    let r = v.prune_versions().unwrap();
+    assert_eq!((r.kept, r.over_cap), (2, false), "{r:?}");
+    // The newest survive.
+    assert_eq!(contents(v, "f"), [vec![4u8; 200], vec![3u8; 200]]);
+}
+
+#[test]
+fn no_api_call_destroys_a_version() {
+    // Everything a consumer or sync can do to a path leaves its history in place.
+    let f = Fixture::new();
+    let v = &f.vol;
+    put_bytes(v, "f", b"precious");
+    put_bytes(v, "f", b"junk");
+    let id = v.list_versions(&p("f"))[0].id;
+    v.unlink(&p("f")).unwrap();
+    put_bytes(v, "f", b"junk2");
+    v.delete(&p("f"), Expect::Any).unwrap();
+    v.create(&p("f"), 0o600, true).unwrap();
+    v.truncate(&p("f"), 0).unwrap();
+    v.rename(&p("f"), &p("g"), RenameMode::Replace).unwrap();
+    v.restore(&p("f"), id).unwrap();
+    v.prune_versions().unwrap(); // within retention: nothing goes
+    assert_eq!(version_bytes(v, "f", id), b"precious");
+    assert_eq!(get_bytes(v, "f"), b"precious");
+}
