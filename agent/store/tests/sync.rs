@@ -196,7 +196,7 @@ fn conflicts_are_parked_outside_the_tree_and_adopted_by_the_consumer() {
         (e.kind, e.path.as_str(), e.new_path.clone()),
         (ChangeKind::ConflictParked, "doc", Some(c.id.to_string()))
     );
-    assert_eq!(v.list_conflicts(), [c.clone()]);
+    assert_eq!(v.list_conflicts(), std::slice::from_ref(&c));
     let mut b = Vec::new();
     v.open_conflict(c.id).unwrap().read_to_end(&mut b).unwrap();
     assert_eq!(b, b"cloud side");

@@ -237,7 +237,7 @@ fn a_hard_cap_evicts_even_young_versions() {
     });
     let v = &f.vol;
     for i in 0..6 {
-        put_bytes(v, "f", &vec![i as u8; 200]);
+        put_bytes(v, "f", &[i as u8; 200]);
     }
     let r = v.prune_versions().unwrap();
     assert_eq!((r.kept, r.over_cap), (2, false), "{r:?}");
