@@ -264,3 +264,23 @@ fn no_api_call_destroys_a_version() {
     assert_eq!(version_bytes(v, "f", id), b"precious");
     assert_eq!(get_bytes(v, "f"), b"precious");
 }
+
+#[test]
+fn the_maintenance_thread_ends_quiet_sessions() {
+    let f = Fixture::with(|c| c.quiet_interval = Duration::from_secs(5));
+    put_bytes(&f.vol, "f", b"abc");
+    f.vol.write(&p("f"), 0, b"x").unwrap();
+    assert_eq!(f.vol.stats().open_sessions, 1);
+    let _t = f.store.spawn_maintenance(Duration::from_millis(10));
+    f.clock.advance(Duration::from_secs(6));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while f.vol.stats().open_sessions != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session was never ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = all_changes(&f.vol, 1);
+    assert_eq!(e.last().unwrap().kind, ChangeKind::ModifyEnd);
+}
