@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,6 +88,9 @@ impl std::error::Error for ChangeError {}
 pub struct QubesDbDaemon {
     shared: Arc<Shared>,
     socket: PathBuf,
+    /// A second handle on the listening socket, to wake `accept()` at shutdown even when
+    /// the socket's path is already gone (its directory removed first).
+    listener: UnixListener,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -116,6 +120,7 @@ impl QubesDbDaemon {
             Err(e) => return Err(e),
         }
         let listener = UnixListener::bind(socket)?;
+        let waker = listener.try_clone()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             stop: AtomicBool::new(false),
@@ -128,6 +133,7 @@ impl QubesDbDaemon {
         Ok(QubesDbDaemon {
             shared,
             socket: socket.to_path_buf(),
+            listener: waker,
             accept: Some(accept),
         })
     }
@@ -183,8 +189,9 @@ impl QubesDbDaemon {
 impl Drop for QubesDbDaemon {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept().
-        let _ = UnixStream::connect(&self.socket);
+        // Wake the blocking accept(): shutdown() of a listening socket makes it fail.
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
@@ -203,7 +210,19 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(stream) = conn else { continue };
+        let stream = match conn {
+            Ok(s) => s,
+            // EINTR or a client that gave up before we accepted it: keep serving.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        };
         let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
         let (Ok(writer), Ok(registered)) = (stream.try_clone(), stream.try_clone()) else {
             continue;

@@ -323,3 +323,18 @@ fn client_rejects_a_lying_daemon() {
         "nothing sent after the bad answer"
     );
 }
+
+#[test]
+fn daemon_stops_even_when_its_socket_path_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qubesdb.sock");
+    let d = QubesDbDaemon::start(&sock, [("/a", "1")]).unwrap();
+    let _client = QubesDb::open(&sock).unwrap();
+    drop(dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(d);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(LONG).expect("dropping the daemon hung");
+}
