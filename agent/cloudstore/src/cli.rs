@@ -24,6 +24,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show this qube's role and the state of its volumes.
     Status(StatusArgs),
+    /// Exit 0 if this qube's role is ROLE, 1 if another or none, 255 if invalid (ExecCondition= of each unit).
+    RoleIs(crate::roles::RoleIsArgs),
     /// Create a new encrypted volume in directory DIR (a path, e.g. ./work).
     Init(crate::offline::InitArgs),
     /// Copy a plaintext tree SRC into the encrypted volume DIR.
@@ -49,6 +51,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => crate::roles::agent_main(args),
         Command::Status(args) => crate::roles::status_main(args),
+        Command::RoleIs(args) => crate::roles::role_is_main(args),
         Command::Init(args) => crate::offline::init(args),
         Command::Encrypt(args) => crate::offline::encrypt(args),
         Command::Decrypt(args) => crate::offline::decrypt(args),

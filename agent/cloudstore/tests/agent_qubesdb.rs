@@ -447,3 +447,36 @@ fn status_watch_reports_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn role_is_gates_units() {
+    let code = |entries: &[(&str, &str)], role: &str| {
+        let sim = Sim::new(entries);
+        let out = sim.command(&["role-is", role]).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        code(&[("/cloudstore/role", "storage")], "storage").0,
+        Some(0)
+    );
+    assert_eq!(
+        code(&[("/vm-config/cloudstore.role", "storage")], "storage").0,
+        Some(0)
+    );
+    let (c, err) = code(&[("/cloudstore/role", "consumer")], "storage");
+    assert_eq!(c, Some(1));
+    assert!(err.contains("consumer"), "{err}");
+    assert_eq!(code(&[], "storage").0, Some(1), "no role: skip quietly");
+    let (c, err) = code(&[("/cloudstore/role", "bogus")], "storage");
+    assert_eq!(c, Some(255));
+    assert!(
+        err.contains("\"bogus\"") && err.contains("/cloudstore/role"),
+        "{err}"
+    );
+    let sim = Sim::new(&[]);
+    let out = sim.command(&["role-is", "nonsense"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+}

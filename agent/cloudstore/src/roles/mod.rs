@@ -474,6 +474,57 @@ impl Supervisor {
     }
 }
 
+/// Arguments of `cloudstore role-is`.
+#[derive(Debug, clap::Args)]
+pub struct RoleIsArgs {
+    /// storage, transfer or consumer.
+    #[arg(value_parser = parse_role_arg)]
+    pub role: Role,
+}
+
+fn parse_role_arg(s: &str) -> Result<Role, String> {
+    s.parse()
+        .map_err(|()| format!("{s:?} is not a role; use storage, transfer or consumer"))
+}
+
+/// `cloudstore role-is ROLE`, the `ExecCondition=` of each role's unit: exit 0 when the
+/// qube's role is ROLE; 1 when it is another valid role or unset (systemd skips the unit
+/// quietly); 255 when the role is set but invalid, or qubesdb cannot be read (systemd
+/// fails the unit, and this message in the journal says why).
+pub fn role_is_main(args: RoleIsArgs) -> anyhow::Result<ExitCode> {
+    const SKIP: u8 = 1;
+    const FAIL: u8 = 255;
+    let socket = config::qubesdb_socket();
+    let mut db = match QubesDb::open(&socket) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("cloudstore: {e}");
+            return Ok(ExitCode::from(FAIL));
+        }
+    };
+    match config::load_role(&mut db) {
+        Ok(r) if r.value == args.role => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!(
+                "cloudstore: this qube's role is {} ({}), not {}",
+                r.value, r.origin, args.role
+            );
+            Ok(ExitCode::from(SKIP))
+        }
+        Err(ConfigError::MissingRole { .. }) => {
+            eprintln!(
+                "cloudstore: no role configured for this qube; not starting the {} role",
+                args.role
+            );
+            Ok(ExitCode::from(SKIP))
+        }
+        Err(e) => {
+            eprintln!("cloudstore: {e}");
+            Ok(ExitCode::from(FAIL))
+        }
+    }
+}
+
 fn print_status(out: &mut impl io::Write, c: &Config, socket: &std::path::Path) -> io::Result<()> {
     let volumes = if c.volumes.value.is_empty() {
         "(none)".to_owned()
