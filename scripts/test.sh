@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"   # where install-deps puts rustup's toolchain
 /usr/bin/python3 -m pytest -q -p no:cacheprovider dom0/tests   # Debian's python3, which has pytest
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
