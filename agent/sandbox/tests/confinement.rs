@@ -32,6 +32,9 @@ const NR_MOUNT: i64 = 165;
 const NOBODY: u32 = 65534;
 
 type CaseResult = Result<(), String>;
+/// `--nocapture`: show what each child wrote (the sandbox reports), as libtest would.
+static SHOW_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 type Case = (&'static str, fn() -> CaseResult);
 
 struct Outcome {
@@ -94,6 +97,9 @@ fn in_child(f: impl FnOnce() -> CaseResult) -> Outcome {
             let mut output = String::new();
             fs::File::from(r).read_to_string(&mut output).ok();
             let status = waitpid(child, None).expect("waitpid");
+            if SHOW_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
+                print!("{output}");
+            }
             Outcome { status, output }
         }
     }
@@ -594,6 +600,7 @@ fn storage_policy_allows_the_storage_workload() -> CaseResult {
             std::os::unix::net::UnixStream::connect(&sock).map_err(|e| e.to_string())?;
         let report = apply(&policy, &storage_vars(&s))?;
         check(report.uid == NOBODY, format!("{report}"))?;
+        eprintln!("{report}");
 
         // Serve the connection from a worker thread.
         let server = std::thread::spawn(move || -> CaseResult {
@@ -790,6 +797,9 @@ fn main() {
             println!("{name}: test");
         }
         return;
+    }
+    if args.iter().any(|a| a == "--nocapture") {
+        SHOW_OUTPUT.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let filter = args.iter().find(|a| !a.starts_with('-'));
     let mut failed = Vec::new();
