@@ -20,7 +20,10 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
 const SAMPLE: &str = include_str!("data/sample.json");
-const STORAGE: &str = "../cloudstore/src/roles/storage/sandbox.json";
+const STORAGE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../cloudstore/src/roles/storage/sandbox.json"
+);
 
 /// x86_64 syscall numbers the trap messages must name (arch/x86/entry/syscalls/syscall_64.tbl).
 const NR_SOCKET: i64 = 41;

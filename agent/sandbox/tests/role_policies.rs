@@ -5,7 +5,7 @@ use std::path::Path;
 
 use cloudstore_sandbox::{check_role_policies, Policy, PLACEHOLDERS};
 
-const ROLES: &str = "../cloudstore/src/roles";
+const ROLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloudstore/src/roles");
 
 #[test]
 fn every_role_policy_is_valid() {
