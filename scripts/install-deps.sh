@@ -9,6 +9,7 @@ packages=(
     gocryptfs                               # the format oracle
     rclone                                  # the cloud engine
     python3-pytest python3-setuptools rpm cpio  # dom0 package: tests, RPM build (dom0/)
+    debhelper lintian rpmlint selinux-policy-dev debootstrap systemd-container vagrant  # scripts/packaging-check.sh
 )
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: run as root (apt-get needs it)" >&2

@@ -5,7 +5,7 @@
 #   3. the .rpm + SELinux subpackage (rpmbuild) and the dom0 RPM; rpmlint
 #   4. systemd-analyze verify of every unit inside the unpacked packages (stderr too)
 #   5. exposure of every unit (systemd-analyze security --offline), gated per role
-#   6. the SELinux module compiled with the reference policy's Makefile
+#   6. the SELinux module compiled with the reference policy's Makefile; the Vagrantfile validated
 #   7. the .deb installed into a debootstrapped Debian 12 root: files, user, maintainer scripts
 #   8. that root booted with systemd-nspawn: the storage unit against a qubesdb stand-in,
 #      its ExecCondition contract, and its journal entries
@@ -35,10 +35,27 @@ check() { # check DESCRIPTION COMMAND...: passes when COMMAND succeeds
     if "$@" >"$out/last.log" 2>&1; then ok "$what"; else fail "$what"; sed 's/^/       /' "$out/last.log"; fi
 }
 t0=$SECONDS
+
+# verify_units ROOT UNITDIR LABEL: systemd-analyze verify of each unit inside ROOT (which
+# has systemd's own units, so dependencies resolve, and the package's binary, so ExecStart=
+# and ExecCondition= resolve). Unknown keys and other mistakes only warn on stderr, so any
+# output at all is a failure.
+verify_units() {
+    local root="$1" unitdir="$2" label="$3" u
+    for u in "${units[@]}"; do
+        if systemd-analyze verify --man=no --root="$root" "$unitdir/$u.service" >"$out/last.log" 2>&1 &&
+            [ ! -s "$out/last.log" ]; then
+            ok "systemd-analyze verify $unitdir/$u.service ($label)"
+        else
+            fail "systemd-analyze verify $unitdir/$u.service ($label)"
+            sed 's/^/       /' "$out/last.log"
+        fi
+    done
+}
 phase() { echo "== $* ($((SECONDS - t0)) s)"; }
 
 rm -rf "$out"
-mkdir -p "$out"/{deb,rpm,dom0,root-deb,root-rpm}
+mkdir -p "$out"/{deb,rpm,dom0}
 
 phase "release build"
 cargo build --release --locked -p cloudstore -p cloudstore-gen-docs
@@ -54,8 +71,8 @@ dpkg-buildpackage -b -us -uc >"$out/deb/build.log" 2>&1 || {
 mv ../cloudstore_"$version"_* ../cloudstore-dbgsym_"$version"_* "$out/deb/" 2>/dev/null || true
 deb="$(ls "$out"/deb/cloudstore_"$version"_*.deb)"
 ok "dpkg-buildpackage: $(basename "$deb")"
-# Errors fail; warnings and info are printed (explained in debian/README.lintian).
-if lintian --fail-on error --info --display-info "$out"/deb/*.changes >"$out/deb/lintian.log" 2>&1; then
+# Errors fail; warnings and info are printed (explained in debian/README.source).
+if lintian --fail-on error --display-info "$out"/deb/*.changes >"$out/deb/lintian.log" 2>&1; then
     ok "lintian: no errors ($(grep -c '^W:' "$out/deb/lintian.log" || true) warnings, $(grep -c '^I:' "$out/deb/lintian.log" || true) info)"
 else
     fail "lintian reports errors"
@@ -81,43 +98,12 @@ else
 fi
 # rpmlint exits 64 on errors, 66 on "badness" over the threshold; warnings are printed.
 for rpm in "$out"/rpm/*.rpm "$out"/dom0/*.rpm; do
-    if rpmlint -r rpm/cloudstore.rpmlintrc "$rpm" >"$out/last.log" 2>&1; then
+    if rpmlint -c rpm/rpmlint.toml "$rpm" >"$out/last.log" 2>&1; then
         ok "rpmlint $(basename "$rpm"): $(tail -1 "$out/last.log")"
     else
         fail "rpmlint $(basename "$rpm")"
     fi
     grep -v '^$' "$out/last.log" | sed 's/^/       /'
-done
-
-phase "units"
-dpkg-deb -x "$deb" "$out/root-deb"
-(cd "$out/root-rpm" && rpm2cpio "$(ls "$out"/rpm/cloudstore-"$version"-*.x86_64.rpm)" | cpio -idm --quiet)
-for root in root-deb root-rpm; do
-    case "$root" in root-deb) unitdir=/lib/systemd/system ;; *) unitdir=/usr/lib/systemd/system ;; esac
-    for u in "${units[@]}"; do
-        f="$out/$root$unitdir/$u.service"
-        # verify resolves ExecStart= and ExecCondition= inside --root; unknown keys and
-        # other mistakes only warn on stderr, so any output at all is a failure.
-        if systemd-analyze verify --man=no --root="$out/$root" "$unitdir/$u.service" >"$out/last.log" 2>&1 &&
-            [ ! -s "$out/last.log" ]; then
-            ok "systemd-analyze verify $root$unitdir/$u.service"
-        else
-            fail "systemd-analyze verify $root$unitdir/$u.service"
-            sed 's/^/       /' "$out/last.log"
-        fi
-        [ -f "$f" ] || fail "$f missing"
-    done
-done
-for u in "${units[@]}"; do
-    f="$out/root-deb/lib/systemd/system/$u.service"
-    figure="$(systemd-analyze security --offline=true --no-pager --root="$out/root-deb" "$f" 2>&1 |
-        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
-    if systemd-analyze security --offline=true --no-pager --root="$out/root-deb" \
-        --threshold="${gate[$u]}" "$f" >/dev/null 2>&1; then
-        ok "exposure $u.service: $figure (gate $((gate[$u] / 10)).$((gate[$u] % 10)))"
-    else
-        fail "exposure $u.service: ${figure:-?} over gate $((gate[$u] / 10)).$((gate[$u] % 10))"
-    fi
 done
 
 phase "SELinux module"
@@ -126,6 +112,10 @@ cp selinux/cloudstore.te selinux/cloudstore.if selinux/cloudstore.fc "$out/selin
 check "SELinux module compiles (make -f /usr/share/selinux/devel/Makefile cloudstore.pp)" \
     make -C "$out/selinux" -f /usr/share/selinux/devel/Makefile cloudstore.pp
 [ -s "$out/selinux/cloudstore.pp" ] && echo "       cloudstore.pp: $(stat -c %s "$out/selinux/cloudstore.pp") bytes (not loadable here: the kernel runs no SELinux)"
+
+phase "Vagrantfile"
+# No hypervisor here: validate the configuration (no box, no provider needed).
+check "vagrant validate --ignore-provider" vagrant validate --ignore-provider
 
 phase "install into a Debian 12 root"
 root="$out/debroot"
@@ -169,6 +159,18 @@ check "cloudstore runs in the root (--version)" chroot "$root" /usr/bin/cloudsto
 check "rpc-config files are conffiles" \
     sh -c "chroot '$root' dpkg-query -W -f='\${Conffiles}' cloudstore | grep -q /etc/qubes/rpc-config/cloudstore.Volume"
 
+verify_units "$root" /lib/systemd/system ".deb installed in Debian 12"
+for u in "${units[@]}"; do
+    figure="$(systemd-analyze security --offline=true --no-pager --root="$root" "/lib/systemd/system/$u.service" 2>&1 |
+        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+    if systemd-analyze security --offline=true --no-pager --root="$root" \
+        --threshold="${gate[$u]}" "/lib/systemd/system/$u.service" >/dev/null 2>&1; then
+        ok "exposure $u.service: $figure (gate $((gate[$u] / 10)).$((gate[$u] % 10)))"
+    else
+        fail "exposure $u.service: ${figure:-?} over gate $((gate[$u] / 10)).$((gate[$u] % 10))"
+    fi
+done
+
 phase "boot the root with systemd-nspawn"
 # The qubesdb stand-in runs as qubes-db.service, the unit name the storage unit orders
 # itself after, at the path the agent reads by default.
@@ -177,7 +179,10 @@ cat >"$root/etc/systemd/system/qubes-db.service" <<'EOF'
 [Unit]
 Description=qubesdb stand-in (tests/qubes-sim) for the packaging check
 [Service]
-ExecStartPre=/bin/mkdir -p /var/run/qubes
+# qubesdb-daemon binds its socket with umask 0, "available for anyone"
+# (QubesOS/qubes-core-qubesdb daemon/db-daemon.c, init_server_socket).
+UMask=0000
+ExecStartPre=/bin/mkdir -p -m 0755 /var/run/qubes
 ExecStart=/usr/local/bin/qubes-sim qubesdb --socket /var/run/qubes/qubesdb.sock --set /cloudstore/role=storage --set /cloudstore/volumes=work
 ExecStartPost=/bin/sh -c 'for i in $(seq 100); do [ -S /var/run/qubes/qubesdb.sock ] && exit 0; sleep 0.1; done; exit 1'
 [Install]
@@ -244,6 +249,12 @@ phase "remove and purge"
 check "dpkg --purge cloudstore (prerm/postrm)" chroot "$root" dpkg --purge cloudstore
 check "purge removed the binary, units and qrexec entries" \
     sh -c "! test -e '$root/usr/bin/cloudstore' && ! test -e '$root/lib/systemd/system/cloudstore-storage.service' && ! test -L '$root/etc/qubes-rpc/cloudstore.Volume' && ! test -L '$root/etc/systemd/system/multi-user.target.wants/cloudstore-storage.service'"
+
+phase "RPM payload in the same root"
+(cd "$root" && rpm2cpio "$(ls "$out"/rpm/cloudstore-"$version"-*.x86_64.rpm)" | cpio -idmu --quiet)
+check "RPM payload: binary, units, preset, sysusers, qrexec entries, man page" \
+    sh -c "cd '$root' && test -x usr/bin/cloudstore -a -s usr/lib/systemd/system-preset/50-cloudstore.preset -a -s usr/lib/sysusers.d/cloudstore.conf -a -L etc/qubes-rpc/cloudstore.Sync -a -s usr/share/man/man1/cloudstore.1.gz"
+verify_units "$root" /usr/lib/systemd/system ".rpm payload"
 rm -rf "$root"
 
 echo "packaging check took $((SECONDS - t0)) s"

@@ -8,3 +8,4 @@ export PATH="$HOME/.cargo/bin:$PATH"   # where install-deps puts rustup's toolch
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+bash scripts/packaging-check.sh   # .deb/.rpm/dom0 builds, lint, units, SELinux, Debian root + nspawn

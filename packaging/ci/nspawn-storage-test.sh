@@ -25,6 +25,14 @@ set_role() { # set_role VALUE | set_role --unset
 start_unit() { # start with a bound: Type=notify blocks until READY=1 or failure
     systemctl reset-failed "$unit" 2>/dev/null
     timeout 60 systemctl start "$unit" 2>>"$out/systemctl.err"
+    rc=$?
+    # Let a failed start settle (a restart pending after RestartSec= shows as activating).
+    i=0
+    while [ "$i" -lt 20 ]; do
+        case "$(prop ActiveState)" in activating | deactivating) sleep 0.5 ;; *) break ;; esac
+        i=$((i + 1))
+    done
+    return $rc
 }
 state() { echo "ActiveState=$(prop ActiveState) Result=$(prop Result) ExecMainStatus=$(prop ExecMainStatus) NRestarts=$(prop NRestarts)"; }
 
