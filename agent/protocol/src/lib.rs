@@ -8,15 +8,21 @@
 //!   [`MAX_PAYLOAD`] bytes, checked before anything is allocated.
 //! - [`Request`], [`Response`], [`Push`]: the operations, in a hand-written little-endian
 //!   encoding where every accepted payload re-encodes to the same bytes.
+//! - [`Client`]: thread-safe calls over one stream (request ids, in-flight window, timeouts,
+//!   push channel, streaming [`Download`]/[`Upload`]).
+//! - [`serve`]: the server loop; a bounded worker pool runs a [`Handler`].
 #![forbid(unsafe_code)]
 
+mod client;
 mod error;
 pub mod frame;
 pub mod handshake;
 mod message;
+mod server;
 mod types;
 mod wire;
 
+pub use client::{Client, ClientConfig, Download, Upload};
 pub use error::{ErrorCode, RemoteError, MAX_ERROR_MESSAGE};
 pub use frame::{
     read_frame, write_frame, Frame, FrameError, FrameType, FLAG_FINAL, HEADER_LEN, MAX_PAYLOAD,
@@ -26,6 +32,10 @@ pub use handshake::{
     Role, Session, MAGIC, MIN_VERSION, VERSION,
 };
 pub use message::{decode_error, encode_error, Body, Op, Push, Request, Response, MAX_IO};
+pub use server::{
+    serve, Call, DownloadWriter, Handler, Pusher, ServeError, ServeStats, ServerConfig,
+    UploadReader, CHUNK_SIZE, STREAM_WINDOW,
+};
 pub use types::{
     check_path, Attr, ChangeEntry, ChangeKind, Changes, DirEntry, DirPage, Expect, FileRef,
     FileState, FileType, OpenFlags, RenameMode, SetAttr, StatFs, TimeSet, Timespec, TreeEntry,

@@ -1,6 +1,8 @@
 //! One sample of every message, shared by the codec tests and the fuzz corpus.
 #![allow(dead_code)]
 
+pub mod handler;
+
 use cloudstore_protocol::*;
 
 pub fn ts(secs: i64, nanos: u32) -> Timespec {

@@ -1,0 +1,763 @@
+//! The client side: one stream, many concurrent calls. Any thread may call; a reader thread
+//! matches answers to callers by request id, delivers push notifications to a channel and
+//! feeds download streams. Calls are bounded in number (the in-flight window) and in time (a
+//! per-call timeout); when the connection is lost every waiter wakes with `ConnectionLost`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{ErrorCode, RemoteError};
+use crate::frame::{read_frame, write_frame, FrameError, FrameType, FLAG_FINAL, MAX_PAYLOAD};
+use crate::handshake::{client_handshake, HandshakeError, Hello, Session};
+use crate::message::{decode_error, Body, Push, Request, Response};
+use crate::server::{CHUNK_SIZE, STREAM_WINDOW};
+use crate::types::Attr;
+
+/// How a client behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    pub hello: Hello,
+    /// Calls (and streams) outstanding at once; more wait for a slot. 64 keeps a FUSE
+    /// layer's parallel requests flowing and matches the server's default queue, so a
+    /// well-behaved client never meets the server's back-pressure.
+    pub max_in_flight: usize,
+    /// How long a call may take, waiting for a slot included; a stream's every chunk gets
+    /// this long. 60 s covers an fsync of a large file on a slow disk; past it the caller
+    /// gets `TimedOut` (EIO in the filesystem) instead of hanging.
+    pub timeout: Duration,
+    /// Push notifications queued for a slow reader before they are dropped and replaced by
+    /// one `Push::Lagged`.
+    pub push_queue: usize,
+}
+
+impl ClientConfig {
+    pub fn new(hello: Hello) -> ClientConfig {
+        ClientConfig {
+            hello,
+            max_in_flight: 64,
+            timeout: Duration::from_secs(60),
+            push_queue: 4096,
+        }
+    }
+}
+
+type Answer = Result<Response, RemoteError>;
+
+enum Pending {
+    Call(SyncSender<Answer>),
+    Download {
+        tx: Sender<DlMsg>,
+        /// Chunks the server may still send.
+        allowed: Arc<AtomicU64>,
+    },
+    Upload {
+        ctl: Arc<UploadCtl>,
+        tx: SyncSender<Answer>,
+    },
+}
+
+enum DlMsg {
+    Data(Vec<u8>),
+    End(Answer),
+}
+
+struct UploadCtl {
+    /// (credit, ended)
+    state: Mutex<(u64, bool)>,
+    cv: Condvar,
+}
+
+struct Shared {
+    writer: Mutex<Option<Box<dyn Write + Send>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Why the connection is gone, once it is.
+    lost: Mutex<Option<String>>,
+    /// The last connection-level error the server sent (id 0), for the lost message.
+    notice: Mutex<Option<String>>,
+    in_flight: Mutex<usize>,
+    slot_freed: Condvar,
+    next_id: AtomicU64,
+    session: Session,
+    config: ClientConfig,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn lost_error(&self) -> RemoteError {
+        let why = lock(&self.lost)
+            .clone()
+            .unwrap_or_else(|| "the connection is closed".into());
+        RemoteError::new(ErrorCode::ConnectionLost, why)
+    }
+
+    fn write(
+        &self,
+        kind: FrameType,
+        flags: u8,
+        id: u64,
+        payload: &[u8],
+    ) -> Result<(), RemoteError> {
+        let mut w = lock(&self.writer);
+        let Some(out) = w.as_mut() else {
+            return Err(self.lost_error());
+        };
+        if let Err(e) = write_frame(&mut **out, kind, flags, id, payload) {
+            *w = None;
+            drop(w);
+            self.set_lost(format!("writing to the server failed: {e}"));
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+
+    fn set_lost(&self, why: String) {
+        let mut l = lock(&self.lost);
+        if l.is_none() {
+            *l = Some(why);
+        }
+        drop(l);
+        // Wake slot waiters so they see the loss.
+        self.slot_freed.notify_all();
+    }
+
+    /// Marks the connection lost and fails every waiter.
+    fn fail_all(&self, why: String) {
+        let why = match lock(&self.notice).take() {
+            Some(n) => format!("{why}; the server said: {n}"),
+            None => why,
+        };
+        self.set_lost(why);
+        let err = self.lost_error();
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for (_, p) in pending {
+            match p {
+                Pending::Call(tx) => {
+                    let _ = tx.try_send(Err(err.clone()));
+                }
+                Pending::Download { tx, .. } => {
+                    let _ = tx.send(DlMsg::End(Err(err.clone())));
+                }
+                Pending::Upload { ctl, tx } => {
+                    let _ = tx.try_send(Err(err.clone()));
+                    lock(&ctl.state).1 = true;
+                    ctl.cv.notify_all();
+                }
+            }
+        }
+        *lock(&self.writer) = None;
+    }
+
+    fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Permit, RemoteError> {
+        let mut n = lock(&self.in_flight);
+        loop {
+            if lock(&self.lost).is_some() {
+                return Err(self.lost_error());
+            }
+            if *n < self.config.max_in_flight {
+                *n += 1;
+                return Ok(Permit {
+                    shared: self.clone(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RemoteError::new(
+                    ErrorCode::TimedOut,
+                    format!(
+                        "{} requests in flight and none finished within {:?}",
+                        self.config.max_in_flight, self.config.timeout
+                    ),
+                ));
+            }
+            n = self
+                .slot_freed
+                .wait_timeout(n, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        lock(&self.pending).remove(&id);
+    }
+}
+
+/// One slot of the in-flight window, freed on drop.
+struct Permit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        *lock(&self.shared.in_flight) -= 1;
+        self.shared.slot_freed.notify_one();
+    }
+}
+
+/// A connection to a cloudstore server. Cheap to clone; all clones share the stream. When
+/// the last clone is dropped the write side is closed, which ends the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        *lock(&self.shared.writer) = None;
+    }
+}
+
+/// Closes a socket both ways when the client's writer is dropped, which also wakes the
+/// reader thread blocked on the other clone.
+struct ShutdownOnDrop(UnixStream);
+
+impl Write for ShutdownOnDrop {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Client {
+    /// Runs the handshake over `reader`/`writer` and starts the reader thread. Push
+    /// notifications arrive on the returned receiver (it disconnects when the connection
+    /// ends).
+    pub fn connect<R, W>(
+        mut reader: R,
+        mut writer: W,
+        config: ClientConfig,
+    ) -> Result<(Client, Receiver<Push>), HandshakeError>
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        let session = client_handshake(&mut reader, &mut writer, &config.hello)?;
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(Some(Box::new(writer))),
+            pending: Mutex::new(HashMap::new()),
+            lost: Mutex::new(None),
+            notice: Mutex::new(None),
+            in_flight: Mutex::new(0),
+            slot_freed: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            session,
+            config,
+        });
+        let (push_tx, push_rx) = mpsc::sync_channel(config.push_queue.max(1));
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("cloudstore-client-reader".into())
+            .spawn(move || reader_loop(&s, &mut reader, push_tx))
+            .map_err(HandshakeError::Io)?;
+        Ok((
+            Client {
+                inner: Arc::new(Inner { shared }),
+            },
+            push_rx,
+        ))
+    }
+
+    /// [`Client::connect`] over a UNIX socket; dropping the client shuts the socket down.
+    pub fn connect_unix(
+        stream: UnixStream,
+        config: ClientConfig,
+    ) -> Result<(Client, Receiver<Push>), HandshakeError> {
+        let reader = stream.try_clone()?;
+        Client::connect(reader, ShutdownOnDrop(stream), config)
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// What the handshake agreed on.
+    pub fn session(&self) -> Session {
+        self.shared().session
+    }
+
+    /// Why the connection is gone, or `None` while it is up.
+    pub fn lost(&self) -> Option<String> {
+        lock(&self.shared().lost).clone()
+    }
+
+    /// Closes the write side: the server finishes what it has and ends the connection.
+    pub fn close(&self) {
+        *lock(&self.shared().writer) = None;
+    }
+
+    /// One request, one answer, within the configured timeout. Streaming operations (`Get`,
+    /// `Put`, `ParkConflict`) go through [`Client::get`] and [`Client::upload`].
+    pub fn call(&self, req: Request) -> Result<Response, RemoteError> {
+        self.call_timeout(req, self.shared().config.timeout)
+    }
+
+    /// [`Client::call`] with its own time limit.
+    pub fn call_timeout(&self, req: Request, timeout: Duration) -> Result<Response, RemoteError> {
+        let op = req.op();
+        if op.body() != Body::None {
+            return Err(RemoteError::new(
+                ErrorCode::Invalid,
+                format!("{op} streams data: use Client::get or Client::upload"),
+            ));
+        }
+        let shared = self.shared();
+        let deadline = Instant::now() + timeout;
+        let _permit = shared.acquire(deadline)?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let id = self.start(&req, Pending::Call(tx))?;
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(answer) => answer,
+            Err(RecvTimeoutError::Timeout) => {
+                shared.forget(id);
+                // The server may still run it; the cancel lets it drop a stream early, and
+                // the late answer is discarded here.
+                let _ = shared.write(FrameType::Cancel, 0, id, &[]);
+                Err(RemoteError::new(
+                    ErrorCode::TimedOut,
+                    format!("{op} (request {id}) got no answer within {timeout:?}"),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
+        }
+    }
+
+    /// Registers the request and sends it; returns its id.
+    fn start(&self, req: &Request, pending: Pending) -> Result<u64, RemoteError> {
+        let shared = self.shared();
+        let payload = req.encode();
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RemoteError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{}: the request is {} bytes; the frame limit is {MAX_PAYLOAD}",
+                    req.op(),
+                    payload.len()
+                ),
+            ));
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            // Checked under the pending lock, which fail_all takes: a request registered
+            // here is either failed by it or sees the loss now.
+            let mut p = lock(&shared.pending);
+            if lock(&shared.lost).is_some() {
+                return Err(shared.lost_error());
+            }
+            p.insert(id, pending);
+        }
+        if let Err(e) = shared.write(FrameType::Request, 0, id, &payload) {
+            shared.forget(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Starts a streaming `Get` of `path` (or of its kept version). Read the content from
+    /// the returned [`Download`], then call [`Download::finish`] for the attributes.
+    pub fn get(&self, path: &str, version: Option<u64>) -> Result<Download, RemoteError> {
+        let shared = self.shared().clone();
+        let deadline = Instant::now() + shared.config.timeout;
+        let permit = shared.acquire(deadline)?;
+        let (tx, rx) = mpsc::channel();
+        let allowed = Arc::new(AtomicU64::new(STREAM_WINDOW as u64));
+        let req = Request::Get {
+            path: path.to_owned(),
+            version,
+        };
+        let id = self.start(
+            &req,
+            Pending::Download {
+                tx,
+                allowed: allowed.clone(),
+            },
+        )?;
+        Ok(Download {
+            shared,
+            id,
+            rx,
+            allowed,
+            buf: Vec::new(),
+            pos: 0,
+            end: None,
+            _permit: permit,
+        })
+    }
+
+    /// Starts an upload request (`Put` or `ParkConflict`): write the content to the returned
+    /// [`Upload`], then [`Upload::finish`] for the answer. Dropping it unfinished cancels the
+    /// upload, and the server discards what it received.
+    pub fn upload(&self, req: Request) -> Result<Upload, RemoteError> {
+        let op = req.op();
+        if op.body() != Body::Upload {
+            return Err(RemoteError::new(
+                ErrorCode::Invalid,
+                format!("{op} does not upload data"),
+            ));
+        }
+        let shared = self.shared().clone();
+        let deadline = Instant::now() + shared.config.timeout;
+        let permit = shared.acquire(deadline)?;
+        let ctl = Arc::new(UploadCtl {
+            state: Mutex::new((STREAM_WINDOW as u64, false)),
+            cv: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::sync_channel(1);
+        let id = self.start(
+            &req,
+            Pending::Upload {
+                ctl: ctl.clone(),
+                tx,
+            },
+        )?;
+        Ok(Upload {
+            shared,
+            id,
+            ctl,
+            rx,
+            answer: None,
+            buf: Vec::with_capacity(CHUNK_SIZE),
+            finished: false,
+            _permit: permit,
+        })
+    }
+}
+
+/// A file being downloaded: implements [`Read`]. Dropping it before the end cancels the
+/// stream.
+pub struct Download {
+    shared: Arc<Shared>,
+    id: u64,
+    rx: Receiver<DlMsg>,
+    allowed: Arc<AtomicU64>,
+    buf: Vec<u8>,
+    pos: usize,
+    end: Option<Answer>,
+    _permit: Permit,
+}
+
+impl Download {
+    /// Reads (and discards) whatever was not read, then returns the attributes the server
+    /// reports for the content it sent. Fails if the stream failed at any point.
+    pub fn finish(mut self) -> Result<Attr, RemoteError> {
+        let mut sink = [0u8; 64 * 1024];
+        loop {
+            match self.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        match self.end.take() {
+            Some(Ok(Response::Got { attr })) => Ok(attr),
+            Some(Ok(other)) => Err(RemoteError::new(
+                ErrorCode::Malformed,
+                format!("Get answered with {} instead of Got", other.name()),
+            )),
+            Some(Err(e)) => Err(e),
+            None => Err(self.shared.lost_error()),
+        }
+    }
+}
+
+impl Read for Download {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if let Some(end) = &self.end {
+                return match end {
+                    Ok(_) => Ok(0),
+                    Err(e) => Err(io::Error::other(e.clone())),
+                };
+            }
+            match self.rx.recv_timeout(self.shared.config.timeout) {
+                Ok(DlMsg::Data(d)) => {
+                    self.allowed.fetch_add(1, Ordering::AcqRel);
+                    if let Err(e) =
+                        self.shared
+                            .write(FrameType::Credit, 0, self.id, &1u32.to_le_bytes())
+                    {
+                        self.end = Some(Err(e));
+                    }
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Ok(DlMsg::End(a)) => self.end = Some(a),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.end = Some(Err(RemoteError::new(
+                        ErrorCode::TimedOut,
+                        format!(
+                            "Get (request {}): no data within {:?}",
+                            self.id, self.shared.config.timeout
+                        ),
+                    )));
+                    self.shared.forget(self.id);
+                    let _ = self.shared.write(FrameType::Cancel, 0, self.id, &[]);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.end = Some(Err(self.shared.lost_error()))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if self.end.is_none() {
+            self.shared.forget(self.id);
+            let _ = self.shared.write(FrameType::Cancel, 0, self.id, &[]);
+        }
+    }
+}
+
+/// A file being uploaded: implements [`Write`]. Nothing is visible on the server until
+/// [`Upload::finish`] succeeds.
+pub struct Upload {
+    shared: Arc<Shared>,
+    id: u64,
+    ctl: Arc<UploadCtl>,
+    rx: Receiver<Answer>,
+    answer: Option<Answer>,
+    buf: Vec<u8>,
+    finished: bool,
+    _permit: Permit,
+}
+
+impl Upload {
+    fn send(&mut self, last: bool) -> Result<(), RemoteError> {
+        let deadline = Instant::now() + self.shared.config.timeout;
+        {
+            let mut st = lock(&self.ctl.state);
+            loop {
+                if st.1 {
+                    drop(st);
+                    return Err(self.early_answer());
+                }
+                if st.0 > 0 {
+                    st.0 -= 1;
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(RemoteError::new(
+                        ErrorCode::TimedOut,
+                        format!(
+                            "upload (request {}): the server took no data for {:?}",
+                            self.id, self.shared.config.timeout
+                        ),
+                    ));
+                }
+                st = self
+                    .ctl
+                    .cv
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        let flags = if last { FLAG_FINAL } else { 0 };
+        let r = self
+            .shared
+            .write(FrameType::Chunk, flags, self.id, &self.buf);
+        self.buf.clear();
+        r
+    }
+
+    /// The server answered before the upload ended (an error, e.g. the path is refused).
+    fn early_answer(&mut self) -> RemoteError {
+        if self.answer.is_none() {
+            self.answer = self.rx.try_recv().ok();
+        }
+        match &self.answer {
+            Some(Err(e)) => e.clone(),
+            Some(Ok(r)) => RemoteError::new(
+                ErrorCode::UnexpectedFrame,
+                format!("the server answered {} before the upload ended", r.name()),
+            ),
+            None => self.shared.lost_error(),
+        }
+    }
+
+    /// Sends the last chunk and waits for the server's answer: for `Put`, the new file's
+    /// attributes once it is on stable storage and in place.
+    pub fn finish(mut self) -> Result<Response, RemoteError> {
+        self.finished = true;
+        self.send(true)?;
+        match self.rx.recv_timeout(self.shared.config.timeout) {
+            Ok(a) => a,
+            Err(RecvTimeoutError::Timeout) => {
+                self.shared.forget(self.id);
+                Err(RemoteError::new(
+                    ErrorCode::TimedOut,
+                    format!(
+                        "upload (request {}): no answer within {:?} after the last chunk",
+                        self.id, self.shared.config.timeout
+                    ),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.shared.lost_error()),
+        }
+    }
+
+    /// Abandons the upload: the server discards what it received.
+    pub fn abort(mut self) {
+        self.cancel();
+    }
+
+    fn cancel(&mut self) {
+        self.finished = true;
+        self.shared.forget(self.id);
+        let _ = self.shared.write(FrameType::Cancel, 0, self.id, &[]);
+    }
+}
+
+impl Write for Upload {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() == CHUNK_SIZE {
+            self.send(false).map_err(io::Error::other)?;
+        }
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    /// Does nothing: data goes out in whole chunks, and the last one with `finish`.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel();
+        }
+    }
+}
+
+fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>) {
+    let mut lagged = false;
+    let why = loop {
+        let frame = match read_frame(reader) {
+            Ok(f) => f,
+            Err(FrameError::Eof) => break "the server closed the connection".to_string(),
+            Err(e) if !e.is_fatal() => {
+                // Boundaries are intact: note it and go on.
+                *lock(&shared.notice) = Some(format!("received a bad frame: {e}"));
+                continue;
+            }
+            Err(e) => break format!("reading from the server failed: {e}"),
+        };
+        let id = frame.id;
+        match frame.kind {
+            FrameType::Response | FrameType::Error => {
+                let answer: Answer = if frame.kind == FrameType::Response {
+                    Response::decode(&frame.payload).map_err(|e| {
+                        RemoteError::new(
+                            ErrorCode::Malformed,
+                            format!("the server's answer to request {id} is malformed: {e}"),
+                        )
+                    })
+                } else {
+                    Err(decode_error(&frame.payload).unwrap_or_else(|e| {
+                        RemoteError::new(
+                            ErrorCode::Malformed,
+                            format!("the server's error for request {id} is malformed: {e}"),
+                        )
+                    }))
+                };
+                if id == 0 {
+                    if let Err(e) = answer {
+                        *lock(&shared.notice) = Some(e.to_string());
+                    }
+                    continue;
+                }
+                // A missing id is a call that timed out or was cancelled: drop the answer.
+                match lock(&shared.pending).remove(&id) {
+                    Some(Pending::Call(tx)) => {
+                        let _ = tx.try_send(answer);
+                    }
+                    Some(Pending::Download { tx, .. }) => {
+                        let _ = tx.send(DlMsg::End(answer));
+                    }
+                    Some(Pending::Upload { ctl, tx }) => {
+                        let _ = tx.try_send(answer);
+                        lock(&ctl.state).1 = true;
+                        ctl.cv.notify_all();
+                    }
+                    None => {}
+                }
+            }
+            FrameType::Chunk => {
+                let pending = lock(&shared.pending);
+                if let Some(Pending::Download { tx, allowed }) = pending.get(&id) {
+                    if allowed.load(Ordering::Acquire) == 0 {
+                        break format!("the server sent request {id} a chunk without credit");
+                    }
+                    allowed.fetch_sub(1, Ordering::AcqRel);
+                    let _ = tx.send(DlMsg::Data(frame.payload));
+                }
+            }
+            FrameType::Credit => {
+                let Ok(b) = <[u8; 4]>::try_from(frame.payload.as_slice()) else {
+                    break format!("the server sent a malformed credit frame for request {id}");
+                };
+                let n = u32::from_le_bytes(b) as u64;
+                if let Some(Pending::Upload { ctl, .. }) = lock(&shared.pending).get(&id) {
+                    let mut st = lock(&ctl.state);
+                    st.0 = (st.0 + n).min(STREAM_WINDOW as u64 * 2);
+                    ctl.cv.notify_all();
+                }
+            }
+            FrameType::Push => {
+                let p = match Push::decode(&frame.payload) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        *lock(&shared.notice) = Some(format!("malformed push: {e}"));
+                        continue;
+                    }
+                };
+                if lagged {
+                    match pushes.try_send(Push::Lagged) {
+                        Ok(()) => lagged = false,
+                        Err(TrySendError::Full(_)) => continue,
+                        Err(TrySendError::Disconnected(_)) => {}
+                    }
+                }
+                if let Err(TrySendError::Full(_)) = pushes.try_send(p) {
+                    lagged = true;
+                }
+            }
+            FrameType::Request | FrameType::Cancel => {
+                break format!(
+                    "the server sent a {:?} frame, which only clients send",
+                    frame.kind
+                )
+            }
+        }
+    };
+    shared.fail_all(why);
+}

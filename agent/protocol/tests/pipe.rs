@@ -1,0 +1,472 @@
+//! Client and server over a real socket pair, as qrexec connects them: many threads calling
+//! at once, answers out of order, streams, pushes, timeouts, lost connections.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cloudstore_protocol::*;
+use common::handler::*;
+
+struct Setup {
+    client: Client,
+    pushes: Receiver<Push>,
+    server: JoinHandle<Result<ServeStats, ServeError>>,
+    /// The server's end, to cut the connection from the server side.
+    server_end: UnixStream,
+    handler: Arc<MemHandler>,
+}
+
+fn start_with(role: Role, server: ServerConfig, client: ClientConfig) -> Setup {
+    let (a, b) = UnixStream::pair().unwrap();
+    let handler = Arc::new(MemHandler::default());
+    let h = handler.clone();
+    let server_end = b.try_clone().unwrap();
+    let r = b.try_clone().unwrap();
+    let mut server = server;
+    server.accept.role = role;
+    let server = std::thread::spawn(move || serve(r, b, &server, &*h));
+    let mut client = client;
+    client.hello.role = role;
+    let (client, pushes) = Client::connect_unix(a, client).unwrap();
+    Setup {
+        client,
+        pushes,
+        server,
+        server_end,
+        handler,
+    }
+}
+
+fn start(role: Role) -> Setup {
+    start_with(
+        role,
+        ServerConfig::new(Accept::new(role)),
+        ClientConfig::new(Hello::new(role)),
+    )
+}
+
+#[test]
+fn handshake_agrees_on_version_role_and_features() {
+    let s = start(Role::Volume);
+    let sess = s.client.session();
+    assert_eq!(sess.version, VERSION);
+    assert_eq!(sess.role, Role::Volume);
+    assert_eq!(sess.features, features::PUSH);
+    assert_eq!(sess.max_payload as usize, MAX_PAYLOAD);
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+}
+
+#[test]
+fn many_threads_share_one_stream() {
+    let s = start(Role::Volume);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let c = s.client.clone();
+            std::thread::spawn(move || {
+                for i in 0..150u32 {
+                    let path = format!("t{t}/f{}", i % 5);
+                    let data = format!("thread {t} write {i}").into_bytes();
+                    let w = c
+                        .call(Request::Write {
+                            file: FileRef::Path(path.clone()),
+                            offset: 0,
+                            data: data.clone(),
+                        })
+                        .unwrap();
+                    assert_eq!(w, Response::Written(data.len() as u32));
+                    let r = c
+                        .call(Request::Read {
+                            file: FileRef::Path(path.clone()),
+                            offset: 0,
+                            len: data.len() as u32,
+                        })
+                        .unwrap();
+                    assert_eq!(r, Response::Data(data), "thread {t} call {i}");
+                    if i % 10 == 0 {
+                        let e = c
+                            .call(Request::Stat {
+                                file: FileRef::Path(format!("t{t}/missing{i}")),
+                            })
+                            .unwrap_err();
+                        assert_eq!(e.code, ErrorCode::NotFound);
+                        assert!(e.message.contains(&format!("t{t}/missing{i}")), "{e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        s.handler.max_running.load(Ordering::SeqCst) > 1,
+        "requests ran concurrently on the server"
+    );
+    assert!(
+        s.handler.max_running.load(Ordering::SeqCst) <= 8,
+        "at most `workers` at once"
+    );
+    drop(s.client);
+    let stats = s.server.join().unwrap().unwrap();
+    assert_eq!(stats.requests, 8 * (150 * 2 + 15));
+    assert_eq!(s.handler.closed.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_slow_answer_does_not_hold_up_a_fast_one() {
+    let s = start(Role::Volume);
+    let c = s.client.clone();
+    let slow = std::thread::spawn(move || {
+        let t = Instant::now();
+        c.call(Request::Stat {
+            file: FileRef::Path("sleep/700".into()),
+        })
+        .unwrap();
+        t.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    for _ in 0..20 {
+        s.client.call(Request::Ping).unwrap();
+    }
+    let fast = t.elapsed();
+    let slow = slow.join().unwrap();
+    assert!(
+        fast < slow,
+        "20 pings ({fast:?}) finished while the slow call ({slow:?}) was still running"
+    );
+    assert!(slow >= Duration::from_millis(700));
+}
+
+#[test]
+fn a_call_times_out_and_the_connection_keeps_working() {
+    let s = start(Role::Volume);
+    let e = s
+        .client
+        .call_timeout(
+            Request::Stat {
+                file: FileRef::Path("sleep/1500".into()),
+            },
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::TimedOut);
+    assert_eq!(e.errno(), libc::ETIMEDOUT);
+    assert!(e.message.contains("Stat"), "{e}");
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+}
+
+#[test]
+fn a_lost_connection_wakes_every_waiter() {
+    let s = start(Role::Volume);
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let c = s.client.clone();
+            std::thread::spawn(move || {
+                c.call(Request::Stat {
+                    file: FileRef::Path("hang".into()),
+                })
+            })
+        })
+        .collect();
+    // Wait until all five are inside the handler, then cut the stream under them.
+    let t = Instant::now();
+    while s.handler.running.load(Ordering::SeqCst) < 5 {
+        assert!(t.elapsed() < Duration::from_secs(10), "calls never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.server_end.shutdown(std::net::Shutdown::Both).unwrap();
+    for w in waiters {
+        let e = w.join().unwrap().unwrap_err();
+        assert_eq!(e.code, ErrorCode::ConnectionLost, "{e}");
+        assert!(e.message.contains("closed"), "{e}");
+    }
+    let e = s.client.call(Request::Ping).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ConnectionLost);
+    assert!(s.client.lost().is_some());
+    s.handler.release_hung();
+    s.server.join().unwrap().unwrap();
+}
+
+#[test]
+fn the_in_flight_window_bounds_outstanding_calls() {
+    let mut cc = ClientConfig::new(Hello::new(Role::Volume));
+    cc.max_in_flight = 3;
+    let s = start_with(
+        Role::Volume,
+        ServerConfig::new(Accept::new(Role::Volume)),
+        cc,
+    );
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let c = s.client.clone();
+            std::thread::spawn(move || {
+                c.call(Request::Stat {
+                    file: FileRef::Path("sleep/50".into()),
+                })
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.handler.handled.load(Ordering::SeqCst), 10);
+    assert!(s.handler.max_running.load(Ordering::SeqCst) <= 3);
+}
+
+#[test]
+fn streamed_get_delivers_every_byte() {
+    let s = start(Role::Sync);
+    let size = 20 * 1024 * 1024 + 12345u64;
+    let mut d = s.client.get(&format!("gen/{size}"), None).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    let mut got = 0u64;
+    loop {
+        let n = d.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            assert_eq!(*b, gen_byte(got + k as u64), "byte {}", got + k as u64);
+        }
+        got += n as u64;
+    }
+    assert_eq!(got, size);
+    assert_eq!(d.finish().unwrap().size, size);
+    // Other calls go on while a stream runs, and after.
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+    let e = s.client.get("missing", None).unwrap().finish().unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+}
+
+#[test]
+fn a_dropped_download_is_cancelled_and_frees_its_stream() {
+    let s = start(Role::Sync);
+    for _ in 0..10 {
+        let mut d = s.client.get("gen/50000000", None).unwrap();
+        let mut b = [0u8; 1000];
+        d.read_exact(&mut b).unwrap();
+        drop(d);
+    }
+    // Cancelled streams ended on the server, or the stream limit (4) would refuse this one.
+    let t = Instant::now();
+    loop {
+        match s.client.get("gen/10", None).unwrap().finish() {
+            Ok(a) => {
+                assert_eq!(a.size, 10);
+                break;
+            }
+            Err(e) if e.code == ErrorCode::Busy && t.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn uploads_arrive_whole_or_not_at_all() {
+    let s = start(Role::Sync);
+    let put = |path: &str| Request::Put {
+        path: path.into(),
+        expect: Expect::Absent,
+        mode: None,
+        mtime: None,
+    };
+    let size = 9 * 1024 * 1024 + 7;
+    let mut u = s.client.upload(put("big")).unwrap();
+    let mut h = FNV_START;
+    let chunk: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        u.write_all(&chunk[..n]).unwrap();
+        fnv(&mut h, &chunk[..n]);
+        left -= n;
+    }
+    match u.finish().unwrap() {
+        Response::Attr(a) => {
+            assert_eq!(a.size, size as u64);
+            assert_eq!(a.ino, h, "content hash");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Empty upload.
+    let u = s.client.upload(put("empty")).unwrap();
+    assert!(matches!(u.finish().unwrap(), Response::Attr(a) if a.size == 0));
+
+    // Aborted: the handler's read fails, nothing is stored.
+    let mut u = s.client.upload(put("aborted")).unwrap();
+    u.write_all(&vec![1u8; 3 * CHUNK_SIZE]).unwrap();
+    u.abort();
+    let t = Instant::now();
+    while s.handler.aborted_uploads.load(Ordering::SeqCst) < 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "abort not seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!s.handler.files.lock().unwrap().contains_key("aborted"));
+    assert!(s.handler.files.lock().unwrap().contains_key("big"));
+
+    // Streaming ops are refused by call().
+    let e = s.client.call(put("x")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+}
+
+#[test]
+fn an_upload_cut_by_a_lost_connection_is_not_complete() {
+    let s = start(Role::Sync);
+    let mut u = s
+        .client
+        .upload(Request::Put {
+            path: "cut".into(),
+            expect: Expect::Any,
+            mode: None,
+            mtime: None,
+        })
+        .unwrap();
+    u.write_all(&vec![2u8; 2 * CHUNK_SIZE + 1]).unwrap();
+    s.server_end.shutdown(std::net::Shutdown::Read).unwrap();
+    let t = Instant::now();
+    while s.handler.aborted_uploads.load(Ordering::SeqCst) < 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "cut not seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!s.handler.files.lock().unwrap().contains_key("cut"));
+    drop(u);
+    s.server.join().unwrap().unwrap();
+}
+
+#[test]
+fn pushes_arrive_in_order() {
+    let s = start(Role::Volume);
+    assert_eq!(
+        s.client.call(Request::Subscribe).unwrap(),
+        Response::Subscribed { head: 1 }
+    );
+    for seq in 1..=100u64 {
+        match s.pushes.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Push::Change(e) => assert_eq!((e.seq, e.path), (seq, format!("f{seq}"))),
+            Push::Lagged => panic!("lagged with an empty queue"),
+        }
+    }
+}
+
+#[test]
+fn a_slow_push_reader_gets_lagged_not_unbounded_memory() {
+    let mut cc = ClientConfig::new(Hello::new(Role::Volume));
+    cc.push_queue = 10;
+    let s = start_with(
+        Role::Volume,
+        ServerConfig::new(Accept::new(Role::Volume)),
+        cc,
+    );
+    s.client.call(Request::Subscribe).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Ping after the pushes: the reader has processed them all once this answers.
+    s.client.call(Request::Ping).unwrap();
+    let got: Vec<Push> = s.pushes.try_iter().collect();
+    assert_eq!(got.len(), 10, "the queue holds what it can");
+    assert!(got.iter().all(|p| matches!(p, Push::Change(_))));
+    // The next push after the reader drained is preceded by Lagged... none come now, but a
+    // second subscription produces more.
+    s.client.call(Request::Subscribe).unwrap();
+    match s.pushes.recv_timeout(Duration::from_secs(10)).unwrap() {
+        Push::Lagged => {}
+        other => panic!("expected Lagged first, got {other:?}"),
+    }
+}
+
+#[test]
+fn roles_limit_operations() {
+    let s = start(Role::Sync);
+    let e = s
+        .client
+        .call(Request::Write {
+            file: FileRef::Path("f".into()),
+            offset: 0,
+            data: vec![1],
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    assert!(
+        e.message
+            .contains("Write is not allowed on a Sync connection"),
+        "{e}"
+    );
+    let v = start(Role::Volume);
+    let e = v.client.call(Request::Ack { seq: 1 }).unwrap_err();
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+}
+
+#[test]
+fn a_panicking_handler_answers_internal_and_the_connection_survives() {
+    let s = start(Role::Volume);
+    let e = s
+        .client
+        .call(Request::Stat {
+            file: FileRef::Path("panic".into()),
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+}
+
+#[test]
+fn an_answer_too_big_for_a_frame_is_refused_cleanly() {
+    let s = start(Role::Sync);
+    let e = s
+        .client
+        .call(Request::ChangesSince {
+            since: 1,
+            limit: 1024,
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooLarge);
+    assert!(e.message.contains("ask for fewer"), "{e}");
+    match s
+        .client
+        .call(Request::ChangesSince {
+            since: 1,
+            limit: 10,
+        })
+        .unwrap()
+    {
+        Response::Changes(Changes::Entries { entries, next }) => {
+            assert_eq!((entries.len(), next), (10, 11))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_full_size_write_fits_in_a_frame() {
+    let s = start(Role::Volume);
+    let path = vec!["n".repeat(255); 16].join("/");
+    let data = vec![7u8; MAX_IO];
+    let r = s
+        .client
+        .call(Request::Write {
+            file: FileRef::Path(path.clone()),
+            offset: 0,
+            data,
+        })
+        .unwrap();
+    assert_eq!(r, Response::Written(MAX_IO as u32));
+    let r = s
+        .client
+        .call(Request::Read {
+            file: FileRef::Path(path),
+            offset: 0,
+            len: MAX_IO as u32,
+        })
+        .unwrap();
+    assert!(matches!(r, Response::Data(d) if d.len() == MAX_IO));
+}
