@@ -3,7 +3,8 @@
 #
 # Today it shows the ground every role stands on: the real `cloudstore` agent reading its
 # role from a qubesdb daemon (the qubes-sim stand-in, which speaks the real wire protocol),
-# logging it, following a configuration change and refusing a bad one. The full demo
+# logging it, following a configuration change and refusing a bad one; and the volume
+# format: a volume written by `cloudstore encrypt` that real gocryptfs opens. The full demo
 # (storage, transfer and two consumers, encrypted files in a local "cloud", gocryptfs
 # decrypting them) arrives with issue 8.
 set -euo pipefail
@@ -73,6 +74,27 @@ echo "== the agent exited with status $rc (78 = EX_CONFIG: systemd does not rest
 [ "$rc" -eq 78 ] || { echo "demo: expected exit status 78" >&2; exit 1; }
 
 echo
-echo "This is what exists so far: configuration from qubesdb, logging and the role entry"
-echo "points. The full demo (encrypted volumes, sync to a local cloud, gocryptfs on"
-echo "\"another OS\", a consumer refused another's volume) arrives with issue 8."
+echo "== the volume format: cloudstore writes a volume, real gocryptfs opens it (\"another OS\")"
+vol="$work/cloud/work" plain="$work/plain" mnt="$work/gocryptfs-view"
+mkdir -p "$plain/reports" "$mnt"
+printf 'Quarterly figures: confidential\n' > "$plain/reports/q3.txt"
+printf 'meeting at noon\n' > "$plain/notes.txt"
+printf 'demo passphrase\n' > "$work/passphrase"
+"$bin/cloudstore" init --passphrase-file "$work/passphrase" "$vol" >/dev/null 2>&1
+"$bin/cloudstore" encrypt --passphrase-file "$work/passphrase" "$plain" "$vol" >/dev/null
+echo "   what the cloud sees (names and contents encrypted):"
+find "$vol" -mindepth 1 | sed "s|^$vol/|     |"
+if grep -rq "confidential" "$vol"; then echo "demo: plaintext found in the ciphertext" >&2; exit 1; fi
+# gocryptfs's daemon complains on stderr when the machine has no syslog; keep its output
+# for a failure only.
+gocryptfs -q -ro -passfile "$work/passphrase" "$vol" "$mnt" 2>"$work/gocryptfs.log" \
+    || { cat "$work/gocryptfs.log" >&2; exit 1; }
+echo "   gocryptfs mounts it with the passphrase alone:"
+(cd "$mnt" && find . -type f | sort | while read -r f; do printf '     %s: %s\n' "${f#./}" "$(cat "$f")"; done)
+fusermount3 -u "$mnt"
+
+echo
+echo "This is what exists so far: configuration from qubesdb, logging, the role entry points"
+echo "and the gocryptfs-compatible format with its offline commands. The full demo (storage,"
+echo "transfer and two consumers, sync to a local cloud, a consumer refused another's volume)"
+echo "arrives with issue 8."
