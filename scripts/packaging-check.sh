@@ -225,7 +225,7 @@ else
 fi
 # Structured journal fields of the storage agent (journalctl -o json, one object a line).
 if [ -s "$root/ci/journal-hardened.json" ]; then
-    check "journal: the storage agent's entries carry ROLE=storage, KEY, SYSLOG_IDENTIFIER=cloudstore, the unit" \
+    check "journal: the storage agent's entries carry ROLE=storage, KEY, VOLUMES, PRIORITY, SYSLOG_IDENTIFIER=cloudstore, the unit" \
         python3 - "$root/ci/journal-hardened.json" <<'EOF'
 import json, sys
 entries = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -237,8 +237,10 @@ e = start[0]
 assert e.get("ROLE") == "storage", e
 assert e.get("KEY") == "/cloudstore/role", e
 assert e.get("_SYSTEMD_UNIT") == "cloudstore-storage.service", e
-assert e.get("PRIORITY") == "6", e
-print(f"{len(agent)} agent entries; first: {e['MESSAGE']!r} ROLE={e['ROLE']} KEY={e['KEY']}")
+# tracing-journald maps INFO to syslog NOTICE (5).
+assert e.get("PRIORITY") == "5", e
+assert e.get("VOLUMES") == "work", e
+print(f"{len(agent)} agent entries; {e['MESSAGE']!r} ROLE={e['ROLE']} KEY={e['KEY']} VOLUMES={e['VOLUMES']} PRIORITY={e['PRIORITY']} _SYSTEMD_UNIT={e['_SYSTEMD_UNIT']}")
 EOF
     sed 's/^/       /' "$out/last.log"
 else

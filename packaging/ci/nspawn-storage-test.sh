@@ -90,6 +90,21 @@ else
     fail "role=storage: the shipped unit is not active: $(state)"
 fi
 journalctl -u "$unit" -o json --no-pager >"$out/journal-contract.json"
+
+# The role changes while the agent runs: it exits 75, systemd starts it again
+# (RestartForceExitStatus=75), and ExecCondition now skips it.
+set_role consumer
+i=0
+while [ "$i" -lt 30 ]; do
+    [ "$(prop NRestarts)" -ge 1 ] && [ "$(prop ActiveState)" = inactive ] && break
+    sleep 0.5
+    i=$((i + 1))
+done
+if [ "$(prop ActiveState)" = inactive ] && [ "$(prop Result)" = exec-condition ] && [ "$(prop NRestarts)" = 1 ]; then
+    ok "role changed to consumer at run time: agent exits 75, one restart, then skipped by ExecCondition"
+else
+    fail "role change at run time: $(state), expected inactive/exec-condition after 1 restart"
+fi
 systemctl stop "$unit"
 
 set_role consumer
@@ -110,10 +125,11 @@ fi
 
 set_role bogus
 start_unit
-if [ "$(prop ActiveState)" = failed ]; then
-    ok "role=bogus: the storage unit fails (ExecCondition exit 255)"
+sleep 6 # longer than RestartSec=: a restart, if any, would have begun
+if [ "$(prop ActiveState)" = failed ] && [ "$(prop NRestarts)" = 0 ]; then
+    ok "role=bogus: the storage unit fails (ExecCondition exit 255) and is not restarted"
 else
-    fail "role=bogus: $(state), expected failed"
+    fail "role=bogus: $(state), expected failed with no restart"
 fi
 journalctl -u "$unit" -o json --no-pager >"$out/journal-all.json"
 set_role storage
