@@ -33,12 +33,14 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
     pub accept: Accept,
-    /// Threads running the handler: requests of one connection run concurrently up to this.
+    /// Threads running the handler (at least 2): requests of one connection run concurrently
+    /// up to this.
     pub workers: usize,
     /// Requests decoded and waiting for a worker before the reader stops reading.
     pub queue: usize,
-    /// Upload and download streams at once; more are refused with `Busy`. Kept below
-    /// `workers` so requests that do not stream always find a worker.
+    /// Upload and download streams at once; more are refused with `Busy`. Clamped below
+    /// `workers`: a stream's handler waits on the reader (for chunks or credit) while the
+    /// reader may wait for a free worker, so at least one worker must never be streaming.
     pub max_streams: usize,
 }
 
@@ -388,6 +390,12 @@ where
     W: Write + Send + 'static,
     H: Handler,
 {
+    let workers = config.workers.max(2);
+    let config = &ServerConfig {
+        workers,
+        max_streams: config.max_streams.clamp(1, workers - 1),
+        ..*config
+    };
     let session = server_handshake(&mut reader, &mut writer, &config.accept)?;
     let conn = Arc::new(Conn {
         writer: Mutex::new(Some(Box::new(writer))),
@@ -401,7 +409,7 @@ where
     let result = std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<Job>(config.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..config.workers.max(1) {
+        for _ in 0..config.workers {
             let rx = rx.clone();
             let conn = &conn;
             let errors = &errors;

@@ -23,6 +23,8 @@ pub struct MemHandler {
     /// `hang` requests wait until this is set.
     pub release: (Mutex<bool>, Condvar),
     pub closed: AtomicUsize,
+    /// Turns off the special paths (sleep, hang, panic) for fuzzing.
+    pub plain: bool,
 }
 
 /// Deterministic content for `Get` of `gen/<size>`.
@@ -66,6 +68,9 @@ impl MemHandler {
     }
 
     fn special(&self, path: &str) -> Option<Result<Response, RemoteError>> {
+        if self.plain {
+            return None;
+        }
         if let Some(ms) = path.strip_prefix("sleep/") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
             return Some(Ok(Response::Attr(attr_of(FileType::File, 0))));
@@ -118,9 +123,17 @@ impl MemHandler {
                 offset,
                 data,
             } => {
+                // Memory is the test's disk: refuse what it cannot hold.
+                let end = offset.saturating_add(data.len() as u64);
+                if end > 64 << 20 {
+                    return Err(RemoteError::new(
+                        ErrorCode::FileTooBig,
+                        format!("write {p:?}: the test handler keeps files under 64 MiB"),
+                    ));
+                }
+                let end = end as usize;
                 let mut files = self.files.lock().unwrap();
                 let f = files.entry(p).or_default();
-                let end = offset as usize + data.len();
                 if f.len() < end {
                     f.resize(end, 0);
                 }
@@ -135,7 +148,7 @@ impl MemHandler {
                 let files = self.files.lock().unwrap();
                 let f = files.get(&p).ok_or_else(|| not_found(&p))?;
                 let start = (offset as usize).min(f.len());
-                let end = (start + len as usize).min(f.len());
+                let end = start.saturating_add(len as usize).min(f.len());
                 Ok(Response::Data(f[start..end].to_vec()))
             }
             Request::ChangesSince { since, limit } => {
@@ -159,8 +172,9 @@ impl MemHandler {
             }
             Request::Subscribe => {
                 let pusher = call.pusher();
+                let count = if self.plain { 3 } else { 100 };
                 std::thread::spawn(move || {
-                    for seq in 1..=100u64 {
+                    for seq in 1..=count {
                         let e = ChangeEntry {
                             seq,
                             kind: ChangeKind::Create,
