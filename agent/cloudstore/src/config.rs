@@ -600,16 +600,20 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     out
 }
 
+/// An in-memory qubesdb for tests: `KeySource` is implemented for the map.
+#[cfg(test)]
+pub(crate) fn fake_db(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn db(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::fake_db as db;
 
     #[test]
     fn primary_keys_parse() {
