@@ -21,7 +21,7 @@ import tempfile
 from typing import List, Optional
 
 from . import __version__
-from .mapping import InputError, load_json, is_cloudstore_feature, qubes_from_json
+from .mapping import InputError, is_cloudstore_feature, load_json, qubes_from_json, read_text
 from .policy import POLICY_PATH, PolicyError, QubeInfo, check_setup, render_policy, report_check
 
 PROG = "cloudstore-admin"
@@ -70,12 +70,7 @@ def load_from_admin_api() -> List[QubeInfo]:
 
 def load_from_json(path: str) -> List[QubeInfo]:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise AdminError(f"cannot read {path}: {err.strerror}") from err
-    try:
-        return qubes_from_json(load_json(text, path), path)
+        return qubes_from_json(load_json(read_text(path), path), path)
     except InputError as err:
         raise AdminError(str(err)) from err
 

@@ -43,6 +43,16 @@ def _live_qdb(vm):
     return getattr(vm, "untrusted_qdb", None)
 
 
+def _qdb_entry(vm, feature, value):
+    """The (path, value) qubesdb entry for a feature, or None, logged, when
+    qubesdb cannot hold it."""
+    try:
+        return qdb_path(feature), qdb_value(feature, value)
+    except MappingError as err:
+        _vm_log(vm).warning("cloudstore: not exported to qubesdb: %s", err)
+        return None
+
+
 class CloudstoreExtension(qubes.ext.Extension):
     """Exports ``cloudstore.*`` features to QubesDB under ``/cloudstore/``."""
 
@@ -53,11 +63,10 @@ class CloudstoreExtension(qubes.ext.Extension):
         for feature, value in sorted(vm.features.items()):
             if not is_cloudstore_feature(feature):
                 continue
-            try:
-                path, text = qdb_path(feature), qdb_value(feature, value)
-            except MappingError as err:
-                _vm_log(vm).warning("cloudstore: not exported to qubesdb: %s", err)
+            entry = _qdb_entry(vm, feature, value)
+            if entry is None:
                 continue
+            path, text = entry
             try:
                 check_feature(feature, text)
             except MappingError as err:
@@ -86,14 +95,11 @@ class CloudstoreExtension(qubes.ext.Extension):
         qdb = _live_qdb(vm)
         if qdb is None:
             return
-        try:
-            path, text = qdb_path(feature), qdb_value(feature, value)
-        except MappingError as err:
-            # Only reachable when pre-set did not run; the value is stored
-            # already, so say why the qube does not see it.
-            _vm_log(vm).warning("cloudstore: not exported to qubesdb: %s", err)
-            return
-        qdb.write(path, text)
+        # None only when pre-set did not run; the value is stored already, and
+        # the log says why the qube does not see it.
+        entry = _qdb_entry(vm, feature, value)
+        if entry is not None:
+            qdb.write(*entry)
 
     @qubes.ext.handler("domain-feature-delete:*")
     def on_domain_feature_delete(self, vm, event, feature):

@@ -193,6 +193,15 @@ def qdb_entries(features: Mapping[str, object]) -> Tuple[Dict[str, str], List[Tu
 # --- JSON command line -------------------------------------------------------
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 input file, or InputError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from err
+
+
 def load_json(text: str, source: str) -> object:
     try:
         return json.loads(text)
@@ -251,11 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if len(argv) == 2 and argv[1] != "-":
             source = argv[1]
-            try:
-                with open(source, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as err:
-                raise InputError(f"cannot read {source}: {err.strerror}") from err
+            text = read_text(source)
         else:
             source = "<stdin>"
             text = sys.stdin.read()
