@@ -42,6 +42,9 @@ const MAX_RECORD: usize = 2 * 4096 + 128;
 const SUBSCRIBER_QUEUE: usize = 1024;
 const FILE_NAME: &str = "journal.log";
 const TMP_NAME: &str = "journal.log.tmp";
+/// The sync peer's acknowledgement: seq u64 | crc32 of it u32, replaced atomically.
+const ACK_NAME: &str = "sync-ack";
+const ACK_TMP_NAME: &str = "sync-ack.tmp";
 
 /// A notice to a change subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +107,7 @@ pub(crate) struct Journal {
     max_bytes: u64,
     state: Mutex<State>,
     subs: Mutex<Vec<Subscriber>>,
+    acked: Mutex<u64>,
 }
 
 fn encode(e: &ChangeEntry) -> Vec<u8> {
@@ -313,7 +317,9 @@ impl Journal {
                 index,
             }),
             subs: Mutex::new(Vec::new()),
+            acked: Mutex::new(0),
         };
+        *j.acked.lock().unwrap() = j.read_ack();
         if damaged {
             floor = next;
             let mut st = j.state.lock().unwrap();
@@ -358,6 +364,65 @@ impl Journal {
 
     fn fname(&self) -> String {
         format!("{}/{FILE_NAME}", self.label)
+    }
+
+    /// A missing or damaged acknowledgement reads as 0: the peer then simply resends.
+    fn read_ack(&self) -> u64 {
+        let mut b = [0u8; 12];
+        let Ok(fd) = sys::open_at(self.dir.as_fd(), ACK_NAME, libc::O_RDONLY, 0) else {
+            return 0;
+        };
+        match File::from(fd).read_exact_at(&mut b, 0) {
+            Ok(()) if crc32(&b[..8]).to_le_bytes() == b[8..12] => {
+                u64::from_le_bytes(b[..8].try_into().unwrap())
+            }
+            _ => {
+                tracing::warn!(file = %format!("{}/{ACK_NAME}", self.label), "sync acknowledgement unreadable; treating it as 0");
+                0
+            }
+        }
+    }
+
+    /// Records the sync peer's acknowledgement durably; returns the value now recorded.
+    pub(crate) fn ack(&self, seq: u64) -> Result<u64> {
+        let mut acked = self.acked.lock().unwrap();
+        let seq = seq.min(self.head());
+        if seq <= *acked {
+            return Ok(*acked);
+        }
+        let tname = format!("{}/{ACK_TMP_NAME}", self.label);
+        let mut b = seq.to_le_bytes().to_vec();
+        b.extend_from_slice(&crc32(&b).to_le_bytes());
+        let _ = sys::unlink_at(self.dir.as_fd(), ACK_TMP_NAME, false);
+        let r = sys::open_at(
+            self.dir.as_fd(),
+            ACK_TMP_NAME,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )
+        .map(File::from)
+        .and_then(|f| f.write_all_at(&b, 0).and_then(|_| sys::fsync(f.as_fd())))
+        .and_then(|_| {
+            sys::rename_at(
+                self.dir.as_fd(),
+                ACK_TMP_NAME,
+                self.dir.as_fd(),
+                ACK_NAME,
+                0,
+            )
+        })
+        .and_then(|_| sys::fsync(self.dir.as_fd()));
+        if let Err(e) = r {
+            let _ = sys::unlink_at(self.dir.as_fd(), ACK_TMP_NAME, false);
+            return Err(StoreError::fs("record sync acknowledgement", &tname, e));
+        }
+        *acked = seq;
+        Ok(seq)
+    }
+
+    /// The last acknowledged sequence number.
+    pub(crate) fn acked(&self) -> u64 {
+        *self.acked.lock().unwrap()
     }
 
     /// The next sequence number to be assigned.

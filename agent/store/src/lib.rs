@@ -44,6 +44,6 @@ pub use types::{
 };
 pub use versions::{PruneReport, RetentionPolicy, VersionId, VersionInfo, VersionReason};
 pub use volume::{
-    ConflictInfo, FileReader, PutOptions, Volume, VolumeStats, MAX_READ, MAX_READDIR_PAGE,
+    ConflictInfo, FileKey, FileReader, PutOptions, Volume, VolumeStats, MAX_READ, MAX_READDIR_PAGE,
     MAX_SYMLINK_TARGET,
 };

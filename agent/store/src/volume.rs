@@ -62,6 +62,9 @@ struct Session {
 
 type InodeKey = (u64, u64);
 
+/// Identity of a stored file (device, inode): ties a peer's handle to the file it opened.
+pub type FileKey = (u64, u64);
+
 /// A parked conflict copy (see [`Volume::park_conflict`]).
 pub type ConflictInfo = VersionInfo;
 
@@ -386,16 +389,26 @@ impl Volume {
     // ---- in-place modification --------------------------------------------------------
 
     /// Runs `f` on the open file inside its modification session (see the module docs).
+    /// With `only_if` set, does nothing and returns `None` unless `p` still names that file
+    /// (checked under the namespace lock, so a concurrent rename cannot slip in between).
     fn modify<T>(
         &self,
         op: &'static str,
         p: &RelPath,
+        only_if: Option<FileKey>,
         f: impl FnOnce(&File) -> io::Result<T>,
-    ) -> Result<T> {
+    ) -> Result<Option<T>> {
         let _g = self.ns.read().unwrap();
-        let file = Arc::new(self.open_obj(op, p, libc::O_RDWR)?);
+        let file = match self.open_obj(op, p, libc::O_RDWR) {
+            Ok(f) => Arc::new(f),
+            Err(e) if only_if.is_some() && e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let st = sys::fstat(file.as_fd()).ctx(op, p.as_str())?;
         let key = key_of(&st);
+        if only_if.is_some_and(|k| k != key) {
+            return Ok(None);
+        }
         loop {
             let sess = {
                 let mut table = self.sessions.lock().unwrap();
@@ -444,7 +457,7 @@ impl Volume {
                 s.file = file.clone();
             }
             s.last = now;
-            return f(&file).ctx(op, p.as_str());
+            return f(&file).ctx(op, p.as_str()).map(Some);
         }
     }
 
@@ -510,14 +523,75 @@ impl Volume {
 
     /// Writes `data` at `offset`; returns the number of bytes written (all of them).
     pub fn write(&self, p: &RelPath, offset: u64, data: &[u8]) -> Result<usize> {
-        self.modify("write", p, |f| {
-            f.write_all_at(data, offset).map(|_| data.len())
-        })
+        self.write_if(p, None, offset, data)
+            .map(|n| n.expect("unconditional write"))
     }
 
     /// Sets the size of the file `p` (a modification: versioned per session).
     pub fn truncate(&self, p: &RelPath, size: u64) -> Result<()> {
-        self.modify("truncate", p, |f| f.set_len(size))
+        self.truncate_if(p, None, size)
+            .map(|n| n.expect("unconditional truncate"))
+    }
+
+    /// [`Volume::write`] only if `p` still names the file `key` (see [`Volume::open_file`]);
+    /// `None` if it no longer does (renamed away or unlinked): the caller then writes
+    /// through its own descriptor, outside the tree and its journal.
+    pub fn write_if(
+        &self,
+        p: &RelPath,
+        key: Option<FileKey>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<usize>> {
+        self.modify("write", p, key, |f| {
+            f.write_all_at(data, offset).map(|_| data.len())
+        })
+    }
+
+    /// [`Volume::truncate`] only if `p` still names the file `key` (as [`Volume::write_if`]).
+    pub fn truncate_if(&self, p: &RelPath, key: Option<FileKey>, size: u64) -> Result<Option<()>> {
+        self.modify("truncate", p, key, |f| f.set_len(size))
+    }
+
+    /// Opens the regular file `p` for a peer's handle (read-only, or read-write with
+    /// `write`), with its identity: a handle keeps naming the file after a rename or
+    /// unlink, like an open descriptor.
+    pub fn open_file(&self, p: &RelPath, write: bool) -> Result<(File, Attr, FileKey)> {
+        let flags = if write { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_NONBLOCK;
+        let f = self.open_obj("open", p, flags)?;
+        let st = sys::fstat(f.as_fd()).ctx("open", p.as_str())?;
+        match kind_of(&st) {
+            FileType::File => Ok((f, Attr::from_stat(&st), key_of(&st))),
+            FileType::Dir => Err(StoreError::fs(
+                "open",
+                p.as_str(),
+                io::Error::from_raw_os_error(libc::EISDIR),
+            )),
+            _ => Err(StoreError::refused(
+                "open",
+                p.as_str(),
+                ErrorKind::Invalid,
+                "only regular files can be opened",
+            )),
+        }
+    }
+
+    /// Ends the modification session of the file `key` if one is open (the peer closed its
+    /// handle), wherever the file is now.
+    pub fn release_file(&self, key: FileKey) -> Result<()> {
+        self.end_session(key)
+    }
+
+    /// Records that the sync peer has durably processed every journal entry below `seq`
+    /// (shown by status; survives restarts). A value below the recorded one is ignored: a
+    /// restarted peer may repeat an old acknowledgement.
+    pub fn ack_sync(&self, seq: u64) -> Result<u64> {
+        self.journal.ack(seq)
+    }
+
+    /// The last sequence number the sync peer acknowledged (0 if none).
+    pub fn sync_acked(&self) -> u64 {
+        self.journal.acked()
     }
 
     /// Ends the modification session of `p` (the consumer closed its last handle): the next

@@ -272,3 +272,47 @@ fn many_threads_at_once() {
     assert_eq!(e.len() as u64, v.journal_head() - head);
     assert_eq!(v.stats().open_sessions, 0);
 }
+
+#[test]
+fn sync_acknowledgement_is_durable_and_never_goes_back() {
+    let f = Fixture::new();
+    put_bytes(&f.vol, "a", b"1");
+    put_bytes(&f.vol, "b", b"2");
+    let head = f.vol.journal_head();
+    assert_eq!(f.vol.sync_acked(), 0);
+    assert_eq!(f.vol.ack_sync(head).unwrap(), head);
+    // A restarted peer repeating an older acknowledgement does not move it back, and an
+    // acknowledgement beyond the head is capped at the head.
+    assert_eq!(f.vol.ack_sync(1).unwrap(), head);
+    assert_eq!(f.vol.ack_sync(head + 1000).unwrap(), head);
+    let f = f.reopen();
+    assert_eq!(
+        f.vol.sync_acked(),
+        head,
+        "the acknowledgement survives a restart"
+    );
+}
+
+#[test]
+fn handle_writes_follow_the_file_not_the_name() {
+    let f = Fixture::new();
+    let v = &f.vol;
+    put_bytes(v, "doc", b"hello");
+    let (_file, attr, key) = v.open_file(&p("doc"), true).unwrap();
+    assert_eq!(attr.size, 5);
+    assert_eq!(v.write_if(&p("doc"), Some(key), 0, b"J").unwrap(), Some(1));
+    assert_eq!(get_bytes(v, "doc"), b"Jello");
+    // Once the name is replaced by another file, a conditional write does nothing there.
+    put_bytes(v, "doc", b"other");
+    assert_eq!(v.write_if(&p("doc"), Some(key), 0, b"X").unwrap(), None);
+    assert_eq!(v.truncate_if(&p("doc"), Some(key), 0).unwrap(), None);
+    assert_eq!(get_bytes(v, "doc"), b"other");
+    v.unlink(&p("doc")).unwrap();
+    assert_eq!(v.write_if(&p("doc"), Some(key), 0, b"X").unwrap(), None);
+    v.release_file(key).unwrap();
+    v.mkdir(&p("dir"), 0o700).unwrap();
+    assert_eq!(
+        v.open_file(&p("dir"), false).err().unwrap().kind(),
+        ErrorKind::IsDir
+    );
+}
