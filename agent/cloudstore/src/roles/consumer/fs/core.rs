@@ -1,0 +1,1387 @@
+//! Each filesystem operation over the protocol: plaintext name → (directory IV, encrypted
+//! name) → ciphertext path → request; file content through `CryptFile` one 4 KiB block at a
+//! time. Follows gocryptfs internal/fusefrontend (node.go, node_dir.go, file.go): long
+//! names write their `.name` file before the entry, directories get their
+//! `gocryptfs.diriv` right after mkdir, rmdir removes the diriv first.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cloudstore_format::file::{CipherStore, CryptFile};
+use cloudstore_format::names::{classify, DIRIV_NAME, LONGNAME_SUFFIX};
+use cloudstore_format::{
+    offsets, ContentCipher, DirIv, EncryptedName, FormatError, NameKind, HEADER_LEN,
+};
+use cloudstore_protocol::{
+    Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType, OpenFlags, Push,
+    RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
+};
+use fuser::{FileAttr, TimeOrNow};
+
+use super::conn::Storage;
+use super::nodes::{FileState, Nodes, ROOT};
+use super::{Connector, Fail, FsOptions, FsStatus};
+
+/// How long a change we made ourselves is recognised in storage's push notifications
+/// (so our own writes do not throw away our page cache). Storage ends a modification
+/// session after 5 s of quiet; 15 s covers that with margin.
+const OWN_WINDOW: Duration = Duration::from_secs(15);
+
+/// Longest `.name` file: a 255-byte plaintext name encrypts to 344 base64 characters.
+const LONGNAME_FILE_READ: u32 = 4096;
+
+/// A mode for the `.name` files of long names and `gocryptfs.diriv` (gocryptfs uses 0400
+/// and 0440; storage keeps owner read/write in any case).
+const NAME_FILE_MODE: u32 = 0o400;
+const DIRIV_MODE: u32 = 0o440;
+
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+pub(crate) struct OpenFile {
+    pub ino: u64,
+    write: bool,
+    /// (connection generation, storage handle)
+    remote: Mutex<Option<(u64, u64)>>,
+    file: Arc<FileState>,
+}
+
+pub(crate) struct DirItem {
+    pub name: Vec<u8>,
+    pub kind: FileType,
+    pub ino: u64,
+}
+
+pub(crate) struct Core {
+    pub opts: FsOptions,
+    vol: cloudstore_format::Volume,
+    pub st: Storage,
+    pub nodes: Mutex<Nodes>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
+    next_fh: AtomicU64,
+    ciphers: Mutex<Vec<ContentCipher>>,
+    notifier: Mutex<Option<fuser::Notifier>>,
+    pub status: Arc<FsStatus>,
+    own: Mutex<HashMap<String, Instant>>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    job_rx: Mutex<Option<Receiver<Job>>>,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn to_time(t: Timespec) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(t.nanos.into())
+    }
+}
+
+fn to_timeset(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => {
+            let (secs, nanos) = match st.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+                Err(e) => {
+                    let d = e.duration();
+                    if d.subsec_nanos() == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                    }
+                }
+            };
+            TimeSet::At(Timespec::new(secs, nanos))
+        }
+    }
+}
+
+/// The plaintext length of a symlink target from its on-disk length: base64url without
+/// padding of nonce (16) + target + tag (16).
+fn symlink_plain_len(on_disk: u64, plaintext_names: bool) -> u64 {
+    if plaintext_names {
+        return on_disk;
+    }
+    (on_disk * 3 / 4).saturating_sub(32)
+}
+
+/// What a name-encryption error means to an application.
+fn name_fail(e: FormatError, shown: &str) -> Fail {
+    let errno = match e {
+        FormatError::NameTooLong(_) | FormatError::EncryptedNameTooLong(_) => libc::ENAMETOOLONG,
+        FormatError::ReservedName(_) => libc::EPERM,
+        FormatError::NameInvalid(_) => libc::EINVAL,
+        _ => libc::EIO,
+    };
+    Fail::new(errno, format!("{shown}: {e}"))
+}
+
+fn expect_resp(r: Response, want: &str) -> Fail {
+    Fail::io(format!("storage answered {} where {want} was expected", r.name()))
+}
+
+/// The ciphertext of one file, reached by handle (or by path) over the protocol: what
+/// `CryptFile` reads and writes. The length and header are cached per file.
+struct Remote<'a> {
+    core: &'a Core,
+    ino: u64,
+    handle: Option<&'a OpenFile>,
+    clen: u64,
+    header: Option<[u8; HEADER_LEN]>,
+    /// The storage failure behind an I/O error, kept for its errno.
+    err: Option<Fail>,
+}
+
+impl Remote<'_> {
+    fn fail(&mut self, f: Fail) -> io::Error {
+        let e = io::Error::other(f.msg.clone());
+        self.err = Some(f);
+        e
+    }
+
+    fn call(&self, build: impl Fn(FileRef) -> Request) -> Result<Response, Fail> {
+        self.core
+            .file_call(self.ino, self.handle, build)
+            .map(|(r, _)| r)
+    }
+
+    fn read_piece(&self, off: u64, len: usize) -> Result<Vec<u8>, Fail> {
+        match self.call(|file| Request::Read {
+            file,
+            offset: off,
+            len: len as u32,
+        })? {
+            Response::Data(d) => Ok(d),
+            r => Err(expect_resp(r, "Data")),
+        }
+    }
+}
+
+impl CipherStore for Remote<'_> {
+    fn cipher_len(&mut self) -> io::Result<u64> {
+        Ok(self.clen)
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset == 0 && buf.len() == HEADER_LEN {
+            if let Some(h) = self.header {
+                buf.copy_from_slice(&h);
+                return Ok(HEADER_LEN);
+            }
+        }
+        // One FUSE read of 1 MiB is 1 MiB + 8 KiB of ciphertext: two protocol reads, sent
+        // at once.
+        let pieces: Vec<(u64, usize)> = (0..buf.len())
+            .step_by(MAX_IO)
+            .map(|s| (offset + s as u64, MAX_IO.min(buf.len() - s)))
+            .collect();
+        let results: Vec<Result<Vec<u8>, Fail>> = if pieces.len() == 1 {
+            vec![self.read_piece(pieces[0].0, pieces[0].1)]
+        } else {
+            let this = &*self;
+            std::thread::scope(|s| {
+                let hs: Vec<_> = pieces
+                    .iter()
+                    .map(|&(o, l)| s.spawn(move || this.read_piece(o, l)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(Fail::io("a read thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let mut done = 0;
+        for (r, (_, want)) in results.into_iter().zip(pieces) {
+            let d = r.map_err(|f| self.fail(f))?;
+            buf[done..done + d.len()].copy_from_slice(&d);
+            done += d.len();
+            if d.len() < want {
+                break;
+            }
+        }
+        if offset == 0 && done >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&buf[..HEADER_LEN]);
+            self.header = Some(h);
+        }
+        Ok(done)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        // Pieces of whole cipher blocks that fit a protocol write (254 blocks ≤ 1 MiB).
+        let piece = MAX_IO / cloudstore_format::CIPHER_BS * cloudstore_format::CIPHER_BS;
+        for s in (0..data.len()).step_by(piece) {
+            let chunk = &data[s..(s + piece).min(data.len())];
+            let off = offset + s as u64;
+            let r = self.call(|file| Request::Write {
+                file,
+                offset: off,
+                data: chunk.to_vec(),
+            });
+            match r {
+                Ok(Response::Written(n)) if n as usize == chunk.len() => {}
+                Ok(Response::Written(n)) => {
+                    return Err(self.fail(Fail::io(format!(
+                        "storage wrote {n} of {} bytes at {off}",
+                        chunk.len()
+                    ))))
+                }
+                Ok(r) => return Err(self.fail(expect_resp(r, "Written"))),
+                Err(f) => return Err(self.fail(f)),
+            }
+        }
+        self.clen = self.clen.max(offset + data.len() as u64);
+        if offset == 0 && data.len() >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&data[..HEADER_LEN]);
+            self.header = Some(h);
+        }
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        match self.call(|file| Request::Truncate { file, size: len }) {
+            Ok(_) => {}
+            Err(f) => return Err(self.fail(f)),
+        }
+        self.clen = len;
+        if len < HEADER_LEN as u64 {
+            self.header = None;
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        opts: FsOptions,
+        vol: cloudstore_format::Volume,
+        connector: Arc<dyn Connector>,
+        status: Arc<FsStatus>,
+    ) -> Core {
+        let (tx, rx) = mpsc::channel();
+        Core {
+            st: Storage::new(
+                connector,
+                opts.volume_name.clone(),
+                opts.request_timeout,
+                status.clone(),
+            ),
+            opts,
+            vol,
+            nodes: Mutex::new(Nodes::new()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            ciphers: Mutex::new(Vec::new()),
+            notifier: Mutex::new(None),
+            status,
+            own: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(Some(tx)),
+            job_rx: Mutex::new(Some(rx)),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_notifier(&self, n: fuser::Notifier) {
+        *lock(&self.notifier) = Some(n);
+    }
+
+    /// Starts the workers, the storage connection and its push listener.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let rx = Arc::new(Mutex::new(lock(&self.job_rx).take().expect("started twice")));
+        for i in 0..self.opts.workers.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("cloudstore-fs-{i}"))
+                .spawn(move || loop {
+                    let job = lock(&rx).recv();
+                    match job {
+                        Ok(j) => j(),
+                        Err(_) => return,
+                    }
+                });
+        }
+        let weak: Weak<Core> = Arc::downgrade(self);
+        self.st.set_hook(Box::new(move |client, gen, pushes| {
+            if let Some(core) = weak.upgrade() {
+                core.connected(client.clone(), gen, pushes);
+            }
+        }));
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("cloudstore-connect".into())
+            .spawn(move || {
+                let _ = me.st.client(Instant::now() + me.opts.request_timeout);
+            });
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        *lock(&self.jobs) = None;
+        if let Ok((c, gen)) = self.st.client(Instant::now()) {
+            c.close();
+            self.st.drop_connection(gen);
+        }
+    }
+
+    pub(crate) fn spawn(&self, job: Job) {
+        let tx = lock(&self.jobs).clone();
+        match tx {
+            Some(tx) => {
+                if let Err(e) = tx.send(job) {
+                    (e.0)();
+                }
+            }
+            None => job(),
+        }
+    }
+
+    /// A new connection: subscribe to changes, drop caches that may have missed changes
+    /// while disconnected, adopt parked conflicts, then follow the pushes.
+    fn connected(self: Arc<Self>, client: Arc<Client>, gen: u64, pushes: Receiver<Push>) {
+        let me = self;
+        let _ = std::thread::Builder::new()
+            .name("cloudstore-push".into())
+            .spawn(move || {
+                if let Err(e) = client.call(Request::Subscribe) {
+                    tracing::warn!(volume = %me.opts.volume_name, "subscribing to storage changes failed: {e}; changes made elsewhere show after the cache times out");
+                }
+                if gen > 1 {
+                    me.invalidate_all();
+                }
+                super::conflicts::adopt_all(&me);
+                while let Ok(p) = pushes.recv() {
+                    if me.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match p {
+                        Push::Change(c) => me.on_change(&c),
+                        Push::Lagged => me.invalidate_all(),
+                    }
+                }
+            });
+    }
+
+    fn notify(&self, f: impl FnOnce(&fuser::Notifier) -> io::Result<()>) {
+        let n = lock(&self.notifier).clone();
+        if let Some(n) = n {
+            // ENOENT: the kernel no longer has that inode or entry, nothing to drop.
+            let _ = f(&n);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        let inos: Vec<u64> = {
+            let mut nodes = lock(&self.nodes);
+            for n in nodes.map.values_mut() {
+                n.diriv = None;
+                let mut c = lock(&n.file.cache);
+                c.clen = None;
+                c.header = None;
+                c.seen = None;
+            }
+            nodes.map.keys().copied().collect()
+        };
+        for ino in inos {
+            self.notify(|n| n.inval_inode(ino, 0, 0));
+        }
+    }
+
+    pub(crate) fn mark_own(&self, cpath: &str) {
+        let mut own = lock(&self.own);
+        let now = Instant::now();
+        if own.len() > 4096 {
+            own.retain(|_, t| now.duration_since(*t) < OWN_WINDOW);
+        }
+        own.insert(cpath.to_owned(), now);
+    }
+
+    fn is_own(&self, cpath: &str) -> bool {
+        lock(&self.own)
+            .get(cpath)
+            .is_some_and(|t| t.elapsed() < OWN_WINDOW)
+    }
+
+    fn on_change(self: &Arc<Self>, c: &ChangeEntry) {
+        if c.kind == ChangeKind::ConflictParked {
+            let me = self.clone();
+            self.spawn(Box::new(move || super::conflicts::adopt_all(&me)));
+            return;
+        }
+        let foreign = matches!(c.kind, ChangeKind::Put | ChangeKind::Restore)
+            || !self.is_own(&c.path);
+        if !foreign {
+            return;
+        }
+        self.invalidate_path(&c.path);
+        if let Some(np) = &c.new_path {
+            if matches!(
+                c.kind,
+                ChangeKind::Rename | ChangeKind::Exchange | ChangeKind::Link
+            ) {
+                self.invalidate_path(np);
+            }
+        }
+    }
+
+    /// Drops what the kernel and we cache about a ciphertext path changed elsewhere.
+    fn invalidate_path(&self, cpath: &str) {
+        let (dir, last) = match cpath.rsplit_once('/') {
+            Some((d, l)) => (d, l),
+            None => ("", cpath),
+        };
+        let target = match classify(last.as_bytes()) {
+            NameKind::DirIv | NameKind::Config => dir.to_owned(),
+            NameKind::LongNameFile => cpath[..cpath.len() - LONGNAME_SUFFIX.len()].to_owned(),
+            _ => cpath.to_owned(),
+        };
+        let (parent, ino, pname) = {
+            let mut nodes = lock(&self.nodes);
+            let (parent, ino) = nodes.resolve(&target);
+            let last = target.rsplit('/').next().unwrap_or("").to_owned();
+            let mut pname = None;
+            if let Some(i) = ino {
+                if let Some(n) = nodes.map.get_mut(&i) {
+                    n.diriv = None;
+                    let mut c = lock(&n.file.cache);
+                    c.clen = None;
+                    c.header = None;
+                    c.seen = None;
+                    pname = n
+                        .names
+                        .iter()
+                        .find(|x| Some(x.parent) == parent && x.cname == last)
+                        .map(|x| x.pname.clone());
+                }
+            }
+            if pname.is_none() {
+                if let Some(p) = parent {
+                    if let Some(iv) = nodes.map.get(&p).and_then(|n| n.diriv) {
+                        pname = self.vol.names().decrypt_name(&iv, last.as_bytes()).ok();
+                    }
+                }
+            }
+            (parent, ino, pname)
+        };
+        if let Some(i) = ino {
+            self.notify(|n| n.inval_inode(i, 0, 0));
+        }
+        if let Some(p) = parent {
+            self.notify(|n| n.inval_inode(p, -1, 0));
+            if let Some(name) = pname {
+                use std::os::unix::ffi::OsStrExt;
+                self.notify(|n| n.inval_entry(p, std::ffi::OsStr::from_bytes(&name)));
+            }
+        }
+    }
+
+    // ---- helpers ----
+
+    pub(crate) fn names(&self) -> &cloudstore_format::NameCipher {
+        self.vol.names()
+    }
+
+    pub(crate) fn shown(&self, ino: u64) -> String {
+        lock(&self.nodes).shown(ino)
+    }
+
+    pub(crate) fn shown_child(&self, parent: u64, name: &[u8]) -> String {
+        let p = self.shown(parent);
+        let n = String::from_utf8_lossy(name);
+        if p == "/" {
+            format!("/{n}")
+        } else {
+            format!("{p}/{n}")
+        }
+    }
+
+    fn cpath(&self, ino: u64) -> Result<String, Fail> {
+        lock(&self.nodes)
+            .cpath(ino)
+            .ok_or_else(|| Fail::new(libc::ENOENT, format!("inode {ino} has no name any more")))
+    }
+
+    fn with_cc<T>(&self, f: impl FnOnce(&mut ContentCipher) -> T) -> Result<T, Fail> {
+        let cc = lock(&self.ciphers).pop();
+        let mut cc = match cc {
+            Some(c) => c,
+            None => self
+                .vol
+                .content_cipher()
+                .map_err(|e| Fail::io(format!("setting up the content cipher: {e}")))?,
+        };
+        let r = f(&mut cc);
+        lock(&self.ciphers).push(cc);
+        Ok(r)
+    }
+
+    pub(crate) fn attr_of(&self, ino: u64, a: &Attr) -> FileAttr {
+        let (kind, size) = match a.kind {
+            FileType::File => (
+                fuser::FileType::RegularFile,
+                offsets::cipher_size_to_plain_size(a.size).unwrap_or(0),
+            ),
+            FileType::Dir => (fuser::FileType::Directory, a.size),
+            FileType::Symlink => (
+                fuser::FileType::Symlink,
+                symlink_plain_len(a.size, self.vol.names().is_plaintext()),
+            ),
+            FileType::Other => (fuser::FileType::RegularFile, 0),
+        };
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: to_time(a.atime),
+            mtime: to_time(a.mtime),
+            ctime: to_time(a.ctime),
+            crtime: to_time(a.mtime),
+            kind,
+            perm: (a.perm & 0o7777) as u16,
+            nlink: a.nlink.min(u32::MAX as u64) as u32,
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn dir_iv(&self, ino: u64) -> Result<DirIv, Fail> {
+        if !self.vol.names().uses_dir_iv() {
+            return Ok(DirIv::ZERO);
+        }
+        let cpath = {
+            let nodes = lock(&self.nodes);
+            if let Some(iv) = nodes.map.get(&ino).and_then(|n| n.diriv) {
+                return Ok(iv);
+            }
+            nodes
+                .cpath(ino)
+                .ok_or_else(|| Fail::new(libc::ENOENT, format!("directory inode {ino} is gone")))?
+        };
+        let iv = self.read_diriv(&cpath)?;
+        if let Some(n) = lock(&self.nodes).map.get_mut(&ino) {
+            n.diriv = Some(iv);
+        }
+        Ok(iv)
+    }
+
+    pub(crate) fn read_diriv(&self, dir_cpath: &str) -> Result<DirIv, Fail> {
+        let p = join(dir_cpath, DIRIV_NAME);
+        match self.st.call(Request::Read {
+            file: FileRef::Path(p.clone()),
+            offset: 0,
+            len: 64,
+        }) {
+            Ok(Response::Data(d)) => DirIv::parse(&d)
+                .map_err(|e| Fail::io(format!("the directory IV {p} is unusable: {e}"))),
+            Ok(r) => Err(expect_resp(r, "Data")),
+            Err(f) if f.is(ErrorCode::NotFound) => Err(Fail::io(format!(
+                "the directory IV {p} is missing (a damaged or foreign ciphertext directory)"
+            ))),
+            Err(f) => Err(f),
+        }
+    }
+
+    pub(crate) fn read_small(&self, cpath: &str) -> Result<Vec<u8>, Fail> {
+        match self.st.call(Request::Read {
+            file: FileRef::Path(cpath.to_owned()),
+            offset: 0,
+            len: LONGNAME_FILE_READ,
+        })? {
+            Response::Data(d) => Ok(d),
+            r => Err(expect_resp(r, "Data")),
+        }
+    }
+
+    pub(crate) fn encrypt_name(&self, iv: &DirIv, name: &[u8], shown: &str) -> Result<EncryptedName, Fail> {
+        self.vol
+            .names()
+            .encrypt_name(iv, name)
+            .map_err(|e| name_fail(e, shown))
+    }
+
+    /// (encrypted name, its entry, the child's ciphertext path) of `parent/name`.
+    fn child(&self, parent: u64, name: &[u8]) -> Result<(EncryptedName, String, String), Fail> {
+        let iv = self.dir_iv(parent)?;
+        let en = self.encrypt_name(&iv, name, &self.shown_child(parent, name))?;
+        let entry = String::from_utf8(en.entry().to_vec()).map_err(|_| {
+            Fail::new(
+                libc::EINVAL,
+                format!("{}: not UTF-8 on a plaintext-names volume", self.shown_child(parent, name)),
+            )
+        })?;
+        let cpath = join(&self.cpath(parent)?, &entry);
+        Ok((en, entry, cpath))
+    }
+
+    /// Writes the `.name` file of a long name (before the entry, like gocryptfs
+    /// nametransform/longnames.go `WriteLongNameAt`).
+    pub(crate) fn write_long_name(&self, en: &EncryptedName, cpath: &str) -> Result<(), Fail> {
+        if let EncryptedName::Long { full, .. } = en {
+            self.st.put(
+                &format!("{cpath}{LONGNAME_SUFFIX}"),
+                full.as_bytes(),
+                NAME_FILE_MODE,
+                Expect::Any,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn remove_long_name(&self, en: &EncryptedName, cpath: &str) {
+        if let EncryptedName::Long { .. } = en {
+            let _ = self.st.call(Request::Unlink {
+                path: format!("{cpath}{LONGNAME_SUFFIX}"),
+            });
+        }
+    }
+
+    /// A call on a file: by handle when one is open (on this connection, re-opened after a
+    /// reconnection), else by path.
+    fn file_call(
+        &self,
+        ino: u64,
+        of: Option<&OpenFile>,
+        build: impl Fn(FileRef) -> Request,
+    ) -> Result<(Response, bool), Fail> {
+        self.st
+            .call_with(|client, gen, deadline| {
+                let file = match of {
+                    Some(of) => self.handle_for(of, client, gen, deadline)?,
+                    None => FileRef::Path(self.cpath(ino)?),
+                };
+                Ok(build(file))
+            })
+            .map(|(r, m, _)| (r, m))
+    }
+
+    fn handle_for(
+        &self,
+        of: &OpenFile,
+        client: &Arc<Client>,
+        gen: u64,
+        deadline: Instant,
+    ) -> Result<FileRef, Fail> {
+        let mut r = lock(&of.remote);
+        if let Some((g, h)) = *r {
+            if g == gen {
+                return Ok(FileRef::Handle(h));
+            }
+        }
+        let path = lock(&self.nodes).cpath(of.ino).ok_or_else(|| {
+            Fail::io("the file was deleted while open, and its storage handle was lost with the connection")
+        })?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.call_timeout(
+            Request::Open {
+                path,
+                flags: OpenFlags {
+                    write: of.write,
+                    truncate: false,
+                },
+            },
+            left.max(Duration::from_millis(1)),
+        ) {
+            Ok(Response::Opened { handle, .. }) => {
+                *r = Some((gen, handle));
+                Ok(FileRef::Handle(handle))
+            }
+            Ok(other) => Err(expect_resp(other, "Opened")),
+            Err(e) => Err(Fail::remote(e, false)),
+        }
+    }
+
+    fn stat_ref(&self, ino: u64, of: Option<&OpenFile>) -> Result<Attr, Fail> {
+        match self.file_call(ino, of, |file| Request::Stat { file })?.0 {
+            Response::Attr(a) => Ok(a),
+            r => Err(expect_resp(r, "Attr")),
+        }
+    }
+
+    fn stat_path(&self, cpath: &str) -> Result<Attr, Fail> {
+        match self.st.call(Request::Stat {
+            file: FileRef::Path(cpath.to_owned()),
+        })? {
+            Response::Attr(a) => Ok(a),
+            r => Err(expect_resp(r, "Attr")),
+        }
+    }
+
+    fn open_file(&self, fh: u64) -> Result<Arc<OpenFile>, Fail> {
+        lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Fail::new(libc::EBADF, format!("no open file {fh}")))
+    }
+
+    fn new_fh(&self, of: OpenFile) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(of));
+        fh
+    }
+
+    fn file_state(&self, ino: u64) -> Arc<FileState> {
+        lock(&self.nodes)
+            .map
+            .get(&ino)
+            .map(|n| n.file.clone())
+            .unwrap_or_default()
+    }
+
+    // ---- operations ----
+
+    pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Result<FileAttr, Fail> {
+        let (_, entry, cpath) = self.child(parent, name)?;
+        let a = self.stat_path(&cpath)?;
+        let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+        Ok(self.attr_of(ino, &a))
+    }
+
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
+        lock(&self.nodes).forget(ino, n);
+    }
+
+    pub(crate) fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Fail> {
+        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        let a = self.stat_ref(ino, of.as_deref())?;
+        Ok(self.attr_of(ino, &a))
+    }
+
+    pub(crate) fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        mode: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<FileAttr, Fail> {
+        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        if let Some(size) = size {
+            self.truncate(ino, of.as_deref(), size)?;
+        }
+        let mut last = None;
+        if mode.is_some() || atime.is_some() || mtime.is_some() {
+            let sa = SetAttr {
+                mode: mode.map(|m| m & 0o7777),
+                size: None,
+                atime: atime.map(to_timeset),
+                mtime: mtime.map(to_timeset),
+            };
+            match self
+                .file_call(ino, of.as_deref(), |file| Request::SetAttr { file, attr: sa })?
+                .0
+            {
+                Response::Attr(a) => last = Some(a),
+                r => return Err(expect_resp(r, "Attr")),
+            }
+            if let Ok(p) = self.cpath(ino) {
+                self.mark_own(&p);
+            }
+        }
+        let a = match last {
+            Some(a) => a,
+            None => self.stat_ref(ino, of.as_deref())?,
+        };
+        Ok(self.attr_of(ino, &a))
+    }
+
+    /// Runs `f` over the file's ciphertext with its cached length and header; the cache is
+    /// refreshed once if the ciphertext turned out shorter than cached (changed elsewhere).
+    fn with_crypt<T>(
+        &self,
+        ino: u64,
+        of: Option<&OpenFile>,
+        state: &FileState,
+        mut f: impl FnMut(&mut CryptFile<Remote<'_>>, &mut ContentCipher) -> Result<T, FormatError>,
+    ) -> Result<T, Fail> {
+        for attempt in 0..2 {
+            let (clen, header) = {
+                let c = lock(&state.cache);
+                (c.clen, c.header)
+            };
+            let clen = match clen {
+                Some(l) if attempt == 0 => l,
+                _ => self.stat_ref(ino, of)?.size,
+            };
+            let remote = Remote {
+                core: self,
+                ino,
+                handle: of,
+                clen,
+                header: if attempt == 0 { header } else { None },
+                err: None,
+            };
+            let (res, remote) = match CryptFile::open(remote) {
+                Ok(mut cf) => {
+                    let r = self.with_cc(|cc| f(&mut cf, cc))?;
+                    (r, cf.into_inner())
+                }
+                Err(e) => (
+                    Err(e),
+                    Remote {
+                        core: self,
+                        ino,
+                        handle: of,
+                        clen,
+                        header: None,
+                        err: None,
+                    },
+                ),
+            };
+            match res {
+                Ok(v) => {
+                    let mut c = lock(&state.cache);
+                    c.clen = Some(remote.clen);
+                    c.header = remote.header;
+                    return Ok(v);
+                }
+                Err(e) => {
+                    {
+                        let mut c = lock(&state.cache);
+                        c.clen = None;
+                        c.header = None;
+                    }
+                    if let Some(fail) = remote.err {
+                        return Err(fail);
+                    }
+                    let short = matches!(&e, FormatError::Store(_)) || matches!(&e, FormatError::CipherSize { .. });
+                    if attempt == 0 && short {
+                        continue;
+                    }
+                    return Err(Fail::io(format!(
+                        "{}: the ciphertext is corrupt or was tampered with: {e}",
+                        self.shown(ino)
+                    )));
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn truncate(&self, ino: u64, of: Option<&OpenFile>, size: u64) -> Result<(), Fail> {
+        let state = self.file_state(ino);
+        let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
+        self.with_crypt(ino, of, &state, |cf, cc| cf.truncate(cc, size))?;
+        if let Ok(p) = self.cpath(ino) {
+            self.mark_own(&p);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn readlink(&self, ino: u64) -> Result<Vec<u8>, Fail> {
+        let cpath = self.cpath(ino)?;
+        let t = match self.st.call(Request::ReadLink { path: cpath })? {
+            Response::LinkTarget(t) => t,
+            r => return Err(expect_resp(r, "LinkTarget")),
+        };
+        self.with_cc(|cc| self.vol.names().decrypt_symlink_target(cc, &t))?
+            .map_err(|e| {
+                Fail::io(format!(
+                    "{}: the symlink target is corrupt or was tampered with: {e}",
+                    self.shown(ino)
+                ))
+            })
+    }
+
+    pub(crate) fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<FileAttr, Fail> {
+        let (en, entry, cpath) = self.child(parent, name)?;
+        self.write_long_name(&en, &cpath)?;
+        let mode = mode & 0o7777;
+        match self.st.call_with(|_, _, _| {
+            Ok(Request::Mkdir {
+                path: cpath.clone(),
+                mode: mode | 0o700,
+            })
+        }) {
+            Ok(_) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => {}
+            Err(f) => {
+                if !f.is(ErrorCode::Exists) {
+                    self.remove_long_name(&en, &cpath);
+                }
+                return Err(f);
+            }
+        }
+        self.mark_own(&cpath);
+        let setup = (|| {
+            let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
+            match self.st.put(&join(&cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent) {
+                Ok(()) => {}
+                Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
+                Err(f) => return Err(f),
+            }
+            if mode != mode | 0o700 {
+                self.st.call(Request::SetAttr {
+                    file: FileRef::Path(cpath.clone()),
+                    attr: SetAttr {
+                        mode: Some(mode),
+                        ..SetAttr::default()
+                    },
+                })?;
+            }
+            self.stat_path(&cpath)
+        })();
+        let a = match setup {
+            Ok(a) => a,
+            Err(f) => {
+                // gocryptfs node_dir.go Mkdir: a directory without its IV is unusable.
+                let _ = self.st.call(Request::Unlink {
+                    path: join(&cpath, DIRIV_NAME),
+                });
+                let _ = self.st.call(Request::Rmdir { path: cpath.clone() });
+                self.remove_long_name(&en, &cpath);
+                return Err(f);
+            }
+        };
+        let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+        Ok(self.attr_of(ino, &a))
+    }
+
+    pub(crate) fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Fail> {
+        let (en, entry, cpath) = self.child(parent, name)?;
+        self.write_long_name(&en, &cpath)?;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let (resp, gen) = match self.st.call_with(|_, _, _| {
+            Ok(Request::Create {
+                path: cpath.clone(),
+                mode: mode & 0o7777,
+                exclusive,
+            })
+        }) {
+            Ok((r, _, gen)) => (r, gen),
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => {
+                let (r, _, gen) = self.st.call_with(|_, _, _| {
+                    Ok(Request::Open {
+                        path: cpath.clone(),
+                        flags: OpenFlags {
+                            write: true,
+                            truncate: false,
+                        },
+                    })
+                })?;
+                (r, gen)
+            }
+            Err(f) => return Err(f),
+        };
+        let (handle, a) = match resp {
+            Response::Opened { handle, attr } => (handle, attr),
+            r => return Err(expect_resp(r, "Opened")),
+        };
+        self.mark_own(&cpath);
+        let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+        let file = self.file_state(ino);
+        {
+            let mut c = lock(&file.cache);
+            c.clen = Some(a.size);
+            c.header = None;
+            c.seen = None;
+        }
+        let fh = self.new_fh(OpenFile {
+            ino,
+            write: true,
+            remote: Mutex::new(Some((gen, handle))),
+            file,
+        });
+        Ok((self.attr_of(ino, &a), fh))
+    }
+
+    /// Opens a file; the flag says whether the kernel may keep its cached pages (the file
+    /// is unchanged since it was last seen).
+    pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Fail> {
+        let cpath = self.cpath(ino)?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags & libc::O_TRUNC != 0;
+        let (resp, _, gen) = self.st.call_with(|_, _, _| {
+            Ok(Request::Open {
+                path: cpath.clone(),
+                flags: OpenFlags { write, truncate },
+            })
+        })?;
+        let (handle, a) = match resp {
+            Response::Opened { handle, attr } => (handle, attr),
+            r => return Err(expect_resp(r, "Opened")),
+        };
+        let file = self.file_state(ino);
+        let keep = {
+            let _g = file.io.write().unwrap_or_else(|p| p.into_inner());
+            let mut c = lock(&file.cache);
+            let now = (a.size, a.mtime.secs, a.mtime.nanos);
+            let keep = c.seen == Some(now) && !truncate;
+            if !keep {
+                c.clen = Some(a.size);
+                c.header = None;
+            }
+            c.seen = Some(now);
+            keep
+        };
+        if truncate {
+            self.mark_own(&cpath);
+        }
+        let fh = self.new_fh(OpenFile {
+            ino,
+            write,
+            remote: Mutex::new(Some((gen, handle))),
+            file,
+        });
+        Ok((fh, keep))
+    }
+
+    pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Fail> {
+        let of = self.open_file(fh)?;
+        let _g = of.file.io.read().unwrap_or_else(|p| p.into_inner());
+        let mut buf = vec![0u8; size as usize];
+        let n = self.with_crypt(of.ino, Some(&of), &of.file, |cf, cc| {
+            cf.read(cc, offset, &mut buf)
+        })?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub(crate) fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Fail> {
+        let of = self.open_file(fh)?;
+        self.status.write_started();
+        let res = (|| {
+            let _g = of.file.io.write().unwrap_or_else(|p| p.into_inner());
+            self.with_crypt(of.ino, Some(&of), &of.file, |cf, cc| cf.write(cc, offset, data))
+        })();
+        self.status.write_ended();
+        res?;
+        if let Ok(p) = self.cpath(of.ino) {
+            self.mark_own(&p);
+        }
+        // Our own write changes size and mtime: the pages in the kernel are still right.
+        Ok(data.len() as u32)
+    }
+
+    pub(crate) fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Fail> {
+        let of = self.open_file(fh)?;
+        self.file_call(of.ino, Some(&of), |file| Request::Fsync { file, datasync })?;
+        Ok(())
+    }
+
+    pub(crate) fn release(&self, fh: u64) {
+        let Some(of) = lock(&self.files).remove(&fh) else {
+            return;
+        };
+        let Some((g, h)) = *lock(&of.remote) else {
+            return;
+        };
+        if let Ok((client, gen)) = self.st.client(Instant::now() + Duration::from_millis(1)) {
+            if gen == g {
+                let _ = client.call_timeout(Request::Close { handle: h }, self.opts.request_timeout);
+            }
+        }
+    }
+
+    pub(crate) fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
+        let (en, entry, cpath) = self.child(parent, name)?;
+        self.mark_own(&cpath);
+        match self.st.call_with(|_, _, _| Ok(Request::Unlink { path: cpath.clone() })) {
+            Ok(_) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => {}
+            Err(f) => return Err(f),
+        }
+        self.remove_long_name(&en, &cpath);
+        lock(&self.nodes).detach(parent, &entry);
+        Ok(())
+    }
+
+    /// Removes an empty ciphertext directory: its diriv first (gocryptfs node_dir.go
+    /// `Rmdir`), put back if the directory turns out not to be empty.
+    fn rmdir_cpath(&self, cpath: &str) -> Result<(), Fail> {
+        let page = match self.st.call(Request::ReadDir {
+            path: cpath.to_owned(),
+            cookie: 0,
+            max: 4,
+            with_attrs: false,
+        })? {
+            Response::DirPage(p) => p,
+            r => return Err(expect_resp(r, "DirPage")),
+        };
+        if page.entries.iter().any(|e| e.name != DIRIV_NAME) {
+            return Err(Fail::new(libc::ENOTEMPTY, format!("{cpath} is not empty")));
+        }
+        let ivp = join(cpath, DIRIV_NAME);
+        let iv = if page.entries.is_empty() {
+            None
+        } else {
+            let d = self.read_small(&ivp)?;
+            match self.st.call_with(|_, _, _| Ok(Request::Unlink { path: ivp.clone() })) {
+                Ok(_) => {}
+                Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => {}
+                Err(f) => return Err(f),
+            }
+            Some(d)
+        };
+        match self.st.call_with(|_, _, _| Ok(Request::Rmdir { path: cpath.to_owned() })) {
+            Ok(_) => Ok(()),
+            Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => Ok(()),
+            Err(f) => {
+                if let Some(d) = iv {
+                    let _ = self.st.put(&ivp, &d, DIRIV_MODE, Expect::Absent);
+                }
+                Err(f)
+            }
+        }
+    }
+
+    pub(crate) fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
+        let (en, entry, cpath) = self.child(parent, name)?;
+        self.mark_own(&cpath);
+        self.mark_own(&join(&cpath, DIRIV_NAME));
+        self.rmdir_cpath(&cpath)?;
+        self.remove_long_name(&en, &cpath);
+        lock(&self.nodes).detach(parent, &entry);
+        Ok(())
+    }
+
+    pub(crate) fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<FileAttr, Fail> {
+        let (en, entry, cpath) = self.child(parent, name)?;
+        let enc = self
+            .with_cc(|cc| self.vol.names().encrypt_symlink_target(cc, target))?
+            .map_err(|e| Fail::new(libc::ENAMETOOLONG, format!("symlink target: {e}")))?;
+        self.write_long_name(&en, &cpath)?;
+        self.mark_own(&cpath);
+        match self.st.call_with(|_, _, _| {
+            Ok(Request::Symlink {
+                path: cpath.clone(),
+                target: enc.clone(),
+            })
+        }) {
+            Ok(_) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => {}
+            Err(f) => {
+                if !f.is(ErrorCode::Exists) {
+                    self.remove_long_name(&en, &cpath);
+                }
+                return Err(f);
+            }
+        }
+        let a = self.stat_path(&cpath)?;
+        let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+        Ok(self.attr_of(ino, &a))
+    }
+
+    pub(crate) fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<FileAttr, Fail> {
+        let existing = self.cpath(ino)?;
+        let (en, entry, cpath) = self.child(newparent, newname)?;
+        self.write_long_name(&en, &cpath)?;
+        self.mark_own(&cpath);
+        match self.st.call_with(|_, _, _| {
+            Ok(Request::Link {
+                existing: existing.clone(),
+                new: cpath.clone(),
+            })
+        }) {
+            Ok(_) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => {}
+            Err(f) => {
+                if !f.is(ErrorCode::Exists) {
+                    self.remove_long_name(&en, &cpath);
+                }
+                return Err(f);
+            }
+        }
+        let a = self.stat_path(&cpath)?;
+        let ino = lock(&self.nodes).register(newparent, &entry, newname, a.kind, a.ino);
+        Ok(self.attr_of(ino, &a))
+    }
+
+    pub(crate) fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Fail> {
+        let mode = match flags {
+            0 => RenameMode::Replace,
+            libc::RENAME_NOREPLACE => RenameMode::NoReplace,
+            libc::RENAME_EXCHANGE => RenameMode::Exchange,
+            _ => {
+                return Err(Fail::new(
+                    libc::EINVAL,
+                    format!("rename flags {flags:#x} are not supported"),
+                ))
+            }
+        };
+        let (from_en, from_entry, from) = self.child(parent, name)?;
+        let (to_en, to_entry, to) = self.child(newparent, newname)?;
+        self.mark_own(&from);
+        self.mark_own(&to);
+        self.write_long_name(&to_en, &to)?;
+        let attempt = || {
+            self.st.call_with(|_, _, _| {
+                Ok(Request::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                    mode,
+                })
+            })
+        };
+        match attempt() {
+            Ok(_) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => {}
+            // A directory over an empty directory: storage sees the target's diriv, so
+            // remove the target first (gocryptfs node.go `Rename` does the same).
+            Err(f)
+                if mode == RenameMode::Replace
+                    && (f.is(ErrorCode::NotEmpty) || f.is(ErrorCode::Exists)) =>
+            {
+                let src = self.stat_path(&from)?;
+                let dst = self.stat_path(&to)?;
+                if src.kind != FileType::Dir || dst.kind != FileType::Dir {
+                    return Err(f);
+                }
+                self.rmdir_cpath(&to)?;
+                attempt()?;
+            }
+            Err(f) => {
+                if !matches!(to_en, EncryptedName::Long { .. }) || f.is(ErrorCode::Exists) {
+                    return Err(f);
+                }
+                // The target's .name file is only ours if the target did not exist.
+                if self.stat_path(&to).is_err() {
+                    self.remove_long_name(&to_en, &to);
+                }
+                return Err(f);
+            }
+        }
+        let mut nodes = lock(&self.nodes);
+        if mode == RenameMode::Exchange {
+            nodes.exchange(
+                (parent, &from_entry, name),
+                (newparent, &to_entry, newname),
+            );
+        } else {
+            nodes.rename((parent, &from_entry), (newparent, &to_entry), newname);
+            drop(nodes);
+            if from != to {
+                self.remove_long_name(&from_en, &from);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn statfs(&self) -> Result<cloudstore_protocol::StatFs, Fail> {
+        match self.st.call(Request::StatFs)? {
+            Response::StatFs(s) => Ok(s),
+            r => Err(expect_resp(r, "StatFs")),
+        }
+    }
+
+    /// Lists a directory whole at opendir (pages of 1024 from storage), names decrypted;
+    /// undecryptable names are logged and left out, as gocryptfs does.
+    pub(crate) fn opendir(&self, ino: u64) -> Result<u64, Fail> {
+        let cpath = self.cpath(ino)?;
+        let iv = self.dir_iv(ino)?;
+        let parent = lock(&self.nodes)
+            .map
+            .get(&ino)
+            .and_then(|n| n.names.last().map(|x| x.parent))
+            .unwrap_or(ROOT);
+        let mut items = vec![
+            DirItem {
+                name: b".".to_vec(),
+                kind: FileType::Dir,
+                ino,
+            },
+            DirItem {
+                name: b"..".to_vec(),
+                kind: FileType::Dir,
+                ino: parent,
+            },
+        ];
+        let mut cookie = 0;
+        loop {
+            let page = match self.st.call(Request::ReadDir {
+                path: cpath.clone(),
+                cookie,
+                max: cloudstore_protocol::MAX_READDIR_PAGE as u32,
+                with_attrs: false,
+            })? {
+                Response::DirPage(p) => p,
+                r => return Err(expect_resp(r, "DirPage")),
+            };
+            for e in page.entries {
+                let plain = match classify(e.name.as_bytes()) {
+                    NameKind::DirIv | NameKind::LongNameFile => continue,
+                    NameKind::Config if ino == ROOT => continue,
+                    NameKind::LongContent if !self.vol.names().is_plaintext() => self
+                        .read_small(&join(&cpath, &format!("{}{LONGNAME_SUFFIX}", e.name)))
+                        .and_then(|full| {
+                            self.vol
+                                .names()
+                                .decrypt_long_name(&iv, e.name.as_bytes(), &full)
+                                .map_err(|err| Fail::io(err.to_string()))
+                        }),
+                    _ => self
+                        .vol
+                        .names()
+                        .decrypt_name(&iv, e.name.as_bytes())
+                        .map_err(|err| Fail::io(err.to_string())),
+                };
+                match plain {
+                    Ok(name) => {
+                        let known = lock(&self.nodes).children.get(&(ino, e.name.clone())).copied();
+                        items.push(DirItem {
+                            name,
+                            kind: e.kind,
+                            // Not a lookup: an inode number the kernel only shows in d_ino.
+                            ino: known.unwrap_or(e.ino | (1 << 62)),
+                        })
+                    }
+                    Err(f) => tracing::warn!(
+                        volume = %self.opts.volume_name,
+                        path = %self.shown(ino),
+                        "skipping the undecryptable entry {}/{}: {}", cpath, e.name, f.msg
+                    ),
+                }
+            }
+            match page.next {
+                Some(n) => cookie = n,
+                None => break,
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(items));
+        Ok(fh)
+    }
+
+    pub(crate) fn dir_items(&self, fh: u64) -> Option<Arc<Vec<DirItem>>> {
+        lock(&self.dirs).get(&fh).cloned()
+    }
+
+    pub(crate) fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+}

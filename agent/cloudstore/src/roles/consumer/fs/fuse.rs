@@ -1,0 +1,376 @@
+//! The `fuser::Filesystem` adapter. fuser 0.15 reads the kernel's requests on one thread;
+//! every request that may wait on storage is handed to the worker pool with its reply, so
+//! many are in flight at once (the protocol client multiplexes them on one stream) and
+//! block encryption runs on the workers. `forget` stays on the reading thread: it only
+//! touches the inode table.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::consts::FOPEN_KEEP_CACHE;
+use fuser::{
+    FileType, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+
+use super::core::Core;
+use super::Fail;
+
+/// The largest write the kernel sends in one request: 1 MiB, the protocol's `MAX_IO`, so a
+/// large sequential write is one protocol round trip per MiB.
+const MAX_WRITE: u32 = 1 << 20;
+/// Requests the kernel keeps in flight in the background (readahead, writeback): enough
+/// to keep the workers busy.
+const MAX_BACKGROUND: u16 = 64;
+
+pub(crate) struct FuseFs {
+    core: Arc<Core>,
+}
+
+impl FuseFs {
+    pub(crate) fn new(core: Arc<Core>) -> FuseFs {
+        FuseFs { core }
+    }
+
+    fn run(&self, job: impl FnOnce(&Core) + Send + 'static) {
+        let core = self.core.clone();
+        self.core.spawn(Box::new(move || job(&core)));
+    }
+}
+
+/// Turns a failure into the errno the kernel gets; storage failures and corruption (EIO)
+/// are logged at error level with the plaintext path and kept for `cloudstore status`.
+fn errno(core: &Core, op: &str, path: &str, f: &Fail) -> i32 {
+    if f.errno == libc::EIO {
+        tracing::error!(volume = %core.opts.volume_name, op, path, "{op} {path}: {}", f.msg);
+        core.status.set_error(format!("{op} {path}: {}", f.msg));
+    } else {
+        tracing::debug!(volume = %core.opts.volume_name, op, path, errno = f.errno, "{op} {path}: {}", f.msg);
+    }
+    f.errno
+}
+
+fn kind(k: cloudstore_protocol::FileType) -> FileType {
+    match k {
+        cloudstore_protocol::FileType::Dir => FileType::Directory,
+        cloudstore_protocol::FileType::Symlink => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl fuser::Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        // Lookups in one directory may run in parallel (a kernel ≥ 4.7 feature).
+        let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        self.run(move |c| match c.lookup(parent, &name) {
+            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Err(f) => reply.error(errno(c, "lookup", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        self.core.forget(ino, nlookup);
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
+        self.run(move |c| match c.getattr(ino, fh) {
+            Ok(a) => reply.attr(&c.opts.attr_ttl, &a),
+            Err(f) => reply.error(errno(c, "getattr", &c.shown(ino), &f)),
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        // Ownership is not stored: every file belongs to the qube's user (chown succeeds
+        // without effect, so `tar` and `cp -a` as root work).
+        self.run(move |c| match c.setattr(ino, fh, mode, size, atime, mtime) {
+            Ok(a) => reply.attr(&c.opts.attr_ttl, &a),
+            Err(f) => reply.error(errno(c, "setattr", &c.shown(ino), &f)),
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.run(move |c| match c.readlink(ino) {
+            Ok(t) => reply.data(&t),
+            Err(f) => reply.error(errno(c, "readlink", &c.shown(ino), &f)),
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.as_bytes().to_vec();
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Device nodes, FIFOs and sockets have no place in a synced cloud folder.
+            reply.error(libc::EPERM);
+            return;
+        }
+        self.run(move |c| match c.create(parent, &name, mode & !umask, libc::O_EXCL) {
+            Ok((a, fh)) => {
+                c.release(fh);
+                reply.entry(&c.opts.attr_ttl, &a, 0)
+            }
+            Err(f) => reply.error(errno(c, "mknod", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn mkdir(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.as_bytes().to_vec();
+        self.run(move |c| match c.mkdir(parent, &name, mode & !umask) {
+            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Err(f) => reply.error(errno(c, "mkdir", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.run(move |c| match c.unlink(parent, &name) {
+            Ok(()) => reply.ok(),
+            Err(f) => reply.error(errno(c, "unlink", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.run(move |c| match c.rmdir(parent, &name) {
+            Ok(()) => reply.ok(),
+            Err(f) => reply.error(errno(c, "rmdir", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.run(move |c| match c.symlink(parent, &name, &target) {
+            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Err(f) => reply.error(errno(c, "symlink", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = name.as_bytes().to_vec();
+        let newname = newname.as_bytes().to_vec();
+        self.run(move |c| match c.rename(parent, &name, newparent, &newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(f) => reply.error(errno(c, "rename", &c.shown_child(parent, &name), &f)),
+        });
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.as_bytes().to_vec();
+        self.run(move |c| match c.link(ino, newparent, &newname) {
+            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Err(f) => reply.error(errno(c, "link", &c.shown_child(newparent, &newname), &f)),
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        self.run(move |c| match c.open(ino, flags) {
+            Ok((fh, keep)) => reply.opened(fh, if keep { FOPEN_KEEP_CACHE } else { 0 }),
+            Err(f) => reply.error(errno(c, "open", &c.shown(ino), &f)),
+        });
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        self.run(move |c| match c.read(fh, offset.max(0) as u64, size) {
+            Ok(d) => reply.data(&d),
+            Err(f) => reply.error(errno(c, "read", &c.shown(ino), &f)),
+        });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.run(move |c| match c.write(fh, offset.max(0) as u64, &data) {
+            Ok(n) => reply.written(n),
+            Err(f) => reply.error(errno(c, "write", &c.shown(ino), &f)),
+        });
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+        // Every write was acknowledged by storage before it returned: nothing is buffered.
+        reply.ok();
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(move |c| {
+            c.release(fh);
+            reply.ok();
+        });
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, ino: u64, fh: u64, datasync: bool, reply: ReplyEmpty) {
+        self.run(move |c| match c.fsync(fh, datasync) {
+            Ok(()) => reply.ok(),
+            Err(f) => reply.error(errno(c, "fsync", &c.shown(ino), &f)),
+        });
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.run(move |c| match c.opendir(ino) {
+            Ok(fh) => reply.opened(fh, 0),
+            Err(f) => reply.error(errno(c, "opendir", &c.shown(ino), &f)),
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(items) = self.core.dir_items(fh) else {
+            reply.error(libc::EBADF);
+            return;
+        };
+        for (i, it) in items.iter().enumerate().skip(offset.max(0) as usize) {
+            if reply.add(it.ino, (i + 1) as i64, kind(it.kind), OsStr::from_bytes(&it.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.core.releasedir(fh);
+        reply.ok();
+    }
+
+    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        // Storage makes every namespace change durable before answering (write-ahead journal).
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyStatfs) {
+        self.run(move |c| match c.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_available,
+                s.files,
+                s.files_free,
+                s.block_size.min(u32::MAX as u64) as u32,
+                255,
+                s.fragment_size.min(u32::MAX as u64) as u32,
+            ),
+            Err(f) => reply.error(errno(c, "statfs", &c.shown(ino), &f)),
+        });
+    }
+
+    fn create(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.as_bytes().to_vec();
+        self.run(move |c| match c.create(parent, &name, mode & !umask, flags) {
+            Ok((a, fh)) => reply.created(&c.opts.attr_ttl, &a, 0, fh, 0),
+            Err(f) => reply.error(errno(c, "create", &c.shown_child(parent, &name), &f)),
+        });
+    }
+}

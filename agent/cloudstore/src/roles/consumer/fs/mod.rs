@@ -1,0 +1,256 @@
+//! The consumer's FUSE filesystem: a decrypted view of one volume whose ciphertext lives on
+//! the storage qube, reached over one protocol stream.
+//!
+//! Layers (gocryptfs internal/fusefrontend does the same over a local directory):
+//! - [`fuse`](self::fuse): the `fuser::Filesystem` adapter. The kernel's requests are read
+//!   on one thread and run on a pool of workers, so slow storage round trips overlap
+//!   (pipelining) and crypto runs off the FUSE thread.
+//! - `core`: each operation as plaintext name → (directory IV, encrypted name) → protocol
+//!   request; content through `cloudstore_format::file::CryptFile` per 4 KiB block.
+//! - `nodes`: the inode table over ciphertext paths (names per parent, hard links by the
+//!   storage inode number).
+//! - `conn`: the stream to storage, reconnected with backoff; calls are replayed until the
+//!   request timeout.
+//! - `conflicts`: parked sync conflicts adopted as `NAME (conflict YYYY-MM-DD HHMM).EXT`.
+//!
+//! Errors become errno in one place ([`Fail`]); anything that turns into EIO is logged with
+//! the plaintext path.
+
+mod conflicts;
+mod conn;
+mod core;
+mod fuse;
+mod nodes;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use cloudstore_protocol::{ErrorCode, RemoteError};
+
+/// How the filesystem reaches storage: each call yields a fresh byte stream to the
+/// `cloudstore.Volume+VOLUME` service (the protocol handshake has not been sent yet).
+pub trait Connector: Send + Sync {
+    fn connect(&self) -> std::io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)>;
+}
+
+/// Connects straight to the storage agent's `volume.sock`, writing the descriptor
+/// `cloudstore.Volume+VOLUME SOURCE\0` first exactly as qrexec-agent does for a socket
+/// service (qubes-core-qrexec doc/execution.rst). For tests and tools in the storage qube.
+#[derive(Clone, Debug)]
+pub struct UnixSocketConnector {
+    pub socket: PathBuf,
+    pub volume: String,
+    /// The calling qube's name as storage sees it.
+    pub source: String,
+}
+
+impl Connector for UnixSocketConnector {
+    fn connect(&self) -> std::io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        let mut s = UnixStream::connect(&self.socket).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", self.socket.display()))
+        })?;
+        let mut d = format!("cloudstore.Volume+{} {}", self.volume, self.source).into_bytes();
+        d.push(0);
+        s.write_all(&d)?;
+        let r = s.try_clone()?;
+        Ok((Box::new(r), Box::new(ShutdownOnDrop(s))))
+    }
+}
+
+/// The write half: shuts the socket down when dropped, so the reader thread sees the end.
+struct ShutdownOnDrop(UnixStream);
+
+impl Write for ShutdownOnDrop {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// How to mount one volume.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// The volume's name (for logs and the mount's source name).
+    pub volume_name: String,
+    pub mountpoint: PathBuf,
+    /// Owner shown for every file (the qube's user).
+    pub uid: u32,
+    pub gid: u32,
+    /// Let users other than the mounting one in (needs `user_allow_other` for non-root).
+    pub allow_other: bool,
+    /// Longest any operation may take, reconnection included; then EIO and a log entry.
+    pub request_timeout: Duration,
+    /// How long the kernel may trust attributes and names without asking.
+    pub attr_ttl: Duration,
+    /// Worker threads serving requests.
+    pub workers: usize,
+}
+
+impl FsOptions {
+    /// Defaults: 1 s caches (storage pushes invalidations anyway), 30 s request timeout
+    /// (a storage qube restart takes a few seconds), 16 workers (enough to keep the
+    /// protocol's 64-request window busy with 1 MiB writes on two cores).
+    pub fn new(volume_name: &str, mountpoint: impl Into<PathBuf>, uid: u32, gid: u32) -> Self {
+        FsOptions {
+            volume_name: volume_name.to_owned(),
+            mountpoint: mountpoint.into(),
+            uid,
+            gid,
+            allow_other: false,
+            request_timeout: Duration::from_secs(30),
+            attr_ttl: Duration::from_secs(1),
+            workers: 16,
+        }
+    }
+}
+
+/// What `cloudstore status` shows for a mounted volume; shared with the serving threads.
+#[derive(Debug, Default)]
+pub struct FsStatus {
+    connected: AtomicBool,
+    pending_writes: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl FsStatus {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    /// Writes received from applications and not yet acknowledged by storage.
+    pub fn pending_writes(&self) -> u64 {
+        self.pending_writes.load(Ordering::Relaxed)
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub(crate) fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+    pub(crate) fn set_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+    pub(crate) fn write_started(&self) {
+        self.pending_writes.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn write_ended(&self) {
+        self.pending_writes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why an operation failed: the errno for the kernel and a message for the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Fail {
+    pub errno: i32,
+    pub msg: String,
+    /// Set for remote errors after a lost connection: the request may have been applied.
+    pub maybe_applied: bool,
+    pub code: Option<ErrorCode>,
+}
+
+impl Fail {
+    pub(crate) fn new(errno: i32, msg: impl Into<String>) -> Fail {
+        Fail {
+            errno,
+            msg: msg.into(),
+            maybe_applied: false,
+            code: None,
+        }
+    }
+    pub(crate) fn io(msg: impl Into<String>) -> Fail {
+        Fail::new(libc::EIO, msg)
+    }
+    pub(crate) fn timeout(msg: impl Into<String>) -> Fail {
+        Fail::new(libc::EIO, msg)
+    }
+    /// The one place protocol error codes become errno (docs/protocol.md "Error codes").
+    pub(crate) fn remote(e: RemoteError, maybe_applied: bool) -> Fail {
+        let errno = match e.code {
+            // Local-only codes: to an application the storage simply failed.
+            ErrorCode::TimedOut | ErrorCode::ConnectionLost => libc::EIO,
+            // Storage refusing a symlink where it needs a file or directory means the
+            // tree holds something gocryptfs would not have made.
+            c => c.errno(),
+        };
+        Fail {
+            errno,
+            msg: e.to_string(),
+            maybe_applied,
+            code: Some(e.code),
+        }
+    }
+    pub(crate) fn is(&self, code: ErrorCode) -> bool {
+        self.code == Some(code)
+    }
+}
+
+/// A mounted, not yet serving filesystem. Mounting needs privileges; serving does not, so
+/// the caller can sandbox itself between [`mount`] and [`MountedFs::serve`].
+pub struct MountedFs {
+    session: fuser::Session<fuse::FuseFs>,
+    core: Arc<core::Core>,
+    status: Arc<FsStatus>,
+}
+
+impl MountedFs {
+    /// The status shared with the serving threads.
+    pub fn status(&self) -> Arc<FsStatus> {
+        self.status.clone()
+    }
+
+    /// Connects to storage and serves the kernel until the filesystem is unmounted
+    /// (`fusermount3 -u`). Starts the worker threads.
+    pub fn serve(mut self) -> anyhow::Result<()> {
+        let mountpoint = self.core.opts.mountpoint.clone();
+        self.core.start();
+        let res = self.session.run();
+        self.core.stop();
+        res.with_context(|| format!("serving the FUSE mount at {}", mountpoint.display()))
+    }
+}
+
+/// Mounts `volume` (unlocked) at `opts.mountpoint`. Starts no thread and touches no
+/// network: the storage connection is made by [`MountedFs::serve`].
+pub fn mount(
+    opts: FsOptions,
+    volume: cloudstore_format::Volume,
+    connector: Arc<dyn Connector>,
+) -> anyhow::Result<MountedFs> {
+    let status = Arc::new(FsStatus::default());
+    let mountpoint = opts.mountpoint.clone();
+    let mut mount_opts = vec![
+        fuser::MountOption::FSName(format!("cloudstore:{}", opts.volume_name)),
+        fuser::MountOption::Subtype("cloudstore".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.allow_other {
+        mount_opts.push(fuser::MountOption::AllowOther);
+    }
+    let core = Arc::new(core::Core::new(opts, volume, connector, status.clone()));
+    let fs = fuse::FuseFs::new(core.clone());
+    let session = fuser::Session::new(fs, &mountpoint, &mount_opts)
+        .with_context(|| format!("mounting the volume at {}", mountpoint.display()))?;
+    core.set_notifier(session.notifier());
+    Ok(MountedFs {
+        session,
+        core,
+        status,
+    })
+}

@@ -1,0 +1,300 @@
+//! The inode table: which ciphertext path each inode the kernel knows stands for.
+//!
+//! A node keeps its names as (parent inode, ciphertext entry, plaintext name); its path is
+//! built from the parent chain when needed, so renaming a directory moves its whole
+//! subtree at no cost. Hard links share one node, found by the storage's inode number
+//! (gocryptfs shows the backing inode numbers too, so `ls -i` matches).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use cloudstore_format::DirIv;
+use cloudstore_protocol::FileType;
+
+pub(crate) const ROOT: u64 = fuser::FUSE_ROOT_ID;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Name {
+    pub parent: u64,
+    /// The directory entry on storage (a `gocryptfs.longname.*` hash for long names).
+    pub cname: String,
+    pub pname: Vec<u8>,
+}
+
+/// What is cached of a file's ciphertext, under the file's I/O lock.
+#[derive(Default, Debug)]
+pub(crate) struct FileCache {
+    pub clen: Option<u64>,
+    pub header: Option<[u8; cloudstore_format::HEADER_LEN]>,
+    /// (size, mtime) last seen at open: unchanged means the kernel may keep its pages.
+    pub seen: Option<(u64, i64, u32)>,
+}
+
+/// Per-file state shared by every handle: reads share the lock, writes (read-modify-write
+/// of partial blocks) hold it alone.
+#[derive(Default, Debug)]
+pub(crate) struct FileState {
+    pub io: RwLock<()>,
+    pub cache: Mutex<FileCache>,
+}
+
+pub(crate) struct Node {
+    pub kind: FileType,
+    /// Every name; the last one is used to build the path.
+    pub names: Vec<Name>,
+    pub lookups: u64,
+    /// The storage's inode number (0 for the root).
+    pub sino: u64,
+    pub diriv: Option<DirIv>,
+    pub file: Arc<FileState>,
+}
+
+pub(crate) struct Nodes {
+    pub map: HashMap<u64, Node>,
+    pub children: HashMap<(u64, String), u64>,
+    by_sino: HashMap<u64, u64>,
+    next: u64,
+}
+
+impl Nodes {
+    pub(crate) fn new() -> Nodes {
+        let mut map = HashMap::new();
+        map.insert(
+            ROOT,
+            Node {
+                kind: FileType::Dir,
+                names: Vec::new(),
+                lookups: 1,
+                sino: 0,
+                diriv: None,
+                file: Arc::default(),
+            },
+        );
+        Nodes {
+            map,
+            children: HashMap::new(),
+            by_sino: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+
+    /// The ciphertext path and the plaintext path (for messages) of `ino`; `None` when a
+    /// name on the way is gone (the file was unlinked while open).
+    pub(crate) fn paths(&self, ino: u64) -> Option<(String, String)> {
+        let mut c: Vec<&str> = Vec::new();
+        let mut p: Vec<String> = Vec::new();
+        let mut cur = ino;
+        let mut depth = 0;
+        while cur != ROOT {
+            let n = self.map.get(&cur)?;
+            let name = n.names.last()?;
+            c.push(&name.cname);
+            p.push(String::from_utf8_lossy(&name.pname).into_owned());
+            cur = name.parent;
+            depth += 1;
+            // PATH_MAX / 2: a longer chain can only be a cycle (a bug), not a real path.
+            if depth > 2048 {
+                return None;
+            }
+        }
+        c.reverse();
+        p.reverse();
+        Some((c.join("/"), format!("/{}", p.join("/"))))
+    }
+
+    pub(crate) fn cpath(&self, ino: u64) -> Option<String> {
+        self.paths(ino).map(|(c, _)| c)
+    }
+
+    /// The plaintext path for messages, or a placeholder naming the inode.
+    pub(crate) fn shown(&self, ino: u64) -> String {
+        self.paths(ino)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| format!("<deleted file, inode {ino}>"))
+    }
+
+    /// Records that `parent/cname` is the storage object `sino` of `kind`, counting one
+    /// kernel lookup; returns the inode.
+    pub(crate) fn register(
+        &mut self,
+        parent: u64,
+        cname: &str,
+        pname: &[u8],
+        kind: FileType,
+        sino: u64,
+    ) -> u64 {
+        let key = (parent, cname.to_owned());
+        if let Some(&ino) = self.children.get(&key) {
+            if let Some(n) = self.map.get_mut(&ino) {
+                if n.sino == sino && n.kind == kind {
+                    n.lookups += 1;
+                    return ino;
+                }
+            }
+            self.detach(parent, cname);
+        }
+        let name = Name {
+            parent,
+            cname: cname.to_owned(),
+            pname: pname.to_vec(),
+        };
+        // A second name of a file already known: a hard link.
+        if let Some(&ino) = self.by_sino.get(&sino) {
+            if let Some(n) = self.map.get_mut(&ino) {
+                if n.kind == kind && kind != FileType::Dir {
+                    n.names.push(name);
+                    n.lookups += 1;
+                    self.children.insert(key, ino);
+                    return ino;
+                }
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.map.insert(
+            ino,
+            Node {
+                kind,
+                names: vec![name],
+                lookups: 1,
+                sino,
+                diriv: None,
+                file: Arc::default(),
+            },
+        );
+        self.children.insert(key, ino);
+        self.by_sino.insert(sino, ino);
+        ino
+    }
+
+    /// Removes the name `parent/cname` (unlink, rmdir, replaced by a rename). The node
+    /// stays while the kernel knows it; with no name left it is only reachable by handle.
+    pub(crate) fn detach(&mut self, parent: u64, cname: &str) -> Option<u64> {
+        let ino = self.children.remove(&(parent, cname.to_owned()))?;
+        if let Some(n) = self.map.get_mut(&ino) {
+            n.names.retain(|x| !(x.parent == parent && x.cname == cname));
+            if n.names.is_empty() {
+                let s = n.sino;
+                if self.by_sino.get(&s) == Some(&ino) {
+                    self.by_sino.remove(&s);
+                }
+            }
+        }
+        Some(ino)
+    }
+
+    /// Moves the name `from` to `to` (a rename), replacing whatever `to` named.
+    pub(crate) fn rename(&mut self, from: (u64, &str), to: (u64, &str), to_pname: &[u8]) {
+        self.detach(to.0, to.1);
+        if let Some(ino) = self.children.remove(&(from.0, from.1.to_owned())) {
+            if let Some(n) = self.map.get_mut(&ino) {
+                if let Some(x) = n
+                    .names
+                    .iter_mut()
+                    .find(|x| x.parent == from.0 && x.cname == from.1)
+                {
+                    x.parent = to.0;
+                    x.cname = to.1.to_owned();
+                    x.pname = to_pname.to_vec();
+                }
+                // The renamed name becomes the one paths are built from.
+                if let Some(i) = n
+                    .names
+                    .iter()
+                    .position(|x| x.parent == to.0 && x.cname == to.1)
+                {
+                    let nm = n.names.remove(i);
+                    n.names.push(nm);
+                }
+            }
+            self.children.insert((to.0, to.1.to_owned()), ino);
+        }
+    }
+
+    /// Swaps two names (RENAME_EXCHANGE).
+    pub(crate) fn exchange(&mut self, a: (u64, &str, &[u8]), b: (u64, &str, &[u8])) {
+        let ia = self.children.remove(&(a.0, a.1.to_owned()));
+        let ib = self.children.remove(&(b.0, b.1.to_owned()));
+        let mut fix = |ino: Option<u64>, from: (u64, &str), to: (u64, &str, &[u8])| {
+            if let Some(ino) = ino {
+                if let Some(n) = self.map.get_mut(&ino) {
+                    if let Some(x) = n
+                        .names
+                        .iter_mut()
+                        .find(|x| x.parent == from.0 && x.cname == from.1)
+                    {
+                        x.parent = to.0;
+                        x.cname = to.1.to_owned();
+                        x.pname = to.2.to_vec();
+                    }
+                }
+            }
+        };
+        fix(ia, (a.0, a.1), b);
+        fix(ib, (b.0, b.1), a);
+        if let Some(i) = ia {
+            self.children.insert((b.0, b.1.to_owned()), i);
+        }
+        if let Some(i) = ib {
+            self.children.insert((a.0, a.1.to_owned()), i);
+        }
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; a node it no longer knows is removed
+    /// (looked up again by name when needed).
+    pub(crate) fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let gone = match self.map.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(node) = self.map.remove(&ino) {
+                for nm in node.names {
+                    if self.children.get(&(nm.parent, nm.cname.clone())) == Some(&ino) {
+                        self.children.remove(&(nm.parent, nm.cname));
+                    }
+                }
+                if self.by_sino.get(&node.sino) == Some(&ino) {
+                    self.by_sino.remove(&node.sino);
+                }
+            }
+        }
+    }
+
+    /// Resolves a ciphertext path to the inodes along it that the kernel knows:
+    /// (parent of the last component if known, the entry itself if known).
+    pub(crate) fn resolve(&self, cpath: &str) -> (Option<u64>, Option<u64>) {
+        if cpath.is_empty() {
+            return (None, Some(ROOT));
+        }
+        let mut cur = ROOT;
+        let comps: Vec<&str> = cpath.split('/').collect();
+        for (i, c) in comps.iter().enumerate() {
+            match self.children.get(&(cur, (*c).to_owned())) {
+                Some(&ino) => {
+                    if i + 1 == comps.len() {
+                        return (Some(cur), Some(ino));
+                    }
+                    cur = ino;
+                }
+                None => {
+                    return (
+                        if i + 1 == comps.len() {
+                            Some(cur)
+                        } else {
+                            None
+                        },
+                        None,
+                    )
+                }
+            }
+        }
+        (None, None)
+    }
+}
