@@ -8,6 +8,7 @@ packages=(
     fuse3                                   # fusermount3 for the consumer mounts
     gocryptfs                               # the format oracle
     rclone                                  # the cloud engine
+    git sqlite3                             # consumer mount tests: git clone/fsck, sqlite integrity
     python3-pytest python3-setuptools rpm cpio  # dom0 package: tests, RPM build (dom0/)
     debhelper lintian rpmlint selinux-policy-dev debootstrap systemd-container vagrant  # scripts/packaging-check.sh
 )

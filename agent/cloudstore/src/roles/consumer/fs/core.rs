@@ -762,8 +762,17 @@ impl Core {
         lock(&self.nodes).forget(ino, n);
     }
 
+    /// An open handle of `ino`: the kernel sends fstat without one, and a file unlinked
+    /// while open is only reachable through its handle.
+    fn any_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        lock(&self.files).values().find(|f| f.ino == ino).cloned()
+    }
+
     pub(crate) fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Fail> {
-        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        let mut of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        if of.is_none() && lock(&self.nodes).cpath(ino).is_none() {
+            of = self.any_handle(ino);
+        }
         let a = self.stat_ref(ino, of.as_deref())?;
         Ok(self.attr_of(ino, &a))
     }
@@ -777,7 +786,13 @@ impl Core {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> Result<FileAttr, Fail> {
-        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        let mut of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        if of.is_none() && lock(&self.nodes).cpath(ino).is_none() {
+            of = self.any_handle(ino);
+        }
+        if let Ok(p) = self.cpath(ino) {
+            self.mark_own(&p);
+        }
         if let Some(size) = size {
             self.truncate(ino, of.as_deref(), size)?;
         }
@@ -795,9 +810,6 @@ impl Core {
             {
                 Response::Attr(a) => last = Some(a),
                 r => return Err(expect_resp(r, "Attr")),
-            }
-            if let Ok(p) = self.cpath(ino) {
-                self.mark_own(&p);
             }
         }
         let a = match last {
@@ -884,9 +896,6 @@ impl Core {
         let state = self.file_state(ino);
         let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
         self.with_crypt(ino, of, &state, |cf, cc| cf.truncate(cc, size))?;
-        if let Ok(p) = self.cpath(ino) {
-            self.mark_own(&p);
-        }
         Ok(())
     }
 
@@ -907,6 +916,8 @@ impl Core {
 
     pub(crate) fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<FileAttr, Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
+        self.mark_own(&cpath);
+        self.mark_own(&join(&cpath, DIRIV_NAME));
         self.write_long_name(&en, &cpath)?;
         let mode = mode & 0o7777;
         match self.st.call_with(|_, _, _| {
@@ -924,7 +935,6 @@ impl Core {
                 return Err(f);
             }
         }
-        self.mark_own(&cpath);
         let setup = (|| {
             let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
             match self.st.put(&join(&cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent) {
@@ -967,6 +977,8 @@ impl Core {
         flags: i32,
     ) -> Result<(FileAttr, u64), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
+        // Before the request: storage may push the change before it answers.
+        self.mark_own(&cpath);
         self.write_long_name(&en, &cpath)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let (resp, gen) = match self.st.call_with(|_, _, _| {
@@ -995,7 +1007,6 @@ impl Core {
             Response::Opened { handle, attr } => (handle, attr),
             r => return Err(expect_resp(r, "Opened")),
         };
-        self.mark_own(&cpath);
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
         let file = self.file_state(ino);
         {
@@ -1019,6 +1030,9 @@ impl Core {
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
+        if truncate {
+            self.mark_own(&cpath);
+        }
         let (resp, _, gen) = self.st.call_with(|_, _, _| {
             Ok(Request::Open {
                 path: cpath.clone(),
@@ -1042,9 +1056,6 @@ impl Core {
             c.seen = Some(now);
             keep
         };
-        if truncate {
-            self.mark_own(&cpath);
-        }
         let fh = self.new_fh(OpenFile {
             ino,
             write,
@@ -1067,6 +1078,9 @@ impl Core {
 
     pub(crate) fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Fail> {
         let of = self.open_file(fh)?;
+        if let Ok(p) = self.cpath(of.ino) {
+            self.mark_own(&p);
+        }
         self.status.write_started();
         let res = (|| {
             let _g = of.file.io.write().unwrap_or_else(|p| p.into_inner());
@@ -1074,9 +1088,6 @@ impl Core {
         })();
         self.status.write_ended();
         res?;
-        if let Ok(p) = self.cpath(of.ino) {
-            self.mark_own(&p);
-        }
         // Our own write changes size and mtime: the pages in the kernel are still right.
         Ok(data.len() as u32)
     }
@@ -1357,7 +1368,7 @@ impl Core {
                             name,
                             kind: e.kind,
                             // Not a lookup: an inode number the kernel only shows in d_ino.
-                            ino: known.unwrap_or(e.ino | (1 << 62)),
+                            ino: known.unwrap_or_else(|| Nodes::stable_ino(e.ino)),
                         })
                     }
                     Err(f) => tracing::warn!(

@@ -74,7 +74,17 @@ impl Nodes {
             map,
             children: HashMap::new(),
             by_sino: HashMap::new(),
-            next: ROOT + 1,
+            next: 1 << 62,
+        }
+    }
+
+    /// The inode number shown for storage inode `sino` (the root's number is 1).
+    pub(crate) fn stable_ino(sino: u64) -> u64 {
+        if sino <= ROOT || sino >= 1 << 62 {
+            // Reserved for the root and the fallback counter: map into the top range.
+            (1 << 63) | sino
+        } else {
+            sino
         }
     }
 
@@ -149,8 +159,17 @@ impl Nodes {
                 }
             }
         }
-        let ino = self.next;
-        self.next += 1;
+        // The storage's inode number when it is free, so a file keeps its number after the
+        // kernel forgot it (tar compares inode numbers across its extraction; gocryptfs
+        // shows the backing numbers too); a counter above 2^62 when it is taken (a number
+        // reused by storage while the kernel still holds the old file).
+        let stable = Self::stable_ino(sino);
+        let ino = if self.map.contains_key(&stable) {
+            self.next += 1;
+            self.next
+        } else {
+            stable
+        };
         self.map.insert(
             ino,
             Node {

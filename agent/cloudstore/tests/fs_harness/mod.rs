@@ -1,0 +1,271 @@
+//! A consumer mount for tests: a real storage agent (tests/support), a fresh gocryptfs
+//! volume put on it the way `cloudstore init` does, and the consumer filesystem mounted
+//! with real FUSE, talking to the agent through its qrexec socket service.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cloudstore::roles::consumer::fs::{mount, FsOptions, FsStatus, UnixSocketConnector};
+use cloudstore_format::{Config, CreateOptions, DirIv, MasterKey};
+use cloudstore_protocol::{Client, ClientConfig, Expect, Hello, Request, Role};
+
+use super::support::StorageAgent;
+
+pub const VOLUME: &str = "work";
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A volume on a running storage agent.
+pub struct Volume {
+    pub storage: StorageAgent,
+    pub config: Config,
+    pub key: MasterKey,
+    /// Holds the passphrase for `gocryptfs -passfile`.
+    pub passfile: PathBuf,
+}
+
+impl Volume {
+    /// Starts storage and puts gocryptfs.conf and the root diriv on it (scrypt at the
+    /// minimum cost: tests need speed, not a strong passphrase hash).
+    pub fn create() -> Volume {
+        let storage = StorageAgent::start(VOLUME);
+        let opts = CreateOptions {
+            scrypt_log_n: 10,
+            ..CreateOptions::default()
+        };
+        let (config, key) = Config::create(PASSPHRASE.as_bytes(), &opts).unwrap();
+        let c = volume_client(&storage);
+        put(&c, "gocryptfs.conf", &config.to_bytes(), 0o400);
+        put(&c, "gocryptfs.diriv", &DirIv::new_random().unwrap().0, 0o440);
+        let passfile = storage.dir.path().join("passfile");
+        std::fs::write(&passfile, PASSPHRASE).unwrap();
+        Volume {
+            storage,
+            config,
+            key,
+            passfile,
+        }
+    }
+
+    pub fn tree(&self) -> PathBuf {
+        self.storage.tree(VOLUME)
+    }
+
+    pub fn format_volume(&self) -> cloudstore_format::Volume {
+        cloudstore_format::Volume::new(&self.config, &self.key).unwrap()
+    }
+
+    /// Mounts the volume with default options at a new directory.
+    pub fn mount(&self) -> Mount {
+        self.mount_with(|_| {})
+    }
+
+    pub fn mount_with(&self, tweak: impl FnOnce(&mut FsOptions)) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = FsOptions::new(VOLUME, dir.path(), 0, 0);
+        opts.request_timeout = Duration::from_secs(20);
+        tweak(&mut opts);
+        let connector = Arc::new(UnixSocketConnector {
+            socket: self.storage.volume_socket(),
+            volume: VOLUME.into(),
+            source: "my-work".into(),
+        });
+        let fs = mount(opts, self.format_volume(), connector).unwrap();
+        let status = fs.status();
+        let thread = std::thread::spawn(move || fs.serve());
+        let m = Mount {
+            dir,
+            thread: Some(thread),
+            status,
+        };
+        m.wait_mounted();
+        m
+    }
+
+    /// Mounts the same ciphertext with real gocryptfs.
+    pub fn gocryptfs(&self) -> GocryptfsMount {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("gocryptfs")
+            .arg("-q")
+            .arg("-nosyslog")
+            .arg("-passfile")
+            .arg(&self.passfile)
+            .arg(self.tree())
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "gocryptfs mount failed: {st}");
+        GocryptfsMount { dir }
+    }
+}
+
+pub fn volume_client(s: &StorageAgent) -> Client {
+    let stream = s.raw("cloudstore.Volume", VOLUME, "my-work");
+    Client::connect_unix(stream, ClientConfig::new(Hello::new(Role::Volume)))
+        .unwrap()
+        .0
+}
+
+pub fn sync_client(s: &StorageAgent) -> Client {
+    let stream = s.raw("cloudstore.Sync", VOLUME, "sys-cloud");
+    Client::connect_unix(stream, ClientConfig::new(Hello::new(Role::Sync)))
+        .unwrap()
+        .0
+}
+
+pub fn put(c: &Client, path: &str, data: &[u8], mode: u32) {
+    let mut up = c
+        .upload(Request::Put {
+            path: path.into(),
+            expect: Expect::Any,
+            mode: Some(mode),
+            mtime: None,
+        })
+        .unwrap();
+    up.write_all(data).unwrap();
+    up.finish().unwrap();
+}
+
+fn mounted_at(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    pub status: Arc<FsStatus>,
+}
+
+impl Mount {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn wait_mounted(&self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !mounted_at(self.path()) {
+            assert!(Instant::now() < end, "the mount never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Unmounts and waits for the serving thread; panics if serving failed.
+    pub fn unmount(mut self) {
+        self.do_unmount();
+    }
+
+    fn do_unmount(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let end = Instant::now() + Duration::from_secs(20);
+            loop {
+                let st = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(self.dir.path())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                if st.success() || !mounted_at(self.dir.path()) {
+                    break;
+                }
+                if Instant::now() > end {
+                    let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let r = t.join().expect("the serving thread panicked");
+            if !std::thread::panicking() {
+                r.expect("serving failed");
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.do_unmount();
+    }
+}
+
+pub struct GocryptfsMount {
+    pub dir: tempfile::TempDir,
+}
+
+impl GocryptfsMount {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for GocryptfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+#[track_caller]
+pub fn sh(cmd: &str, dir: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every entry below `root` (relative path, kind, content or link target), sorted.
+pub fn snapshot(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.file_type().is_symlink() {
+            out.push((rel, format!("link {}", std::fs::read_link(&p).unwrap().display())));
+        } else if m.is_dir() {
+            out.push((rel.clone(), "dir".into()));
+            walk(root, &p, out);
+        } else {
+            let data = std::fs::read(&p).unwrap();
+            let digest = openssl::sha::sha256(&data);
+            out.push((
+                rel,
+                format!("file {} {}", data.len(), hex(&digest)),
+            ));
+        }
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
