@@ -2,7 +2,13 @@
 //! interfaces the agent uses, so that the real `cloudstore` binary runs unchanged.
 //!
 //! Each interface is one module; the `qubes-sim` binary is a thin command line over them.
-//! Today: [`qubesdb`], a daemon speaking the real qubesdb wire protocol. The qrexec stand-in
-//! and the per-qube process trees join as further modules.
+//! - [`qubesdb`]: a daemon speaking the real qubesdb wire protocol;
+//! - [`policy`]: the qrexec policy files, parsed and evaluated as dom0 does;
+//! - [`qrexec`]: `qrexec-client-vm` and the service side of a call (socket services with
+//!   their descriptor, executable services);
+//! - [`broker`]: dom0's qrexec part, one trigger socket per qube.
 
+pub mod broker;
+pub mod policy;
+pub mod qrexec;
 pub mod qubesdb;
