@@ -17,6 +17,35 @@ use cloudstore_protocol::{Client, ClientConfig, Expect, Hello, Request, Role};
 use super::support::StorageAgent;
 
 pub const VOLUME: &str = "work";
+
+static LOG: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Collects the filesystem's log (all mounts of this test binary) so tests can check
+/// what it says.
+pub fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogSink)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+/// Every log line so far.
+pub fn log_text() -> String {
+    LOG.lock().unwrap().clone()
+}
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
 /// A volume on a running storage agent.
@@ -65,6 +94,7 @@ impl Volume {
     }
 
     pub fn mount_with(&self, tweak: impl FnOnce(&mut FsOptions)) -> Mount {
+        init_log();
         let dir = tempfile::tempdir().unwrap();
         let mut opts = FsOptions::new(VOLUME, dir.path(), 0, 0);
         opts.request_timeout = Duration::from_secs(20);

@@ -1,0 +1,366 @@
+//! The consumer's FUSE filesystem under stress and failure, on real mounts against a real
+//! storage agent: large sparse files, concurrent writers, mmap, tampered ciphertext, the
+//! storage agent killed mid-write, changes arriving from elsewhere, parked conflicts.
+
+#[path = "support/mod.rs"]
+mod support;
+#[path = "fs_harness/mod.rs"]
+mod fs_harness;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::{Duration, Instant};
+
+use cloudstore_format::{DirIv, PLAIN_BS};
+use cloudstore_protocol::{Request, Response};
+use fs_harness::*;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The ciphertext entry name of a file in the volume root.
+fn root_entry(v: &Volume, name: &str) -> String {
+    let iv = DirIv::parse(&fs::read(v.tree().join("gocryptfs.diriv")).unwrap()).unwrap();
+    let en = v.format_volume().names().encrypt_name(&iv, name.as_bytes()).unwrap();
+    String::from_utf8(en.entry().to_vec()).unwrap()
+}
+
+#[test]
+fn large_sparse_files_and_large_writes() {
+    let v = Volume::create();
+    let m = v.mount();
+    // Throughput of large sequential writes and reads (a figure, not a test).
+    let t = Instant::now();
+    sh("dd if=/dev/zero of=seq bs=1M count=128 conv=fsync status=none", m.path());
+    let w = t.elapsed();
+    // Remount so the read comes from storage, not the page cache.
+    m.unmount();
+    let m = v.mount();
+    let t = Instant::now();
+    sh("dd if=seq of=/dev/null bs=1M status=none", m.path());
+    let r = t.elapsed();
+    eprintln!(
+        "128 MiB: write {:.0} MiB/s, read {:.0} MiB/s",
+        128.0 / w.as_secs_f64(),
+        128.0 / r.as_secs_f64()
+    );
+    assert_eq!(fs::metadata(m.p("seq")).unwrap().len(), 128 << 20);
+
+    // A file of several GiB: data at the start, past 4 GiB (beyond 32-bit offsets) and at
+    // an unaligned end; the gaps are holes on storage too.
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("big")).unwrap();
+    let head = pattern(1, 3 << 20);
+    let far = pattern(2, (2 << 20) + 123);
+    let far_off: u64 = (5 << 30) - 777;
+    f.write_all_at(&head, 0).unwrap();
+    f.write_all_at(&far, far_off)
+        .unwrap_or_else(|e| panic!("{e}\n{}", log_text()));
+    f.sync_all().unwrap();
+    let size = far_off + far.len() as u64;
+    assert_eq!(f.metadata().unwrap().len(), size);
+    let mut buf = vec![0u8; far.len()];
+    f.read_exact_at(&mut buf, far_off)
+        .unwrap_or_else(|e| panic!("{e}\n{}", log_text()));
+    assert!(buf == far, "the data past 4 GiB reads back");
+    let mut hole = vec![1u8; 1 << 20];
+    f.read_exact_at(&mut hole, 3 << 30).unwrap();
+    assert!(hole.iter().all(|&b| b == 0), "a hole reads as zeros");
+    let entry = root_entry(&v, "big");
+    let meta = fs::metadata(v.tree().join(&entry)).unwrap();
+    assert_eq!(meta.len(), cloudstore_format::offsets::plain_size_to_cipher_size(size));
+    assert!(
+        meta.blocks() * 512 < 64 << 20,
+        "the ciphertext is sparse: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    // Shrinking cuts at an unaligned size and keeps the bytes before it (through the
+    // same handle: storage's modification session is still open, so it keeps no second
+    // copy of the big file).
+    f.set_len(1_000_001)
+        .unwrap_or_else(|e| panic!("{e}\n{}", log_text()));
+    drop(f);
+    let got = fs::read(m.p("big")).unwrap();
+    assert!(got == head[..1_000_001]);
+}
+
+#[test]
+fn concurrent_writers_and_mmap() {
+    let v = Volume::create();
+    let m = v.mount();
+    // Four threads write interleaved unaligned stripes of one file, four more write their
+    // own files; every byte must land.
+    const STRIPE: usize = 3_000; // not a block multiple: neighbours share blocks
+    const ROUNDS: usize = 60;
+    let shared = m.p("shared");
+    File::create(&shared).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let shared = shared.clone();
+            s.spawn(move || {
+                let f = OpenOptions::new().write(true).open(&shared).unwrap();
+                for r in 0..ROUNDS {
+                    let off = ((r * 4 + t) * STRIPE) as u64;
+                    f.write_all_at(&vec![(t * 50 + r % 50) as u8 + 1; STRIPE], off).unwrap();
+                }
+            });
+        }
+        for t in 0..4u64 {
+            let p = m.p(&format!("own-{t}"));
+            s.spawn(move || {
+                let mut f = File::create(&p).unwrap();
+                for c in 0..16 {
+                    f.write_all(&pattern(t * 100 + c, 100_000)).unwrap();
+                }
+                f.sync_all().unwrap();
+            });
+        }
+    });
+    let got = fs::read(&shared).unwrap();
+    assert_eq!(got.len(), ROUNDS * 4 * STRIPE);
+    for r in 0..ROUNDS {
+        for t in 0..4 {
+            let off = (r * 4 + t) * STRIPE;
+            let want = (t * 50 + r % 50) as u8 + 1;
+            assert!(
+                got[off..off + STRIPE].iter().all(|&b| b == want),
+                "stripe {t} of round {r} is damaged"
+            );
+        }
+    }
+    for t in 0..4u64 {
+        let want: Vec<u8> = (0..16).flat_map(|c| pattern(t * 100 + c, 100_000)).collect();
+        assert!(fs::read(m.p(&format!("own-{t}"))).unwrap() == want, "own-{t}");
+    }
+
+    // mmap: write through a shared mapping, msync, read with read(2) and after a remount.
+    let len = 3 * PLAIN_BS + 100;
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("mapped")).unwrap();
+    f.set_len(len as u64).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of `len` bytes of an open file, unmapped below
+        // before the file is closed; no other reference into it exists.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            let s = std::slice::from_raw_parts_mut(p as *mut u8, len);
+            for (i, b) in s.iter_mut().enumerate().step_by(97) {
+                *b = (i % 251) as u8 + 1;
+            }
+            s[len - 1] = 0xEE;
+            assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+            assert_eq!(libc::munmap(p, len), 0);
+        }
+    }
+    drop(f);
+    let check = |data: &[u8]| {
+        assert_eq!(data.len(), len);
+        for (i, &b) in data.iter().enumerate() {
+            let want = if i == len - 1 {
+                0xEE
+            } else if i % 97 == 0 {
+                (i % 251) as u8 + 1
+            } else {
+                0
+            };
+            assert_eq!(b, want, "byte {i}");
+        }
+    };
+    check(&fs::read(m.p("mapped")).unwrap());
+    m.unmount();
+    let m = v.mount();
+    check(&fs::read(m.p("mapped")).unwrap());
+    // And a read-only mapping of a file written with write(2).
+    let f = File::open(m.p("own-1")).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        let n = 1_600_000;
+        // SAFETY: a private read-only mapping of an open file, unmapped below.
+        unsafe {
+            let p = libc::mmap(std::ptr::null_mut(), n, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0);
+            assert_ne!(p, libc::MAP_FAILED);
+            let s = std::slice::from_raw_parts(p as *const u8, n);
+            let want: Vec<u8> = (0..16).flat_map(|c| pattern(100 + c, 100_000)).collect();
+            assert!(s == &want[..]);
+            libc::munmap(p, n);
+        }
+    }
+}
+
+#[test]
+fn tampered_ciphertext_gives_eio_and_names_the_file() {
+    let v = Volume::create();
+    let m = v.mount();
+    let content = pattern(7, 3 * PLAIN_BS);
+    fs::write(m.p("secret-plans.txt"), &content).unwrap();
+    fs::write(m.p("innocent.txt"), b"still fine").unwrap();
+    m.unmount();
+    // Flip one bit inside block 1's ciphertext.
+    let cipher = v.tree().join(root_entry(&v, "secret-plans.txt"));
+    let f = OpenOptions::new().read(true).write(true).open(&cipher).unwrap();
+    let off = (cloudstore_format::HEADER_LEN + cloudstore_format::CIPHER_BS + 100) as u64;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, off).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], off).unwrap();
+    drop(f);
+    // A name that was tampered with: the entry is left out of listings, not shown garbled.
+    let bad_name = v.tree().join(root_entry(&v, "innocent.txt"));
+    let mut mangled = root_entry(&v, "innocent.txt");
+    mangled.replace_range(0..2, if mangled.starts_with("AA") { "BB" } else { "AA" });
+    fs::copy(&bad_name, v.tree().join(&mangled)).unwrap();
+
+    let m = v.mount();
+    let err = fs::read(m.p("secret-plans.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The untouched block still reads; only the damaged one fails.
+    let f = File::open(m.p("secret-plans.txt")).unwrap();
+    let mut first = vec![0u8; PLAIN_BS];
+    f.read_exact_at(&mut first, 0).unwrap();
+    assert!(first == content[..PLAIN_BS]);
+    let mut second = vec![0u8; PLAIN_BS];
+    assert_eq!(
+        f.read_exact_at(&mut second, PLAIN_BS as u64).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    let log = log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("/secret-plans.txt")
+            && l.contains("block 1: authentication failed")),
+        "the log names the file and the block:\n{log}"
+    );
+    let mut names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["innocent.txt", "secret-plans.txt"]);
+    assert_eq!(fs::read(m.p("innocent.txt")).unwrap(), b"still fine");
+}
+
+#[test]
+fn storage_killed_and_restarted_mid_writes_loses_nothing() {
+    let mut v = Volume::create();
+    let m = v.mount();
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: u64 = 48;
+    let path = m.p("journal.bin");
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut f = File::create(&path).unwrap();
+            for c in 0..CHUNKS {
+                f.write_all(&pattern(c, CHUNK)).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            f.sync_all().unwrap();
+        })
+    };
+    // Kill the agent (SIGKILL) once the writer is under way; it is back 700 ms later.
+    support::wait_until("the writer to start", || {
+        fs::metadata(&path).map(|m| m.len() > 4 * CHUNK as u64).unwrap_or(false)
+    });
+    v.storage.kill();
+    // Meanwhile, namespace operations wait for storage too.
+    let other = {
+        let p = m.p("made-while-down");
+        std::thread::spawn(move || fs::create_dir(&p))
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!m.status.connected(), "the loss is visible in the status");
+    v.storage.spawn();
+    writer.join().expect("the writer saw an error");
+    other.join().unwrap().unwrap();
+    assert!(m.status.connected());
+    assert_eq!(m.status.pending_writes(), 0);
+    let want: Vec<u8> = (0..CHUNKS).flat_map(|c| pattern(c, CHUNK)).collect();
+    assert!(fs::read(&path).unwrap() == want, "every byte written arrived");
+    assert!(m.p("made-while-down").is_dir());
+    m.unmount();
+    // And storage really has it: gocryptfs reads the same from the ciphertext.
+    let g = v.gocryptfs();
+    assert!(fs::read(g.path().join("journal.bin")).unwrap() == want);
+}
+
+#[test]
+fn an_operation_storage_cannot_serve_in_time_fails_with_eio() {
+    let mut v = Volume::create();
+    let m = v.mount_with(|o| o.request_timeout = Duration::from_secs(2));
+    let f = File::create(m.p("timed-out.txt")).unwrap();
+    v.storage.kill();
+    let t = Instant::now();
+    let err = f.write_all_at(b"y", 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    drop(f);
+    let log = log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR") && l.contains("write /timed-out.txt: ") && l.contains("storage unreachable")),
+        "the error names the plaintext path:\n{log}"
+    );
+    v.storage.spawn();
+    support::wait_until("the mount to reconnect", || fs::write(m.p("g"), b"y").is_ok());
+    assert_eq!(fs::read(m.p("g")).unwrap(), b"y");
+}
+
+#[test]
+fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
+    let v = Volume::create();
+    // Long cache times: only storage's change notifications can make the change visible.
+    let m = v.mount_with(|o| o.attr_ttl = Duration::from_secs(600));
+    fs::write(m.p("note.txt"), b"version one").unwrap();
+    for _ in 0..2 {
+        let mut s = String::new();
+        File::open(m.p("note.txt")).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "version one");
+    }
+    let vol = v.format_volume();
+    let mut cc = vol.content_cipher().unwrap();
+    let sync = sync_client(&v.storage);
+    let entry = root_entry(&v, "note.txt");
+    // The transfer puts the cloud's newer version in place (as a download does).
+    put(&sync, &entry, &cc.encrypt_file(b"version two from the cloud").unwrap(), 0o600);
+    support::wait_until("the new content to show", || {
+        fs::read(m.p("note.txt")).ok().as_deref() == Some(b"version two from the cloud".as_slice())
+    });
+
+    // A conflict parked by the transfer is adopted beside the original under its
+    // decrypted name.
+    let mut up = sync
+        .upload(Request::ParkConflict { path: entry.clone() })
+        .unwrap();
+    up.write_all(&cc.encrypt_file(b"the other side's edit").unwrap()).unwrap();
+    let parked = match up.finish().unwrap() {
+        Response::Version(v) => v,
+        r => panic!("expected Version, got {r:?}"),
+    };
+    let stamp = {
+        let out = sh(&format!("date -u -d @{} '+%Y-%m-%d %H%M'", parked.time.secs), m.path());
+        out.trim().to_owned()
+    };
+    let name = format!("note (conflict {stamp}).txt");
+    support::wait_until("the conflict copy to appear", || m.p(&name).exists());
+    assert_eq!(fs::read(m.p(&name)).unwrap(), b"the other side's edit");
+    assert_eq!(fs::read(m.p("note.txt")).unwrap(), b"version two from the cloud");
+    match sync.call(Request::ListConflicts).unwrap() {
+        Response::Versions(l) => assert!(l.versions.is_empty(), "nothing stays parked"),
+        r => panic!("{r:?}"),
+    }
+}
