@@ -2,10 +2,10 @@
 //! through its qrexec socket service; real gocryptfs as the oracle for the format and for
 //! errors, and everyday programs (tar, diff, git, sqlite3) as users.
 
-#[path = "support/mod.rs"]
-mod support;
 #[path = "fs_harness/mod.rs"]
 mod fs_harness;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -31,7 +31,13 @@ fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     let b = CString::new(to.as_os_str().as_bytes()).unwrap();
     // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute paths.
     let r = unsafe {
-        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
     };
     if r == 0 {
         Ok(())
@@ -60,9 +66,15 @@ fn error_script(d: &Path) -> Vec<String> {
     rec("mkdir e", res(fs::create_dir(p("e"))));
     rec("write e/g", res(fs::write(p("e/g"), b"gee")));
     rec("mkdir d2", res(fs::create_dir(p("d2"))));
-    rec("rename dir over non-empty dir", res(fs::rename(p("d2"), p("e"))));
+    rec(
+        "rename dir over non-empty dir",
+        res(fs::rename(p("d2"), p("e"))),
+    );
     rec("mkdir empty", res(fs::create_dir(p("empty"))));
-    rec("rename dir over empty dir", res(fs::rename(p("d2"), p("empty"))));
+    rec(
+        "rename dir over empty dir",
+        res(fs::rename(p("d2"), p("empty"))),
+    );
     rec("d2 gone", res(fs::metadata(p("d2"))));
     rec("rename file over dir", res(fs::rename(p("d/f"), p("e"))));
     rec("rename dir over file", res(fs::rename(p("e"), p("d/f"))));
@@ -70,7 +82,10 @@ fn error_script(d: &Path) -> Vec<String> {
     rec("symlink over a file", res(symlink("x", p("d/f"))));
     rec("readlink a file", res(fs::read_link(p("d/f"))));
     rec("name of 256 bytes", res(File::create(p(&"a".repeat(256)))));
-    rec("name of 255 bytes", res(fs::write(p(&"b".repeat(255)), b"long")));
+    rec(
+        "name of 255 bytes",
+        res(fs::write(p(&"b".repeat(255)), b"long")),
+    );
     rec("read long", res(fs::read(p(&"b".repeat(255)))));
     rec(
         "noreplace onto existing",
@@ -94,7 +109,11 @@ fn error_script(d: &Path) -> Vec<String> {
     );
     rec(
         "exchange with missing",
-        res(renameat2(&p("d/f1"), &p("d/missing"), libc::RENAME_EXCHANGE)),
+        res(renameat2(
+            &p("d/f1"),
+            &p("d/missing"),
+            libc::RENAME_EXCHANGE,
+        )),
     );
     rec(
         "rename long to long",
@@ -107,7 +126,10 @@ fn error_script(d: &Path) -> Vec<String> {
         "nlink",
         format!("{:?}", fs::metadata(p("d/f2")).map(|m| m.nlink()).ok()),
     );
-    rec("link onto existing", res(fs::hard_link(p("d/f1"), p("e/g"))));
+    rec(
+        "link onto existing",
+        res(fs::hard_link(p("d/f1"), p("e/g"))),
+    );
     rec(
         "truncate up",
         res(OpenOptions::new()
@@ -115,12 +137,21 @@ fn error_script(d: &Path) -> Vec<String> {
             .open(p("d/f1"))
             .and_then(|f| f.set_len(10_000))),
     );
-    rec("size", format!("{:?}", fs::metadata(p("d/f1")).map(|m| m.len()).ok()));
+    rec(
+        "size",
+        format!("{:?}", fs::metadata(p("d/f1")).map(|m| m.len()).ok()),
+    );
     rec("unlink missing", res(fs::remove_file(p("d/missing"))));
     rec("rmdir non-empty again", res(fs::remove_dir(p("d"))));
     rec("remove tree", res(fs::remove_dir_all(p("d"))));
     rec("d gone", res(fs::metadata(p("d"))));
-    rec("exclusive create of existing", res(OpenOptions::new().write(true).create_new(true).open(p("e/g"))));
+    rec(
+        "exclusive create of existing",
+        res(OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p("e/g"))),
+    );
     rec("readdir missing", res(fs::read_dir(p("missing"))));
     rec("readdir a file", res(fs::read_dir(p("e/g"))));
     out
@@ -129,9 +160,19 @@ fn error_script(d: &Path) -> Vec<String> {
 /// Files of every interesting size, long names, nested directories, links.
 fn build_sample(root: &Path) {
     fs::create_dir_all(root.join("sub/deeper/deepest")).unwrap();
-    for (i, n) in [0usize, 1, 4095, 4096, 4097, 5000, 20000, 1 << 20, (1 << 20) + 3]
-        .iter()
-        .enumerate()
+    for (i, n) in [
+        0usize,
+        1,
+        4095,
+        4096,
+        4097,
+        5000,
+        20000,
+        1 << 20,
+        (1 << 20) + 3,
+    ]
+    .iter()
+    .enumerate()
     {
         let data: Vec<u8> = (0..*n).map(|j| (j * 31 + i) as u8).collect();
         fs::write(root.join(format!("size-{n}")), &data).unwrap();
@@ -139,7 +180,11 @@ fn build_sample(root: &Path) {
     let long = "λ".repeat(100); // 200 bytes: a long name on disk
     fs::write(root.join(&long), b"long name content").unwrap();
     fs::create_dir(root.join(format!("dir-{long}"))).unwrap();
-    fs::write(root.join(format!("dir-{long}/inside")), b"inside a long dir").unwrap();
+    fs::write(
+        root.join(format!("dir-{long}/inside")),
+        b"inside a long dir",
+    )
+    .unwrap();
     fs::write(root.join("sub/deeper/deepest/file.txt"), b"deep").unwrap();
     fs::create_dir(root.join("empty dir")).unwrap();
     symlink("sub/deeper/deepest/file.txt", root.join("link-rel")).unwrap();
@@ -155,7 +200,11 @@ fn same_listing_content_and_errors_as_gocryptfs_on_the_same_ciphertext() {
     build_sample(m.path());
     let a = fs::metadata(m.p("size-5000")).unwrap();
     let b = fs::metadata(m.p("sub/hardlink")).unwrap();
-    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard links share an inode");
+    assert_eq!(
+        (a.ino(), a.nlink()),
+        (b.ino(), 2),
+        "hard links share an inode"
+    );
     assert_eq!(
         fs::symlink_metadata(m.p("link-long")).unwrap().len(),
         3000,
@@ -168,7 +217,10 @@ fn same_listing_content_and_errors_as_gocryptfs_on_the_same_ciphertext() {
     let g = v.gocryptfs();
     assert_eq!(snapshot(g.path()), ours, "gocryptfs sees what we wrote");
     let theirs_errors = error_script(&g.path().join("theirs"));
-    assert_eq!(ours_errors, theirs_errors, "the same operations give the same results");
+    assert_eq!(
+        ours_errors, theirs_errors,
+        "the same operations give the same results"
+    );
     // And we read what gocryptfs writes.
     build_sample(&g.path().join("from-gocryptfs"));
     let theirs = snapshot(g.path());
@@ -193,7 +245,10 @@ fn editors_tar_git_and_sqlite_work() {
         t.sync_all().unwrap();
     }
     fs::rename(m.p(".doc.txt.swp"), m.p("doc.txt")).unwrap();
-    assert_eq!(fs::read(m.p("doc.txt")).unwrap(), b"version 2, longer than the first");
+    assert_eq!(
+        fs::read(m.p("doc.txt")).unwrap(),
+        b"version 2, longer than the first"
+    );
     let mut s = String::new();
     old.read_to_string(&mut s).unwrap();
     assert_eq!(s, "version 1");
@@ -207,9 +262,16 @@ fn editors_tar_git_and_sqlite_work() {
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join(format!("f{i}.txt")), format!("file {i}\n").repeat(i)).unwrap();
     }
-    sh(&format!("tar cf {0}/a.tar -C {0}/src .", work.path().display()), work.path());
     sh(
-        &format!("mkdir x && tar xf {}/a.tar -C x && diff -r --no-dereference {} x", work.path().display(), src.display()),
+        &format!("tar cf {0}/a.tar -C {0}/src .", work.path().display()),
+        work.path(),
+    );
+    sh(
+        &format!(
+            "mkdir x && tar xf {}/a.tar -C x && diff -r --no-dereference {} x",
+            work.path().display(),
+            src.display()
+        ),
         m.path(),
     );
 
@@ -225,21 +287,23 @@ fn editors_tar_git_and_sqlite_work() {
         ),
         work.path(),
     );
-    sh(&format!("git clone -q --no-local {} clone", repo.display()), m.path());
+    sh(
+        &format!("git clone -q --no-local {} clone", repo.display()),
+        m.path(),
+    );
     sh(
         "git fsck --full --strict && git config user.email t@e && git config user.name t && \
          echo change > new.txt && git add new.txt && git commit -qm three && git gc -q && \
          git fsck --full && git status --porcelain | wc -l | grep -qx 0",
         &m.p("clone"),
     );
-    assert_eq!(
-        sh("git log --oneline | wc -l", &m.p("clone")).trim(),
-        "3"
-    );
+    assert_eq!(sh("git log --oneline | wc -l", &m.p("clone")).trim(), "3");
 
     // sqlite: rollback journal and WAL, many transactions, then an integrity check.
     for (db, mode) in [("rollback.db", "DELETE"), ("wal.db", "WAL")] {
-        let mut sql = format!("PRAGMA journal_mode={mode};\nCREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);\n");
+        let mut sql = format!(
+            "PRAGMA journal_mode={mode};\nCREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);\n"
+        );
         for t in 0..20 {
             sql.push_str("BEGIN;\n");
             for i in 0..100 {
@@ -248,13 +312,25 @@ fn editors_tar_git_and_sqlite_work() {
                     format!("row {t}-{i} ").repeat(i % 13 + 1)
                 ));
             }
-            sql.push_str(&format!("UPDATE t SET v = v || 'x' WHERE id % 7 = {};\nCOMMIT;\n", t % 7));
+            sql.push_str(&format!(
+                "UPDATE t SET v = v || 'x' WHERE id % 7 = {};\nCOMMIT;\n",
+                t % 7
+            ));
         }
         sql.push_str("DELETE FROM t WHERE id % 3 = 0;\nVACUUM;\n");
         fs::write(work.path().join("script.sql"), sql).unwrap();
-        sh(&format!("sqlite3 {db} < {}/script.sql", work.path().display()), m.path());
-        assert_eq!(sh(&format!("sqlite3 {db} 'PRAGMA integrity_check;'"), m.path()).trim(), "ok");
-        assert_eq!(sh(&format!("sqlite3 {db} 'SELECT count(*) FROM t;'"), m.path()).trim(), "1334");
+        sh(
+            &format!("sqlite3 {db} < {}/script.sql", work.path().display()),
+            m.path(),
+        );
+        assert_eq!(
+            sh(&format!("sqlite3 {db} 'PRAGMA integrity_check;'"), m.path()).trim(),
+            "ok"
+        );
+        assert_eq!(
+            sh(&format!("sqlite3 {db} 'SELECT count(*) FROM t;'"), m.path()).trim(),
+            "1334"
+        );
     }
 }
 
@@ -282,7 +358,12 @@ fn open_files_survive_rename_and_unlink_and_links_work() {
 
     // Renamed (to another directory) while open for writing.
     fs::create_dir(m.p("other")).unwrap();
-    let f = OpenOptions::new().write(true).create(true).truncate(true).open(m.p("moving")).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("moving"))
+        .unwrap();
     f.write_all_at(b"before ", 0).unwrap();
     fs::rename(m.p("moving"), m.p("other/moved")).unwrap();
     f.write_all_at(b"after", 7).unwrap();
@@ -290,15 +371,25 @@ fn open_files_survive_rename_and_unlink_and_links_work() {
     drop(f);
     assert_eq!(fs::read(m.p("other/moved")).unwrap(), b"before after");
     // The directory itself renamed while a file in it is open.
-    let f = OpenOptions::new().write(true).open(m.p("other/moved")).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.p("other/moved"))
+        .unwrap();
     fs::rename(m.p("other"), m.p("renamed-dir")).unwrap();
     f.write_all_at(b"!", 12).unwrap();
     drop(f);
-    assert_eq!(fs::read(m.p("renamed-dir/moved")).unwrap(), b"before after!");
+    assert_eq!(
+        fs::read(m.p("renamed-dir/moved")).unwrap(),
+        b"before after!"
+    );
 
     // Inode numbers stay put after the file is closed and the kernel's cache times out
     // (tar's placeholder check for delayed symlinks relies on it).
-    let placeholder = OpenOptions::new().write(true).create_new(true).open(m.p("ph")).unwrap();
+    let placeholder = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.p("ph"))
+        .unwrap();
     let ino = placeholder.metadata().unwrap().ino();
     drop(placeholder);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -307,7 +398,12 @@ fn open_files_survive_rename_and_unlink_and_links_work() {
     // Hard links.
     fs::write(m.p("a"), b"shared").unwrap();
     fs::hard_link(m.p("a"), m.p("renamed-dir/b")).unwrap();
-    OpenOptions::new().append(true).open(m.p("renamed-dir/b")).unwrap().write_all(b" content").unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(m.p("renamed-dir/b"))
+        .unwrap()
+        .write_all(b" content")
+        .unwrap();
     assert_eq!(fs::read(m.p("a")).unwrap(), b"shared content");
     assert_eq!(fs::metadata(m.p("a")).unwrap().nlink(), 2);
     fs::remove_file(m.p("a")).unwrap();
@@ -317,7 +413,10 @@ fn open_files_survive_rename_and_unlink_and_links_work() {
     // Symlinks: followed by the kernel, targets stored encrypted.
     symlink("renamed-dir/b", m.p("to-b")).unwrap();
     assert_eq!(fs::read(m.p("to-b")).unwrap(), b"shared content");
-    assert_eq!(fs::read_link(m.p("to-b")).unwrap(), Path::new("renamed-dir/b"));
+    assert_eq!(
+        fs::read_link(m.p("to-b")).unwrap(),
+        Path::new("renamed-dir/b")
+    );
     symlink("missing", m.p("dangling")).unwrap();
     assert_eq!(
         fs::read(m.p("dangling")).unwrap_err().raw_os_error(),
@@ -327,7 +426,14 @@ fn open_files_survive_rename_and_unlink_and_links_work() {
     // Nothing of the plaintext names or targets is on storage.
     let tree = v.tree();
     let all = sh("find . | sort; find . -type l -exec readlink {} \\;", &tree);
-    for word in ["renamed-dir", "moved", "to-b", "dangling", "scratch", "missing"] {
+    for word in [
+        "renamed-dir",
+        "moved",
+        "to-b",
+        "dangling",
+        "scratch",
+        "missing",
+    ] {
         assert!(!all.contains(word), "{word} appears on storage:\n{all}");
     }
 }

@@ -2,10 +2,10 @@
 //! storage agent: large sparse files, concurrent writers, mmap, tampered ciphertext, the
 //! storage agent killed mid-write, changes arriving from elsewhere, parked conflicts.
 
-#[path = "support/mod.rs"]
-mod support;
 #[path = "fs_harness/mod.rs"]
 mod fs_harness;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -31,7 +31,11 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// The ciphertext entry name of a file in the volume root.
 fn root_entry(v: &Volume, name: &str) -> String {
     let iv = DirIv::parse(&fs::read(v.tree().join("gocryptfs.diriv")).unwrap()).unwrap();
-    let en = v.format_volume().names().encrypt_name(&iv, name.as_bytes()).unwrap();
+    let en = v
+        .format_volume()
+        .names()
+        .encrypt_name(&iv, name.as_bytes())
+        .unwrap();
     String::from_utf8(en.entry().to_vec()).unwrap()
 }
 
@@ -41,7 +45,10 @@ fn large_sparse_files_and_large_writes() {
     let m = v.mount();
     // Throughput of large sequential writes and reads (a figure, not a test).
     let t = Instant::now();
-    sh("dd if=/dev/zero of=seq bs=1M count=128 conv=fsync status=none", m.path());
+    sh(
+        "dd if=/dev/zero of=seq bs=1M count=128 conv=fsync status=none",
+        m.path(),
+    );
     let w = t.elapsed();
     // Remount so the read comes from storage, not the page cache.
     m.unmount();
@@ -58,7 +65,13 @@ fn large_sparse_files_and_large_writes() {
 
     // A file of several GiB: data at the start, past 4 GiB (beyond 32-bit offsets) and at
     // an unaligned end; the gaps are holes on storage too.
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("big")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("big"))
+        .unwrap();
     let head = pattern(1, 3 << 20);
     let far = pattern(2, (2 << 20) + 123);
     let far_off: u64 = (5 << 30) - 777;
@@ -77,7 +90,10 @@ fn large_sparse_files_and_large_writes() {
     assert!(hole.iter().all(|&b| b == 0), "a hole reads as zeros");
     let entry = root_entry(&v, "big");
     let meta = fs::metadata(v.tree().join(&entry)).unwrap();
-    assert_eq!(meta.len(), cloudstore_format::offsets::plain_size_to_cipher_size(size));
+    assert_eq!(
+        meta.len(),
+        cloudstore_format::offsets::plain_size_to_cipher_size(size)
+    );
     assert!(
         meta.blocks() * 512 < 64 << 20,
         "the ciphertext is sparse: {} bytes allocated",
@@ -110,7 +126,8 @@ fn concurrent_writers_and_mmap() {
                 let f = OpenOptions::new().write(true).open(&shared).unwrap();
                 for r in 0..ROUNDS {
                     let off = ((r * 4 + t) * STRIPE) as u64;
-                    f.write_all_at(&vec![(t * 50 + r % 50) as u8 + 1; STRIPE], off).unwrap();
+                    f.write_all_at(&vec![(t * 50 + r % 50) as u8 + 1; STRIPE], off)
+                        .unwrap();
                 }
             });
         }
@@ -138,13 +155,24 @@ fn concurrent_writers_and_mmap() {
         }
     }
     for t in 0..4u64 {
-        let want: Vec<u8> = (0..16).flat_map(|c| pattern(t * 100 + c, 100_000)).collect();
-        assert!(fs::read(m.p(&format!("own-{t}"))).unwrap() == want, "own-{t}");
+        let want: Vec<u8> = (0..16)
+            .flat_map(|c| pattern(t * 100 + c, 100_000))
+            .collect();
+        assert!(
+            fs::read(m.p(&format!("own-{t}"))).unwrap() == want,
+            "own-{t}"
+        );
     }
 
     // mmap: write through a shared mapping, msync, read with read(2) and after a remount.
     let len = 3 * PLAIN_BS + 100;
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("mapped")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("mapped"))
+        .unwrap();
     f.set_len(len as u64).unwrap();
     {
         use std::os::fd::AsRawFd;
@@ -159,7 +187,12 @@ fn concurrent_writers_and_mmap() {
                 f.as_raw_fd(),
                 0,
             );
-            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            assert_ne!(
+                p,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
             let s = std::slice::from_raw_parts_mut(p as *mut u8, len);
             for (i, b) in s.iter_mut().enumerate().step_by(97) {
                 *b = (i % 251) as u8 + 1;
@@ -194,7 +227,14 @@ fn concurrent_writers_and_mmap() {
         let n = 1_600_000;
         // SAFETY: a private read-only mapping of an open file, unmapped below.
         unsafe {
-            let p = libc::mmap(std::ptr::null_mut(), n, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                n,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            );
             assert_ne!(p, libc::MAP_FAILED);
             let s = std::slice::from_raw_parts(p as *const u8, n);
             let want: Vec<u8> = (0..16).flat_map(|c| pattern(100 + c, 100_000)).collect();
@@ -214,7 +254,11 @@ fn tampered_ciphertext_gives_eio_and_names_the_file() {
     m.unmount();
     // Flip one bit inside block 1's ciphertext.
     let cipher = v.tree().join(root_entry(&v, "secret-plans.txt"));
-    let f = OpenOptions::new().read(true).write(true).open(&cipher).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&cipher)
+        .unwrap();
     let off = (cloudstore_format::HEADER_LEN + cloudstore_format::CIPHER_BS + 100) as u64;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, off).unwrap();
@@ -223,7 +267,14 @@ fn tampered_ciphertext_gives_eio_and_names_the_file() {
     // A name that was tampered with: the entry is left out of listings, not shown garbled.
     let bad_name = v.tree().join(root_entry(&v, "innocent.txt"));
     let mut mangled = root_entry(&v, "innocent.txt");
-    mangled.replace_range(0..2, if mangled.starts_with("AA") { "BB" } else { "AA" });
+    mangled.replace_range(
+        0..2,
+        if mangled.starts_with("AA") {
+            "BB"
+        } else {
+            "AA"
+        },
+    );
     fs::copy(&bad_name, v.tree().join(&mangled)).unwrap();
 
     let m = v.mount();
@@ -236,7 +287,9 @@ fn tampered_ciphertext_gives_eio_and_names_the_file() {
     assert!(first == content[..PLAIN_BS]);
     let mut second = vec![0u8; PLAIN_BS];
     assert_eq!(
-        f.read_exact_at(&mut second, PLAIN_BS as u64).unwrap_err().raw_os_error(),
+        f.read_exact_at(&mut second, PLAIN_BS as u64)
+            .unwrap_err()
+            .raw_os_error(),
         Some(libc::EIO)
     );
     let log = log_text();
@@ -275,7 +328,9 @@ fn storage_killed_and_restarted_mid_writes_loses_nothing() {
     };
     // Kill the agent (SIGKILL) once the writer is under way; it is back 700 ms later.
     support::wait_until("the writer to start", || {
-        fs::metadata(&path).map(|m| m.len() > 4 * CHUNK as u64).unwrap_or(false)
+        fs::metadata(&path)
+            .map(|m| m.len() > 4 * CHUNK as u64)
+            .unwrap_or(false)
     });
     v.storage.kill();
     // Meanwhile, namespace operations wait for storage too.
@@ -291,7 +346,10 @@ fn storage_killed_and_restarted_mid_writes_loses_nothing() {
     assert!(m.status.connected());
     assert_eq!(m.status.pending_writes(), 0);
     let want: Vec<u8> = (0..CHUNKS).flat_map(|c| pattern(c, CHUNK)).collect();
-    assert!(fs::read(&path).unwrap() == want, "every byte written arrived");
+    assert!(
+        fs::read(&path).unwrap() == want,
+        "every byte written arrived"
+    );
     assert!(m.p("made-while-down").is_dir());
     m.unmount();
     // And storage really has it: gocryptfs reads the same from the ciphertext.
@@ -312,11 +370,15 @@ fn an_operation_storage_cannot_serve_in_time_fails_with_eio() {
     drop(f);
     let log = log_text();
     assert!(
-        log.lines().any(|l| l.contains("ERROR") && l.contains("write /timed-out.txt: ") && l.contains("storage unreachable")),
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("write /timed-out.txt: ")
+            && l.contains("storage unreachable")),
         "the error names the plaintext path:\n{log}"
     );
     v.storage.spawn();
-    support::wait_until("the mount to reconnect", || fs::write(m.p("g"), b"y").is_ok());
+    support::wait_until("the mount to reconnect", || {
+        fs::write(m.p("g"), b"y").is_ok()
+    });
     assert_eq!(fs::read(m.p("g")).unwrap(), b"y");
 }
 
@@ -328,7 +390,10 @@ fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
     fs::write(m.p("note.txt"), b"version one").unwrap();
     for _ in 0..2 {
         let mut s = String::new();
-        File::open(m.p("note.txt")).unwrap().read_to_string(&mut s).unwrap();
+        File::open(m.p("note.txt"))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "version one");
     }
     let vol = v.format_volume();
@@ -336,7 +401,12 @@ fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
     let sync = sync_client(&v.storage);
     let entry = root_entry(&v, "note.txt");
     // The transfer puts the cloud's newer version in place (as a download does).
-    put(&sync, &entry, &cc.encrypt_file(b"version two from the cloud").unwrap(), 0o600);
+    put(
+        &sync,
+        &entry,
+        &cc.encrypt_file(b"version two from the cloud").unwrap(),
+        0o600,
+    );
     support::wait_until("the new content to show", || {
         fs::read(m.p("note.txt")).ok().as_deref() == Some(b"version two from the cloud".as_slice())
     });
@@ -344,21 +414,30 @@ fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
     // A conflict parked by the transfer is adopted beside the original under its
     // decrypted name.
     let mut up = sync
-        .upload(Request::ParkConflict { path: entry.clone() })
+        .upload(Request::ParkConflict {
+            path: entry.clone(),
+        })
         .unwrap();
-    up.write_all(&cc.encrypt_file(b"the other side's edit").unwrap()).unwrap();
+    up.write_all(&cc.encrypt_file(b"the other side's edit").unwrap())
+        .unwrap();
     let parked = match up.finish().unwrap() {
         Response::Version(v) => v,
         r => panic!("expected Version, got {r:?}"),
     };
     let stamp = {
-        let out = sh(&format!("date -u -d @{} '+%Y-%m-%d %H%M'", parked.time.secs), m.path());
+        let out = sh(
+            &format!("date -u -d @{} '+%Y-%m-%d %H%M'", parked.time.secs),
+            m.path(),
+        );
         out.trim().to_owned()
     };
     let name = format!("note (conflict {stamp}).txt");
     support::wait_until("the conflict copy to appear", || m.p(&name).exists());
     assert_eq!(fs::read(m.p(&name)).unwrap(), b"the other side's edit");
-    assert_eq!(fs::read(m.p("note.txt")).unwrap(), b"version two from the cloud");
+    assert_eq!(
+        fs::read(m.p("note.txt")).unwrap(),
+        b"version two from the cloud"
+    );
     match sync.call(Request::ListConflicts).unwrap() {
         Response::Versions(l) => assert!(l.versions.is_empty(), "nothing stays parked"),
         r => panic!("{r:?}"),

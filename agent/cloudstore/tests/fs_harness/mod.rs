@@ -69,7 +69,12 @@ impl Volume {
         let (config, key) = Config::create(PASSPHRASE.as_bytes(), &opts).unwrap();
         let c = volume_client(&storage);
         put(&c, "gocryptfs.conf", &config.to_bytes(), 0o400);
-        put(&c, "gocryptfs.diriv", &DirIv::new_random().unwrap().0, 0o440);
+        put(
+            &c,
+            "gocryptfs.diriv",
+            &DirIv::new_random().unwrap().0,
+            0o440,
+        );
         let passfile = storage.dir.path().join("passfile");
         std::fs::write(&passfile, PASSPHRASE).unwrap();
         Volume {
@@ -209,7 +214,10 @@ impl Mount {
                     break;
                 }
                 if Instant::now() > end {
-                    let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+                    let _ = Command::new("umount")
+                        .arg("-l")
+                        .arg(self.dir.path())
+                        .status();
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -281,17 +289,17 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
         let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
         let m = std::fs::symlink_metadata(&p).unwrap();
         if m.file_type().is_symlink() {
-            out.push((rel, format!("link {}", std::fs::read_link(&p).unwrap().display())));
+            out.push((
+                rel,
+                format!("link {}", std::fs::read_link(&p).unwrap().display()),
+            ));
         } else if m.is_dir() {
             out.push((rel.clone(), "dir".into()));
             walk(root, &p, out);
         } else {
             let data = std::fs::read(&p).unwrap();
             let digest = openssl::sha::sha256(&data);
-            out.push((
-                rel,
-                format!("file {} {}", data.len(), hex(&digest)),
-            ));
+            out.push((rel, format!("file {} {}", data.len(), hex(&digest))));
         }
     }
 }

@@ -78,7 +78,9 @@ fn adopt_one(core: &Core, v: &VersionInfo) -> Result<String, Fail> {
             Err(f) => return Err(f),
         }
     }
-    Err(Fail::io(format!("{MAX_SUFFIX} conflict names are all taken")))
+    Err(Fail::io(format!(
+        "{MAX_SUFFIX} conflict names are all taken"
+    )))
 }
 
 fn core_names(core: &Core) -> &cloudstore_format::NameCipher {
@@ -123,7 +125,11 @@ pub(crate) fn utc_stamp(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Called with each new connection (its generation and push channel), outside every lock.
-pub(crate) type ConnectHook = Box<dyn Fn(&Arc<Client>, u64, std::sync::mpsc::Receiver<Push>) + Send + Sync>;
+pub(crate) type ConnectHook =
+    Box<dyn Fn(&Arc<Client>, u64, std::sync::mpsc::Receiver<Push>) + Send + Sync>;
 
 struct State {
     client: Option<Arc<Client>>,
@@ -102,7 +103,8 @@ impl Storage {
                     Some(why) => {
                         tracing::warn!(volume = %self.volume, "connection to storage lost: {why}");
                         self.status.set_connected(false);
-                        self.status.set_error(format!("connection to storage lost: {why}"));
+                        self.status
+                            .set_error(format!("connection to storage lost: {why}"));
                         st.client = None;
                     }
                 }
@@ -215,28 +217,18 @@ impl Storage {
     }
 
     /// Replaces `path` with `data` atomically (small files: diriv, long-name files).
-    pub(crate) fn put(&self, path: &str, data: &[u8], mode: u32, expect: Expect) -> Result<(), Fail> {
+    pub(crate) fn put(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        expect: Expect,
+    ) -> Result<(), Fail> {
         let deadline = Instant::now() + self.timeout;
         let mut maybe_sent = false;
         loop {
             let (client, gen) = self.client(deadline)?;
-            let attempt = (|| {
-                let mut up = client.upload(Request::Put {
-                    path: path.to_owned(),
-                    expect: expect.clone(),
-                    mode: Some(mode),
-                    mtime: None,
-                })?;
-                if let Err(e) = up.write_all(data) {
-                    let code = if client.lost().is_some() {
-                        ErrorCode::ConnectionLost
-                    } else {
-                        ErrorCode::Io
-                    };
-                    return Err(RemoteError::new(code, format!("uploading {path}: {e}")));
-                }
-                up.finish()
-            })();
+            let attempt = Self::put_once(&client, path, data, mode, expect);
             match attempt {
                 Ok(_) => return Ok(()),
                 Err(e) if is_lost(&e) => {
@@ -249,5 +241,29 @@ impl Storage {
                 Err(e) => return Err(Fail::remote(e, maybe_sent)),
             }
         }
+    }
+
+    fn put_once(
+        client: &Client,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        expect: Expect,
+    ) -> Result<Response, RemoteError> {
+        let mut up = client.upload(Request::Put {
+            path: path.to_owned(),
+            expect,
+            mode: Some(mode),
+            mtime: None,
+        })?;
+        if let Err(e) = up.write_all(data) {
+            let code = if client.lost().is_some() {
+                ErrorCode::ConnectionLost
+            } else {
+                ErrorCode::Io
+            };
+            return Err(RemoteError::new(code, format!("uploading {path}: {e}")));
+        }
+        up.finish()
     }
 }

@@ -88,7 +88,8 @@ fn to_time(t: Timespec) -> SystemTime {
     if t.secs >= 0 {
         UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
     } else {
-        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(t.nanos.into())
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(t.nanos.into())
     }
 }
 
@@ -133,7 +134,10 @@ fn name_fail(e: FormatError, shown: &str) -> Fail {
 }
 
 fn expect_resp(r: Response, want: &str) -> Fail {
-    Fail::io(format!("storage answered {} where {want} was expected", r.name()))
+    Fail::io(format!(
+        "storage answered {} where {want} was expected",
+        r.name()
+    ))
 }
 
 /// The ciphertext of one file, reached by handle (or by path) over the protocol: what
@@ -146,7 +150,15 @@ struct Remote<'a> {
     header: Option<[u8; HEADER_LEN]>,
     /// The storage failure behind an I/O error, kept for its errno.
     err: Option<Fail>,
+    /// The start of the ciphertext, fetched with the header: a small file is read in one
+    /// round trip instead of two.
+    pre: Option<Vec<u8>>,
+    /// A new file's header, sent together with its first blocks.
+    pending_header: Option<[u8; HEADER_LEN]>,
 }
+
+/// How much of a file is fetched with its header: 32 blocks covers most small files.
+const PREFETCH: u64 = 32 * cloudstore_format::CIPHER_BS as u64;
 
 impl Remote<'_> {
     fn fail(&mut self, f: Fail) -> io::Error {
@@ -159,6 +171,72 @@ impl Remote<'_> {
         self.core
             .file_call(self.ino, self.handle, build)
             .map(|(r, _)| r)
+    }
+
+    fn new<'a>(
+        core: &'a Core,
+        ino: u64,
+        handle: Option<&'a OpenFile>,
+        clen: u64,
+        header: Option<[u8; HEADER_LEN]>,
+    ) -> Remote<'a> {
+        Remote {
+            core,
+            ino,
+            handle,
+            clen,
+            header,
+            err: None,
+            pre: None,
+            pending_header: None,
+        }
+    }
+
+    /// Reads the header (and the first blocks) unless cached; storage failures are kept
+    /// in `err`.
+    fn load_header(&mut self) -> Result<(), Fail> {
+        if self.clen == 0 || self.header.is_some() {
+            return Ok(());
+        }
+        let want = self.clen.min(PREFETCH) as usize;
+        let d = self.read_piece(0, want)?;
+        if d.len() >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&d[..HEADER_LEN]);
+            self.header = Some(h);
+        }
+        self.pre = Some(d);
+        Ok(())
+    }
+
+    /// Sends a header still held back (before any other change to the file).
+    fn flush_header(&mut self) -> Result<(), Fail> {
+        if let Some(h) = self.pending_header.take() {
+            self.write_pieces(0, &h)?;
+        }
+        Ok(())
+    }
+
+    fn write_pieces(&self, offset: u64, data: &[u8]) -> Result<(), Fail> {
+        for s in (0..data.len()).step_by(MAX_IO) {
+            let chunk = &data[s..(s + MAX_IO).min(data.len())];
+            let off = offset + s as u64;
+            match self.call(|file| Request::Write {
+                file,
+                offset: off,
+                data: chunk.to_vec(),
+            })? {
+                Response::Written(n) if n as usize == chunk.len() => {}
+                Response::Written(n) => {
+                    return Err(Fail::io(format!(
+                        "storage wrote {n} of {} bytes at {off}",
+                        chunk.len()
+                    )))
+                }
+                r => return Err(expect_resp(r, "Written")),
+            }
+        }
+        Ok(())
     }
 
     fn read_piece(&self, off: u64, len: usize) -> Result<Vec<u8>, Fail> {
@@ -183,6 +261,16 @@ impl CipherStore for Remote<'_> {
             if let Some(h) = self.header {
                 buf.copy_from_slice(&h);
                 return Ok(HEADER_LEN);
+            }
+        }
+        if let Some(pre) = &self.pre {
+            let end = offset + buf.len() as u64;
+            if end <= pre.len() as u64 || (pre.len() as u64) < PREFETCH.min(self.clen) {
+                // Inside what was fetched, or past the end of a file shorter than that.
+                let from = (offset as usize).min(pre.len());
+                let n = buf.len().min(pre.len() - from);
+                buf[..n].copy_from_slice(&pre[from..from + n]);
+                return Ok(n);
             }
         }
         // One FUSE read of 1 MiB is 1 MiB + 8 KiB of ciphertext: two protocol reads, sent
@@ -226,28 +314,29 @@ impl CipherStore for Remote<'_> {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        // Pieces of whole cipher blocks that fit a protocol write (254 blocks ≤ 1 MiB).
-        let piece = MAX_IO / cloudstore_format::CIPHER_BS * cloudstore_format::CIPHER_BS;
-        for s in (0..data.len()).step_by(piece) {
-            let chunk = &data[s..(s + piece).min(data.len())];
-            let off = offset + s as u64;
-            let r = self.call(|file| Request::Write {
-                file,
-                offset: off,
-                data: chunk.to_vec(),
-            });
-            match r {
-                Ok(Response::Written(n)) if n as usize == chunk.len() => {}
-                Ok(Response::Written(n)) => {
-                    return Err(self.fail(Fail::io(format!(
-                        "storage wrote {n} of {} bytes at {off}",
-                        chunk.len()
-                    ))))
-                }
-                Ok(r) => return Err(self.fail(expect_resp(r, "Written"))),
-                Err(f) => return Err(self.fail(f)),
-            }
+        self.pre = None;
+        if offset == 0 && data.len() == HEADER_LEN && self.clen == 0 {
+            // A new file's header: held back to travel with the first blocks.
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(data);
+            self.pending_header = Some(h);
+            self.header = Some(h);
+            self.clen = HEADER_LEN as u64;
+            return Ok(());
         }
+        let res = match self.pending_header.take() {
+            Some(h) if offset == HEADER_LEN as u64 => {
+                let mut all = Vec::with_capacity(HEADER_LEN + data.len());
+                all.extend_from_slice(&h);
+                all.extend_from_slice(data);
+                self.write_pieces(0, &all)
+            }
+            Some(h) => self
+                .write_pieces(0, &h)
+                .and_then(|()| self.write_pieces(offset, data)),
+            None => self.write_pieces(offset, data),
+        };
+        res.map_err(|f| self.fail(f))?;
         self.clen = self.clen.max(offset + data.len() as u64);
         if offset == 0 && data.len() >= HEADER_LEN {
             let mut h = [0u8; HEADER_LEN];
@@ -258,9 +347,16 @@ impl CipherStore for Remote<'_> {
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        match self.call(|file| Request::Truncate { file, size: len }) {
-            Ok(_) => {}
-            Err(f) => return Err(self.fail(f)),
+        self.pre = None;
+        if len == 0 {
+            self.pending_header = None;
+        }
+        if len == self.clen && self.pending_header.is_none() {
+            return Ok(());
+        }
+        self.flush_header().map_err(|f| self.fail(f))?;
+        if let Err(f) = self.call(|file| Request::Truncate { file, size: len }) {
+            return Err(self.fail(f));
         }
         self.clen = len;
         if len < HEADER_LEN as u64 {
@@ -307,7 +403,9 @@ impl Core {
 
     /// Starts the workers, the storage connection and its push listener.
     pub(crate) fn start(self: &Arc<Self>) {
-        let rx = Arc::new(Mutex::new(lock(&self.job_rx).take().expect("started twice")));
+        let rx = Arc::new(Mutex::new(
+            lock(&self.job_rx).take().expect("started twice"),
+        ));
         for i in 0..self.opts.workers.max(1) {
             let rx = rx.clone();
             let _ = std::thread::Builder::new()
@@ -427,8 +525,8 @@ impl Core {
             self.spawn(Box::new(move || super::conflicts::adopt_all(&me)));
             return;
         }
-        let foreign = matches!(c.kind, ChangeKind::Put | ChangeKind::Restore)
-            || !self.is_own(&c.path);
+        let foreign =
+            matches!(c.kind, ChangeKind::Put | ChangeKind::Restore) || !self.is_own(&c.path);
         if !foreign {
             return;
         }
@@ -614,7 +712,12 @@ impl Core {
         }
     }
 
-    pub(crate) fn encrypt_name(&self, iv: &DirIv, name: &[u8], shown: &str) -> Result<EncryptedName, Fail> {
+    pub(crate) fn encrypt_name(
+        &self,
+        iv: &DirIv,
+        name: &[u8],
+        shown: &str,
+    ) -> Result<EncryptedName, Fail> {
         self.vol
             .names()
             .encrypt_name(iv, name)
@@ -628,7 +731,10 @@ impl Core {
         let entry = String::from_utf8(en.entry().to_vec()).map_err(|_| {
             Fail::new(
                 libc::EINVAL,
-                format!("{}: not UTF-8 on a plaintext-names volume", self.shown_child(parent, name)),
+                format!(
+                    "{}: not UTF-8 on a plaintext-names volume",
+                    self.shown_child(parent, name)
+                ),
             )
         })?;
         let cpath = join(&self.cpath(parent)?, &entry);
@@ -805,7 +911,10 @@ impl Core {
                 mtime: mtime.map(to_timeset),
             };
             match self
-                .file_call(ino, of.as_deref(), |file| Request::SetAttr { file, attr: sa })?
+                .file_call(ino, of.as_deref(), |file| Request::SetAttr {
+                    file,
+                    attr: sa,
+                })?
                 .0
             {
                 Response::Attr(a) => last = Some(a),
@@ -837,30 +946,36 @@ impl Core {
                 Some(l) if attempt == 0 => l,
                 _ => self.stat_ref(ino, of)?.size,
             };
-            let remote = Remote {
-                core: self,
+            let mut remote = Remote::new(
+                self,
                 ino,
-                handle: of,
+                of,
                 clen,
-                header: if attempt == 0 { header } else { None },
-                err: None,
-            };
+                if attempt == 0 { header } else { None },
+            );
+            // Storage is only reached outside CryptFile::open, so its failures keep their
+            // errno; what CryptFile reports after this is about the bytes.
+            if let Err(f) = remote.load_header() {
+                lock(&state.cache).clen = None;
+                return Err(f);
+            }
             let (res, remote) = match CryptFile::open(remote) {
                 Ok(mut cf) => {
                     let r = self.with_cc(|cc| f(&mut cf, cc))?;
-                    (r, cf.into_inner())
+                    let mut remote = cf.into_inner();
+                    let r = match r {
+                        Ok(v) => match remote.flush_header() {
+                            Ok(()) => Ok(v),
+                            Err(fail) => {
+                                remote.err = Some(fail);
+                                Err(FormatError::Store(io::Error::other("header write failed")))
+                            }
+                        },
+                        e => e,
+                    };
+                    (r, remote)
                 }
-                Err(e) => (
-                    Err(e),
-                    Remote {
-                        core: self,
-                        ino,
-                        handle: of,
-                        clen,
-                        header: None,
-                        err: None,
-                    },
-                ),
+                Err(e) => (Err(e), Remote::new(self, ino, of, clen, None)),
             };
             match res {
                 Ok(v) => {
@@ -878,8 +993,9 @@ impl Core {
                     if let Some(fail) = remote.err {
                         return Err(fail);
                     }
-                    let short = matches!(&e, FormatError::Store(_)) || matches!(&e, FormatError::CipherSize { .. });
-                    if attempt == 0 && short {
+                    // The cached size may be stale (the file changed elsewhere): look
+                    // again once before calling the ciphertext corrupt.
+                    if attempt == 0 {
                         continue;
                     }
                     return Err(Fail::io(format!(
@@ -935,24 +1051,7 @@ impl Core {
                 return Err(f);
             }
         }
-        let setup = (|| {
-            let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
-            match self.st.put(&join(&cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent) {
-                Ok(()) => {}
-                Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
-                Err(f) => return Err(f),
-            }
-            if mode != mode | 0o700 {
-                self.st.call(Request::SetAttr {
-                    file: FileRef::Path(cpath.clone()),
-                    attr: SetAttr {
-                        mode: Some(mode),
-                        ..SetAttr::default()
-                    },
-                })?;
-            }
-            self.stat_path(&cpath)
-        })();
+        let setup = self.finish_mkdir(&cpath, mode);
         let a = match setup {
             Ok(a) => a,
             Err(f) => {
@@ -960,13 +1059,39 @@ impl Core {
                 let _ = self.st.call(Request::Unlink {
                     path: join(&cpath, DIRIV_NAME),
                 });
-                let _ = self.st.call(Request::Rmdir { path: cpath.clone() });
+                let _ = self.st.call(Request::Rmdir {
+                    path: cpath.clone(),
+                });
                 self.remove_long_name(&en, &cpath);
                 return Err(f);
             }
         };
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
         Ok(self.attr_of(ino, &a))
+    }
+
+    /// The new directory's IV (gocryptfs node_dir.go `Mkdir`: created 0700 so the IV can be
+    /// written, then given its mode) and its attributes.
+    fn finish_mkdir(&self, cpath: &str, mode: u32) -> Result<Attr, Fail> {
+        let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
+        match self
+            .st
+            .put(&join(cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent)
+        {
+            Ok(()) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
+            Err(f) => return Err(f),
+        }
+        if mode != mode | 0o700 {
+            self.st.call(Request::SetAttr {
+                file: FileRef::Path(cpath.to_owned()),
+                attr: SetAttr {
+                    mode: Some(mode),
+                    ..SetAttr::default()
+                },
+            })?;
+        }
+        self.stat_path(cpath)
     }
 
     pub(crate) fn create(
@@ -1082,10 +1207,12 @@ impl Core {
             self.mark_own(&p);
         }
         self.status.write_started();
-        let res = (|| {
+        let res = {
             let _g = of.file.io.write().unwrap_or_else(|p| p.into_inner());
-            self.with_crypt(of.ino, Some(&of), &of.file, |cf, cc| cf.write(cc, offset, data))
-        })();
+            self.with_crypt(of.ino, Some(&of), &of.file, |cf, cc| {
+                cf.write(cc, offset, data)
+            })
+        };
         self.status.write_ended();
         res?;
         // Our own write changes size and mtime: the pages in the kernel are still right.
@@ -1107,7 +1234,8 @@ impl Core {
         };
         if let Ok((client, gen)) = self.st.client(Instant::now() + Duration::from_millis(1)) {
             if gen == g {
-                let _ = client.call_timeout(Request::Close { handle: h }, self.opts.request_timeout);
+                let _ =
+                    client.call_timeout(Request::Close { handle: h }, self.opts.request_timeout);
             }
         }
     }
@@ -1115,7 +1243,11 @@ impl Core {
     pub(crate) fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
         self.mark_own(&cpath);
-        match self.st.call_with(|_, _, _| Ok(Request::Unlink { path: cpath.clone() })) {
+        match self.st.call_with(|_, _, _| {
+            Ok(Request::Unlink {
+                path: cpath.clone(),
+            })
+        }) {
             Ok(_) => {}
             Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => {}
             Err(f) => return Err(f),
@@ -1145,14 +1277,21 @@ impl Core {
             None
         } else {
             let d = self.read_small(&ivp)?;
-            match self.st.call_with(|_, _, _| Ok(Request::Unlink { path: ivp.clone() })) {
+            match self
+                .st
+                .call_with(|_, _, _| Ok(Request::Unlink { path: ivp.clone() }))
+            {
                 Ok(_) => {}
                 Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => {}
                 Err(f) => return Err(f),
             }
             Some(d)
         };
-        match self.st.call_with(|_, _, _| Ok(Request::Rmdir { path: cpath.to_owned() })) {
+        match self.st.call_with(|_, _, _| {
+            Ok(Request::Rmdir {
+                path: cpath.to_owned(),
+            })
+        }) {
             Ok(_) => Ok(()),
             Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => Ok(()),
             Err(f) => {
@@ -1174,7 +1313,12 @@ impl Core {
         Ok(())
     }
 
-    pub(crate) fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<FileAttr, Fail> {
+    pub(crate) fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<FileAttr, Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
         let enc = self
             .with_cc(|cc| self.vol.names().encrypt_symlink_target(cc, target))?
@@ -1289,10 +1433,7 @@ impl Core {
         }
         let mut nodes = lock(&self.nodes);
         if mode == RenameMode::Exchange {
-            nodes.exchange(
-                (parent, &from_entry, name),
-                (newparent, &to_entry, newname),
-            );
+            nodes.exchange((parent, &from_entry, name), (newparent, &to_entry, newname));
         } else {
             nodes.rename((parent, &from_entry), (newparent, &to_entry), newname);
             drop(nodes);
@@ -1363,7 +1504,10 @@ impl Core {
                 };
                 match plain {
                     Ok(name) => {
-                        let known = lock(&self.nodes).children.get(&(ino, e.name.clone())).copied();
+                        let known = lock(&self.nodes)
+                            .children
+                            .get(&(ino, e.name.clone()))
+                            .copied();
                         items.push(DirItem {
                             name,
                             kind: e.kind,

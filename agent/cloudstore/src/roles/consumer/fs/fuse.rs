@@ -114,10 +114,12 @@ impl fuser::Filesystem for FuseFs {
     ) {
         // Ownership is not stored: every file belongs to the qube's user (chown succeeds
         // without effect, so `tar` and `cp -a` as root work).
-        self.run(move |c| match c.setattr(ino, fh, mode, size, atime, mtime) {
-            Ok(a) => reply.attr(&c.opts.attr_ttl, &a),
-            Err(f) => reply.error(errno(c, "setattr", &c.shown(ino), &f)),
-        });
+        self.run(
+            move |c| match c.setattr(ino, fh, mode, size, atime, mtime) {
+                Ok(a) => reply.attr(&c.opts.attr_ttl, &a),
+                Err(f) => reply.error(errno(c, "setattr", &c.shown(ino), &f)),
+            },
+        );
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
@@ -143,13 +145,15 @@ impl fuser::Filesystem for FuseFs {
             reply.error(libc::EPERM);
             return;
         }
-        self.run(move |c| match c.create(parent, &name, mode & !umask, libc::O_EXCL) {
-            Ok((a, fh)) => {
-                c.release(fh);
-                reply.entry(&c.opts.attr_ttl, &a, 0)
-            }
-            Err(f) => reply.error(errno(c, "mknod", &c.shown_child(parent, &name), &f)),
-        });
+        self.run(
+            move |c| match c.create(parent, &name, mode & !umask, libc::O_EXCL) {
+                Ok((a, fh)) => {
+                    c.release(fh);
+                    reply.entry(&c.opts.attr_ttl, &a, 0)
+                }
+                Err(f) => reply.error(errno(c, "mknod", &c.shown_child(parent, &name), &f)),
+            },
+        );
     }
 
     fn mkdir(
@@ -212,10 +216,12 @@ impl fuser::Filesystem for FuseFs {
     ) {
         let name = name.as_bytes().to_vec();
         let newname = newname.as_bytes().to_vec();
-        self.run(move |c| match c.rename(parent, &name, newparent, &newname, flags) {
-            Ok(()) => reply.ok(),
-            Err(f) => reply.error(errno(c, "rename", &c.shown_child(parent, &name), &f)),
-        });
+        self.run(
+            move |c| match c.rename(parent, &name, newparent, &newname, flags) {
+                Ok(()) => reply.ok(),
+                Err(f) => reply.error(errno(c, "rename", &c.shown_child(parent, &name), &f)),
+            },
+        );
     }
 
     fn link(
@@ -276,7 +282,14 @@ impl fuser::Filesystem for FuseFs {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
         // Every write was acknowledged by storage before it returned: nothing is buffered.
         reply.ok();
     }
@@ -324,19 +337,38 @@ impl fuser::Filesystem for FuseFs {
             return;
         };
         for (i, it) in items.iter().enumerate().skip(offset.max(0) as usize) {
-            if reply.add(it.ino, (i + 1) as i64, kind(it.kind), OsStr::from_bytes(&it.name)) {
+            if reply.add(
+                it.ino,
+                (i + 1) as i64,
+                kind(it.kind),
+                OsStr::from_bytes(&it.name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
         self.core.releasedir(fh);
         reply.ok();
     }
 
-    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Storage makes every namespace change durable before answering (write-ahead journal).
         reply.ok();
     }
@@ -368,9 +400,11 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         let name = name.as_bytes().to_vec();
-        self.run(move |c| match c.create(parent, &name, mode & !umask, flags) {
-            Ok((a, fh)) => reply.created(&c.opts.attr_ttl, &a, 0, fh, 0),
-            Err(f) => reply.error(errno(c, "create", &c.shown_child(parent, &name), &f)),
-        });
+        self.run(
+            move |c| match c.create(parent, &name, mode & !umask, flags) {
+                Ok((a, fh)) => reply.created(&c.opts.attr_ttl, &a, 0, fh, 0),
+                Err(f) => reply.error(errno(c, "create", &c.shown_child(parent, &name), &f)),
+            },
+        );
     }
 }

@@ -191,7 +191,8 @@ impl Nodes {
     pub(crate) fn detach(&mut self, parent: u64, cname: &str) -> Option<u64> {
         let ino = self.children.remove(&(parent, cname.to_owned()))?;
         if let Some(n) = self.map.get_mut(&ino) {
-            n.names.retain(|x| !(x.parent == parent && x.cname == cname));
+            n.names
+                .retain(|x| !(x.parent == parent && x.cname == cname));
             if n.names.is_empty() {
                 let s = n.sino;
                 if self.by_sino.get(&s) == Some(&ino) {
