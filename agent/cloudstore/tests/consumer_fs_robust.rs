@@ -311,7 +311,8 @@ fn tampered_ciphertext_gives_eio_and_names_the_file() {
 #[test]
 fn storage_killed_and_restarted_mid_writes_loses_nothing() {
     let mut v = Volume::create();
-    let m = v.mount();
+    // Over a pipe pair, as qrexec-client-vm connects the consumer to storage.
+    let m = v.mount_over_pipes();
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: u64 = 48;
     let path = m.p("journal.bin");

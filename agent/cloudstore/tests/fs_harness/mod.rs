@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cloudstore::roles::consumer::fs::{mount, FsOptions, FsStatus, UnixSocketConnector};
+use cloudstore::roles::consumer::fs::{mount, Connector, FsOptions, FsStatus, UnixSocketConnector};
 use cloudstore_format::{Config, CreateOptions, DirIv, MasterKey};
 use cloudstore_protocol::{Client, ClientConfig, Expect, Hello, Request, Role};
 
@@ -99,16 +99,31 @@ impl Volume {
     }
 
     pub fn mount_with(&self, tweak: impl FnOnce(&mut FsOptions)) -> Mount {
+        self.mount_via(false, tweak)
+    }
+
+    /// Mounts with the stream carried over a pair of pipes, as qrexec-client-vm gives it
+    /// (its stdin and stdout), relayed to the storage agent's socket service.
+    pub fn mount_over_pipes(&self) -> Mount {
+        self.mount_via(true, |_| {})
+    }
+
+    fn mount_via(&self, pipes: bool, tweak: impl FnOnce(&mut FsOptions)) -> Mount {
         init_log();
         let dir = tempfile::tempdir().unwrap();
         let mut opts = FsOptions::new(VOLUME, dir.path(), 0, 0);
         opts.request_timeout = Duration::from_secs(20);
         tweak(&mut opts);
-        let connector = Arc::new(UnixSocketConnector {
+        let direct = UnixSocketConnector {
             socket: self.storage.volume_socket(),
             volume: VOLUME.into(),
             source: "my-work".into(),
-        });
+        };
+        let connector: Arc<dyn Connector> = if pipes {
+            Arc::new(PipeRelay(direct))
+        } else {
+            Arc::new(direct)
+        };
         let fs = mount(opts, self.format_volume(), connector).unwrap();
         let status = fs.status();
         let thread = std::thread::spawn(move || fs.serve());
@@ -306,4 +321,28 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A connector whose streams are two pipes, pumped to and from the socket service by two
+/// threads: what the filesystem sees is exactly a qrexec-client-vm child's stdin/stdout.
+struct PipeRelay(UnixSocketConnector);
+
+impl Connector for PipeRelay {
+    fn connect(&self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {
+        let (mut sock_r, mut sock_w) = self.0.connect()?;
+        let (down_r, down_w) = nix::unistd::pipe()?;
+        let (up_r, up_w) = nix::unistd::pipe()?;
+        let mut down_w = std::fs::File::from(down_w);
+        let mut up_r = std::fs::File::from(up_r);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut sock_r, &mut down_w);
+        });
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up_r, &mut sock_w);
+        });
+        Ok((
+            Box::new(std::fs::File::from(down_r)),
+            Box::new(std::fs::File::from(up_w)),
+        ))
+    }
 }

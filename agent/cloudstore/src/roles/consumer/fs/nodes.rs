@@ -318,3 +318,56 @@ impl Nodes {
         (None, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_renames_of_ancestors_and_hard_links_share_a_node() {
+        let mut n = Nodes::new();
+        let d = n.register(ROOT, "D", b"dir", FileType::Dir, 100);
+        let f = n.register(d, "F", b"file", FileType::File, 101);
+        assert_eq!(n.paths(f).unwrap(), ("D/F".into(), "/dir/file".into()));
+        // The storage inode number is the inode number, stable across forget.
+        assert_eq!(f, 101);
+        n.rename((ROOT, "D"), (ROOT, "E"), b"moved");
+        assert_eq!(n.paths(f).unwrap(), ("E/F".into(), "/moved/file".into()));
+        let l = n.register(ROOT, "L", b"link", FileType::File, 101);
+        assert_eq!(l, f, "a second name of the same storage inode");
+        assert_eq!(n.cpath(f).unwrap(), "L");
+        n.detach(ROOT, "L");
+        assert_eq!(n.cpath(f).unwrap(), "E/F", "the other name remains");
+        n.detach(d, "F");
+        assert!(n.cpath(f).is_none(), "unlinked: reachable by handle only");
+        assert_eq!(n.resolve("E/F"), (Some(d), None));
+        assert_eq!(n.resolve("E"), (Some(ROOT), Some(d)));
+    }
+
+    #[test]
+    fn exchange_swaps_names_and_reused_storage_numbers_get_fresh_inodes() {
+        let mut n = Nodes::new();
+        let a = n.register(ROOT, "A", b"a", FileType::File, 7);
+        let b = n.register(ROOT, "B", b"b", FileType::Dir, 8);
+        n.exchange((ROOT, "A", b"a"), (ROOT, "B", b"b"));
+        assert_eq!(n.cpath(a).unwrap(), "B");
+        assert_eq!(n.cpath(b).unwrap(), "A");
+        // Storage reuses number 7 for a new file while the kernel still holds the old one.
+        n.detach(ROOT, "B");
+        let c = n.register(ROOT, "C", b"c", FileType::File, 7);
+        assert_ne!(c, a);
+        assert!(c >= 1 << 62);
+        // Once the kernel forgets a node, its number is free again.
+        n.forget(a, 1);
+        assert!(!n.map.contains_key(&a));
+        // A name now pointing at another object replaces the stale entry.
+        let d = n.register(ROOT, "C", b"c", FileType::Dir, 9);
+        assert_eq!(d, 9);
+        assert_eq!(n.cpath(c), None);
+        assert_eq!(
+            Nodes::stable_ino(1),
+            (1 << 63) | 1,
+            "never the root's number"
+        );
+    }
+}
