@@ -53,6 +53,9 @@ pub(crate) struct DirItem {
     pub name: Vec<u8>,
     pub kind: FileType,
     pub ino: u64,
+    /// The ciphertext entry and its attributes (none for `.` and `..`), for readdirplus.
+    pub cname: String,
+    pub attr: Option<Attr>,
 }
 
 pub(crate) struct Core {
@@ -1466,11 +1469,15 @@ impl Core {
                 name: b".".to_vec(),
                 kind: FileType::Dir,
                 ino,
+                cname: String::new(),
+                attr: None,
             },
             DirItem {
                 name: b"..".to_vec(),
                 kind: FileType::Dir,
                 ino: parent,
+                cname: String::new(),
+                attr: None,
             },
         ];
         let mut cookie = 0;
@@ -1479,7 +1486,7 @@ impl Core {
                 path: cpath.clone(),
                 cookie,
                 max: cloudstore_protocol::MAX_READDIR_PAGE as u32,
-                with_attrs: false,
+                with_attrs: true,
             })? {
                 Response::DirPage(p) => p,
                 r => return Err(expect_resp(r, "DirPage")),
@@ -1513,6 +1520,8 @@ impl Core {
                             kind: e.kind,
                             // Not a lookup: an inode number the kernel only shows in d_ino.
                             ino: known.unwrap_or_else(|| Nodes::stable_ino(e.ino)),
+                            cname: e.name.clone(),
+                            attr: e.attr,
                         })
                     }
                     Err(f) => tracing::warn!(
@@ -1530,6 +1539,15 @@ impl Core {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dirs).insert(fh, Arc::new(items));
         Ok(fh)
+    }
+
+    /// The inode and attributes of a listed entry, counted as a kernel lookup (readdirplus
+    /// saves `ls -l` one lookup round trip per entry). `None` for `.`, `..` and entries
+    /// listed without attributes.
+    pub(crate) fn plus_entry(&self, dir: u64, it: &DirItem) -> Option<(u64, FileAttr)> {
+        let a = it.attr.as_ref()?;
+        let ino = lock(&self.nodes).register(dir, &it.cname, &it.name, a.kind, a.ino);
+        Some((ino, self.attr_of(ino, a)))
     }
 
     pub(crate) fn dir_items(&self, fh: u64) -> Option<Arc<Vec<DirItem>>> {

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use fuser::consts::FOPEN_KEEP_CACHE;
 use fuser::{
-    FileType, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    FileType, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
 use super::core::Core;
@@ -53,6 +53,27 @@ fn errno(core: &Core, op: &str, path: &str, f: &Fail) -> i32 {
     f.errno
 }
 
+/// Attributes for `.` and `..` in a readdirplus answer: the kernel does not use them.
+fn dot_attr(ino: u64) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn kind(k: cloudstore_protocol::FileType) -> FileType {
     match k {
         cloudstore_protocol::FileType::Dir => FileType::Directory,
@@ -72,6 +93,11 @@ impl fuser::Filesystem for FuseFs {
         let _ = config.set_max_background(MAX_BACKGROUND);
         // Lookups in one directory may run in parallel (a kernel ≥ 4.7 feature).
         let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        // Listings carry attributes (storage sends them with each page), so `ls -l` needs
+        // no lookup per entry; "auto" lets the kernel use it only when stats follow.
+        let _ = config.add_capabilities(
+            fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -343,6 +369,40 @@ impl fuser::Filesystem for FuseFs {
                 kind(it.kind),
                 OsStr::from_bytes(&it.name),
             ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(items) = self.core.dir_items(fh) else {
+            reply.error(libc::EBADF);
+            return;
+        };
+        let ttl = self.core.opts.attr_ttl;
+        for (i, it) in items.iter().enumerate().skip(offset.max(0) as usize) {
+            let off = (i + 1) as i64;
+            let name = OsStr::from_bytes(&it.name);
+            let full = match self.core.plus_entry(ino, it) {
+                Some((child, attr)) => {
+                    let full = reply.add(child, off, name, &ttl, &attr, 0);
+                    if full {
+                        // Not sent: not a lookup the kernel will count.
+                        self.core.forget(child, 1);
+                    }
+                    full
+                }
+                None => reply.add(it.ino, off, name, &ttl, &dot_attr(it.ino), 0),
+            };
+            if full {
                 break;
             }
         }
