@@ -479,6 +479,14 @@ impl Core {
                         Push::Lagged => me.invalidate_all(),
                     }
                 }
+                // The stream ended: say so at once (status), and reconnect in the
+                // background so changes are followed again before the next operation.
+                me.st.drop_connection(gen);
+                while !me.stopping.load(Ordering::Relaxed) {
+                    if me.st.client(Instant::now() + me.opts.request_timeout).is_ok() {
+                        break;
+                    }
+                }
             });
     }
 
