@@ -120,6 +120,24 @@ fn error_script(d: &Path) -> Vec<String> {
         res(fs::rename(p(&"b".repeat(255)), p(&"c".repeat(200)))),
     );
     rec("old long gone", res(fs::metadata(p(&"b".repeat(255)))));
+    rec("write long d", res(fs::write(p(&"d".repeat(220)), b"old")));
+    rec("write short", res(fs::write(p("short"), b"new")));
+    rec(
+        "rename short over long",
+        res(fs::rename(p("short"), p(&"d".repeat(220)))),
+    );
+    rec(
+        "long after replace",
+        format!("{:?}", fs::read_to_string(p(&"d".repeat(220))).ok()),
+    );
+    rec(
+        "rename long over short",
+        res(fs::rename(p(&"d".repeat(220)), p("e/g"))),
+    );
+    rec(
+        "long gone after move",
+        res(fs::metadata(p(&"d".repeat(220)))),
+    );
     rec("new long", res(fs::read(p(&"c".repeat(200)))));
     rec("link", res(fs::hard_link(p("d/f1"), p("d/f2"))));
     rec(
@@ -213,6 +231,22 @@ fn same_listing_content_and_errors_as_gocryptfs_on_the_same_ciphertext() {
     let ours_errors = error_script(&m.p("ours"));
     let ours = snapshot(m.path());
     m.unmount();
+    // No long-name file is left without its entry (renames and unlinks took them along).
+    let orphans = sh(
+        "find . -name 'gocryptfs.longname.*.name' | while read f; do \
+         [ -e \"${f%.name}\" ] || echo \"$f\"; done",
+        &v.tree(),
+    );
+    assert_eq!(orphans, "", "orphaned .name files");
+    assert!(
+        sh(
+            "find . -name 'gocryptfs.longname.*.name' | wc -l",
+            &v.tree()
+        )
+        .trim()
+            != "0",
+        "the sample has long names"
+    );
 
     let g = v.gocryptfs();
     assert_eq!(snapshot(g.path()), ours, "gocryptfs sees what we wrote");

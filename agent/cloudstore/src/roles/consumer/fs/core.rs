@@ -756,12 +756,18 @@ impl Core {
     /// nametransform/longnames.go `WriteLongNameAt`).
     pub(crate) fn write_long_name(&self, en: &EncryptedName, cpath: &str) -> Result<(), Fail> {
         if let EncryptedName::Long { full, .. } = en {
-            self.st.put(
+            // The content follows from the name, so one already there (the name exists, or
+            // a retry) is the same: keep it rather than make storage version a copy.
+            match self.st.put(
                 &format!("{cpath}{LONGNAME_SUFFIX}"),
                 full.as_bytes(),
                 NAME_FILE_MODE,
-                Expect::Any,
-            )?;
+                Expect::Absent,
+            ) {
+                Ok(()) => {}
+                Err(f) if f.is(ErrorCode::Conflict) => {}
+                Err(f) => return Err(f),
+            }
         }
         Ok(())
     }
