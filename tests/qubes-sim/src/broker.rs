@@ -33,13 +33,17 @@ const ALLOWED: u8 = b'A';
 const REFUSED: u8 = b'R';
 const FAILED: u8 = b'F';
 
+/// Makes the code that enters a qube as a user (`None`: the qube's default user), for an
+/// executable service; called per call, since it opens the qube's namespaces.
+pub type EnterFactory = Arc<dyn Fn(Option<&str>) -> io::Result<Enter> + Send + Sync>;
+
 /// Where a qube's services are found and how to enter it.
 #[derive(Clone)]
 pub struct Endpoint {
     /// The qube's `/etc/qubes-rpc` (entries are sockets, symlinks to sockets, or
     /// executables).
     pub service_dir: PathBuf,
-    pub enter: Option<Enter>,
+    pub enter: Option<EnterFactory>,
 }
 
 /// Decides and connects calls between the qubes it knows.
@@ -143,10 +147,10 @@ impl Broker {
             &call.target,
             &self.system,
         );
-        let target = match decision {
-            Decision::Allow { target, rule, .. } => {
+        let (target, user) = match decision {
+            Decision::Allow { target, rule, user } => {
                 (self.log)(&format!("{head}: allowed to {target} by {rule}"));
-                target
+                (target, user)
             }
             Decision::Deny { reason } => {
                 (self.log)(&format!("{head}: denied: {reason}"));
@@ -158,14 +162,19 @@ impl Broker {
                 "qube {target} is not running in the stand-in"
             )));
         };
-        let c = open_service(&endpoint.service_dir, call, source, endpoint.enter.clone()).map_err(
-            |e| {
-                if let CallError::Failed(m) = &e {
-                    (self.log)(&format!("{head}: failed: {m}"));
-                }
-                e
-            },
-        )?;
+        let enter = match &endpoint.enter {
+            Some(factory) => Some(
+                factory(user.as_deref())
+                    .map_err(|e| CallError::Failed(format!("entering qube {target}: {e}")))?,
+            ),
+            None => None,
+        };
+        let c = open_service(&endpoint.service_dir, call, source, enter).map_err(|e| {
+            if let CallError::Failed(m) = &e {
+                (self.log)(&format!("{head}: failed: {m}"));
+            }
+            e
+        })?;
         Ok((c.stream, c.process))
     }
 }
@@ -181,11 +190,9 @@ fn relay(client: UnixStream, service: &mut UnixStream) {
         let _ = service2.shutdown(Shutdown::Write);
     });
     let _ = pump(&*service, &client);
+    // The caller's qrexec-client-vm ends the call at this end of file and closes its side,
+    // which ends the other direction too.
     let _ = client.shutdown(Shutdown::Write);
-    // The service ended the call: the caller's direction has nobody to talk to any more
-    // (qrexec ends the call when the service exits), so unblock its reader too.
-    let _ = client.shutdown(Shutdown::Read);
-    let _ = service.shutdown(Shutdown::Both);
     let _ = up.join();
 }
 

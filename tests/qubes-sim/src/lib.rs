@@ -6,9 +6,16 @@
 //! - [`policy`]: the qrexec policy files, parsed and evaluated as dom0 does;
 //! - [`qrexec`]: `qrexec-client-vm` and the service side of a call (socket services with
 //!   their descriptor, executable services);
-//! - [`broker`]: dom0's qrexec part, one trigger socket per qube.
+//! - [`broker`]: dom0's qrexec part, one trigger socket per qube;
+//! - [`config`], [`dom0`], [`qube`], [`exec`]: `qubes-sim up|exec|down`: each qube a
+//!   process tree in its own namespaces with its own users, qubesdb and policy from the
+//!   dom0 package's mapping, and the real `cloudstore` agent run as its unit says.
 
 pub mod broker;
+pub mod config;
+pub mod dom0;
+pub mod exec;
 pub mod policy;
 pub mod qrexec;
+pub mod qube;
 pub mod qubesdb;

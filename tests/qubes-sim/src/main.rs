@@ -1,5 +1,6 @@
 //! `qubes-sim`: the Qubes stand-in's command line. Each subcommand is a thin wrapper over
-//! a module of the `qubes_sim` library.
+//! a module of the `qubes_sim` library: `up`, `exec`, `down` (whole qubes), and the
+//! qubesdb daemon and client commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start every qube of the configuration and return once each is up (its cloudstore
+    /// agent has sent READY=1). Exit status 1 if a qube failed; the others keep running.
+    Up(UpArgs),
+    /// Run a command inside a running qube as its user (like `qvm-run --pass-io`); the
+    /// exit status is the command's.
+    Exec(ExecArgs),
+    /// Stop every qube (agents get SIGTERM, mounts go away with the qube); the qubes'
+    /// persistent data and the cloud folder stay.
+    Down(DirArgs),
+    /// The stand-in's dom0 process (started by `up`).
+    #[command(hide = true)]
+    Dom0(DirArgs),
+    /// A qube's init (started by dom0 in the qube's new namespaces).
+    #[command(hide = true)]
+    QubeInit(QubeInitArgs),
     /// Run a qubesdb daemon on SOCKET until killed (SIGTERM/SIGINT).
     Qubesdb(DaemonArgs),
     /// Print the value of KEY, as qubesdb-read does (exit 2 if it does not exist).
@@ -32,6 +48,56 @@ enum Command {
     QubesdbList(KeyArgs),
     /// Wait for COUNT changes of KEY (or beneath it, ending with '/') and print each path.
     QubesdbWatch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// The qubes and their qvm-features (TOML; see the README of tests/qubes-sim).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where the stand-in keeps its state (created if missing; reused by a later `up`).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The cloudstore binary (default: beside qubes-sim, then $PATH).
+    #[arg(long)]
+    cloudstore: Option<PathBuf>,
+    /// The source tree's dom0/ directory (holds the cloudstore_dom0 package).
+    #[arg(long)]
+    dom0_src: Option<PathBuf>,
+    /// Seconds an agent may take to send READY=1.
+    #[arg(long, default_value_t = 30)]
+    ready_timeout: u64,
+    /// Milliseconds before a failed agent is restarted (the units say 5 s).
+    #[arg(long, default_value_t = 1000)]
+    restart_delay_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// `user` (default, the qube's user) or `root`.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// The qube to run in.
+    qube: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct QubeInitArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    qube: String,
 }
 
 #[derive(Debug, Args)]
@@ -83,8 +149,53 @@ fn open(socket: &PathBuf) -> Result<QubesDb> {
     Ok(QubesDb::open(socket)?)
 }
 
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(255))
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Up(a) => {
+            let opts = qubes_sim::dom0::UpOptions {
+                config: a.config,
+                dir: a.dir.clone(),
+                cloudstore: a.cloudstore,
+                dom0_src: a.dom0_src,
+                ready_timeout: Duration::from_secs(a.ready_timeout),
+                restart_delay: Duration::from_millis(a.restart_delay_ms),
+            };
+            if qubes_sim::dom0::up(&opts)? {
+                println!(
+                    "all qubes are up. Work in one with: qubes-sim exec --dir {} QUBE -- COMMAND; stop with: qubes-sim down --dir {}",
+                    a.dir.display(),
+                    a.dir.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "qubes-sim: some qubes failed (above); the others keep running. Logs: {}/qubes/QUBE/log/agent.log and {}; stop with: qubes-sim down --dir {}",
+                    a.dir.display(),
+                    qubes_sim::dom0::log_file(&a.dir).display(),
+                    a.dir.display()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Exec(a) => Ok(code(qubes_sim::exec::exec(
+            &a.dir,
+            &a.qube,
+            a.user.as_deref(),
+            &a.command,
+        )?)),
+        Command::Down(a) => {
+            qubes_sim::dom0::down(&a.dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dom0(a) => {
+            qubes_sim::dom0::dom0_main(&a.dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::QubeInit(a) => Ok(code(qubes_sim::qube::outer_main(&a.dir, &a.qube)?)),
         Command::Qubesdb(a) => {
             let mut entries = Vec::new();
             for kv in &a.set {
