@@ -92,6 +92,15 @@ impl Storage {
         }
     }
 
+    /// The live connection if there is one; never connects.
+    pub(crate) fn current(&self) -> Option<(Arc<Client>, u64)> {
+        let st = lock(&self.state);
+        st.client
+            .as_ref()
+            .filter(|c| c.lost().is_none())
+            .map(|c| (c.clone(), st.gen))
+    }
+
     /// The live connection, connecting (or waiting for another thread's attempt) until
     /// `deadline`.
     pub(crate) fn client(&self, deadline: Instant) -> Result<(Arc<Client>, u64), Fail> {
@@ -172,8 +181,24 @@ impl Storage {
         let (r, w) = self.connector.connect()?;
         let mut cfg = ClientConfig::new(Hello::new(Role::Volume));
         cfg.timeout = self.timeout;
-        let (client, pushes) = Client::connect(r, w, cfg)?;
-        Ok((Arc::new(client), pushes))
+        // The handshake has no time limit of its own: a stream that opens but never
+        // answers (a hung qrexec call) must not hold the reconnection forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("cloudstore-handshake".into())
+            .spawn(move || {
+                let _ = tx.send(Client::connect(r, w, cfg));
+            })?;
+        match rx.recv_timeout(self.timeout) {
+            Ok(res) => {
+                let (client, pushes) = res?;
+                Ok((Arc::new(client), pushes))
+            }
+            Err(_) => anyhow::bail!(
+                "storage did not answer the protocol handshake within {:?}",
+                self.timeout
+            ),
+        }
     }
 
     /// Sends the request built for the current connection; retries on a lost connection
