@@ -1,0 +1,395 @@
+//! `qubes-sim up|exec|down` with the real `cloudstore` agent: qubes as separate process
+//! trees, users and namespaces; qubesdb and policy from the dom0 package's mapping; the
+//! qrexec policy enforced between qubes.
+
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+
+const SIM: &str = env!("CARGO_BIN_EXE_qubes-sim");
+
+/// Builds the real `cloudstore` binary next to `qubes-sim` (a no-op when `cargo test
+/// --workspace` has just built it), so the stand-in never runs a stale agent.
+fn cloudstore() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let dir = Path::new(SIM).parent().unwrap().to_owned();
+    BUILD.call_once(|| {
+        let mut c = Command::new(env!("CARGO"));
+        c.args([
+            "build",
+            "--quiet",
+            "-p",
+            "cloudstore",
+            "--bin",
+            "cloudstore",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            c.arg("--release");
+        }
+        let st = c.status().expect("running cargo build -p cloudstore");
+        assert!(st.success(), "cargo build -p cloudstore failed");
+    });
+    dir.join("cloudstore")
+}
+
+struct Sim {
+    dir: tempfile::TempDir,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            dir: tempfile::Builder::new()
+                .prefix("qubes-sim-test")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn up(&self, config: &str) -> Output {
+        let cfg = self.path().join("sim.toml");
+        std::fs::write(&cfg, config).unwrap();
+        Command::new(SIM)
+            .args(["up", "--config"])
+            .arg(&cfg)
+            .arg("--dir")
+            .arg(self.path().join("d"))
+            .arg("--cloudstore")
+            .arg(cloudstore())
+            .args(["--ready-timeout", "20", "--restart-delay-ms", "200"])
+            .output()
+            .unwrap()
+    }
+
+    fn exec_as(&self, user: &str, qube: &str, cmd: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(SIM)
+            .args(["exec", "--user", user, "--dir"])
+            .arg(self.path().join("d"))
+            .arg(qube)
+            .arg("--")
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A command that does not read its input may exit before we write it.
+        let _ = child.stdin.take().unwrap().write_all(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn exec(&self, qube: &str, cmd: &[&str]) -> Output {
+        self.exec_as("user", qube, cmd, b"")
+    }
+
+    fn sh(&self, qube: &str, script: &str) -> String {
+        let out = self.exec(qube, &["sh", "-c", script]);
+        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    fn down(&self) -> Output {
+        Command::new(SIM)
+            .args(["down", "--dir"])
+            .arg(self.path().join("d"))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // Never leave qubes running after a failed assertion.
+        let _ = self.down();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const STORAGE_AND_PLAIN: &str = r#"
+[qube.storage]
+features = { "cloudstore.role" = "storage", "cloudstore.volumes" = "work" }
+[qube.plain]
+[qube.online]
+netvm = true
+"#;
+
+#[test]
+fn up_exec_down_with_a_storage_qube_and_plain_qubes() {
+    let sim = Sim::new();
+    let d = sim.path().join("d");
+    let out = sim.up(STORAGE_AND_PLAIN);
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}{}", text(&out.stderr));
+    assert!(
+        so.contains("storage: up, cloudstore storage agent ready"),
+        "{so}"
+    );
+    assert!(so.contains("plain: up (no cloudstore role)"), "{so}");
+
+    // Its own user, host name and process tree.
+    assert_eq!(sim.sh("plain", "id -un; hostname"), "user\nplain\n");
+    let ps = sim.sh("plain", "ls /proc | grep -c '^[0-9]'");
+    assert!(
+        ps.trim().parse::<u32>().unwrap() < 6,
+        "the qube sees only its own processes: {ps}"
+    );
+    let uid_plain = sim.sh("plain", "id -u");
+    let uid_storage = sim.sh("storage", "id -u");
+    assert_ne!(uid_plain, uid_storage, "each qube has its own user");
+    assert_eq!(
+        sim.exec_as("root", "plain", &["id", "-u"], b"").stdout,
+        b"0\n"
+    );
+
+    // Standard streams and the exit status pass through.
+    let out = sim.exec_as(
+        "user",
+        "plain",
+        &["sh", "-c", "tr a-z A-Z; exit 7"],
+        b"hello",
+    );
+    assert_eq!(out.stdout, b"HELLO");
+    assert_eq!(out.status.code(), Some(7));
+
+    // Other qubes' directories, dom0's policy and logs are out of sight.
+    let listing = sim.sh(
+        "plain",
+        &format!("ls -a {}/qubes {}", d.display(), d.display()),
+    );
+    assert!(
+        !listing.contains("storage") && !listing.contains("dom0"),
+        "{listing}"
+    );
+    let out = sim.exec(
+        "plain",
+        &["cat", &format!("{}/qubes/storage/qube.json", d.display())],
+    );
+    assert!(!out.status.success());
+
+    // No netvm: loopback only. netvm = true: the host's network.
+    let plain_net = sim.sh(
+        "plain",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    );
+    assert_eq!(plain_net, "lo\n");
+    let host_net = std::fs::read_to_string("/proc/net/dev").unwrap();
+    let online_net = sim.sh("online", "cat /proc/net/dev");
+    let names = |t: &str| {
+        let mut v: Vec<String> = t
+            .lines()
+            .skip(2)
+            .map(|l| l.split(':').next().unwrap().trim().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&online_net), names(&host_net));
+
+    // The storage agent runs as the qube's cloudstore user (its sandbox), and its sockets
+    // are where the qube's /etc/qubes-rpc links point.
+    let ps = sim.sh(
+        "storage",
+        "ps -eo user:20=,args= | grep 'cloudstore agent' | grep -v grep",
+    );
+    assert!(ps.starts_with("cloudstore "), "{ps}");
+    let rpc = d.join("qubes/storage/rpc/cloudstore.Volume");
+    assert!(std::fs::metadata(&rpc).unwrap().file_type().is_socket());
+
+    // /home/user persists across down and up; so does the storage's data.
+    sim.sh("plain", "echo kept > ~/note");
+    let out = sim.down();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("stopped"));
+    let out = sim.exec("plain", &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(d
+        .join("qubes/storage/rw/bind-dirs/var/lib/cloudstore/volumes/work")
+        .is_dir());
+    let out = sim.up(STORAGE_AND_PLAIN);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sim.sh("plain", "cat ~/note"), "kept\n");
+    // A second up while running is refused.
+    let out = sim.up(STORAGE_AND_PLAIN);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already up"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(sim.down().status.success());
+}
+
+/// The client hello of docs/protocol.md: magic, versions 1..1, role, no features.
+fn hello(role: u8) -> Vec<u8> {
+    let mut h = b"CSTORE\r\n".to_vec();
+    h.extend_from_slice(&[1, 0, 1, 0, role, 0, 0, 0, 0, 0, 0, 0]);
+    h
+}
+
+const CONSUMERS: &str = r#"
+[qube.storage]
+features = { "cloudstore.role" = "storage", "cloudstore.volumes" = "work photos" }
+[qube.my-work]
+features = { "cloudstore.role" = "consumer", "cloudstore.volumes" = "work" }
+[qube.my-photos]
+features = { "cloudstore.role" = "consumer", "cloudstore.volumes" = "photos" }
+"#;
+
+#[test]
+fn the_policy_lets_each_consumer_reach_only_its_own_volume() {
+    let sim = Sim::new();
+    let out = sim.up(CONSUMERS);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // The policy is the dom0 package's, written as `cloudstore-admin policy --write` does.
+    let policy =
+        std::fs::read_to_string(sim.path().join("d/dom0/policy.d/70-cloudstore.policy")).unwrap();
+    assert!(
+        policy.contains("cloudstore.Volume +work my-work @default allow target=storage"),
+        "{policy}"
+    );
+
+    // Allowed: the storage agent answers the protocol handshake with "accepted".
+    let out = sim.exec_as(
+        "user",
+        "my-work",
+        &["qrexec-client-vm", "@default", "cloudstore.Volume+work"],
+        &hello(1),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.len() >= 26, "{:?}", out.stdout);
+    assert_eq!(&out.stdout[..8], b"CSTORE\r\n");
+    assert_eq!(&out.stdout[8..10], &[0, 0], "status accepted");
+
+    // Refused: my-photos asking for the work volume, by @default or by name.
+    for target in ["@default", "storage"] {
+        let out = sim.exec_as(
+            "user",
+            "my-photos",
+            &["qrexec-client-vm", target, "cloudstore.Volume+work"],
+            &hello(1),
+        );
+        assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).ends_with("Request refused\n"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing of the work volume reaches my-photos"
+        );
+    }
+    // ... while its own volume is served.
+    let out = sim.exec_as(
+        "user",
+        "my-photos",
+        &["qrexec-client-vm", "@default", "cloudstore.Volume+photos"],
+        &hello(1),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(&out.stdout[8..10], &[0, 0]);
+    // No consumer may use the transfer's service.
+    let out = sim.exec(
+        "my-work",
+        &["qrexec-client-vm", "@default", "cloudstore.Sync+work"],
+    );
+    assert_eq!(out.status.code(), Some(126));
+    // The caller's name comes from dom0, not from the caller: my-photos cannot pose as
+    // my-work through the direct-mode variables (the storage qube's sockets are not
+    // even visible from inside my-photos).
+    let out = sim.exec_as(
+        "user",
+        "my-photos",
+        &[
+            "env",
+            "-u",
+            "QUBES_SIM_QREXEC_SOCKET",
+            "QUBES_SIM_QUBE=my-work",
+            &format!("QUBES_SIM_QREXEC_DIR={}/d/qubes", sim.path().display()),
+            "qrexec-client-vm",
+            "@default",
+            "cloudstore.Volume+work",
+        ],
+        &hello(1),
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    // dom0 logged both decisions.
+    let log = std::fs::read_to_string(sim.path().join("d/dom0/dom0.log")).unwrap();
+    assert!(
+        log.contains("cloudstore.Volume+work: my-work -> @default: allowed to storage"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cloudstore.Volume+work: my-photos -> @default: denied"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_qube_whose_agent_fails_is_named_with_the_reason() {
+    let sim = Sim::new();
+    // A consumer with a relative mount point: the agent refuses to start (a configuration
+    // error, exit 78, never restarted); the other qubes still come up.
+    let out = sim.up(
+        r#"
+[qube.storage]
+features = { "cloudstore.role" = "storage", "cloudstore.volumes" = "work" }
+[qube.broken]
+features = { "cloudstore.role" = "consumer", "cloudstore.volumes" = "work", "cloudstore.mountpoint" = "CloudStore" }
+"#,
+    );
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}");
+    assert!(so.contains("storage: up"), "{so}");
+    assert!(so.contains("broken: FAILED"), "{so}");
+    assert!(so.contains("exited 78; not restarted"), "{so}");
+    assert!(
+        so.contains("/cloudstore/mountpoint"),
+        "the reason is quoted from the agent's log: {so}"
+    );
+    assert!(
+        text(&out.stderr).contains("qubes-sim down"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The qube itself is still there to look into.
+    assert_eq!(sim.sh("broken", "hostname"), "broken\n");
+}
+
+#[test]
+fn bad_configurations_fail_before_anything_starts() {
+    let sim = Sim::new();
+    let out = sim.up("[qube.storage]\nfeatures = { \"cloudstore.role\" = 7 }\n");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("sim.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A role the dom0 package refuses: its policy command says why.
+    let out = sim.up("[qube.a]\nfeatures = { \"cloudstore.role\" = \"bogus\" }\n");
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(e.contains("bogus"), "{e}");
+    assert!(!sim.path().join("d/dom0/dom0.pid").exists());
+}
