@@ -445,3 +445,75 @@ fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
         r => panic!("{r:?}"),
     }
 }
+
+#[test]
+fn hostile_ciphertext_is_refused_with_eio_never_garbage() {
+    let v = Volume::create();
+    let m = v.mount();
+    symlink_in(&m, "target-of-link", "link");
+    fs::create_dir(m.p("dir")).unwrap();
+    fs::write(m.p("dir/inner"), b"inner").unwrap();
+    fs::write(m.p("cut"), vec![5u8; 10_000]).unwrap();
+    let long_a = "a".repeat(200);
+    let long_b = "b".repeat(200);
+    fs::write(m.p(&long_a), b"A").unwrap();
+    fs::write(m.p(&long_b), b"B").unwrap();
+    m.unmount();
+    let tree = v.tree();
+    // A symlink target replaced by something that does not decrypt.
+    let link = tree.join(root_entry(&v, "link"));
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &link).unwrap();
+    // A directory that lost its IV.
+    fs::remove_file(tree.join(root_entry(&v, "dir")).join("gocryptfs.diriv")).unwrap();
+    // A file cut inside a block (no size gocryptfs writes).
+    let cut = OpenOptions::new()
+        .write(true)
+        .open(tree.join(root_entry(&v, "cut")))
+        .unwrap();
+    cut.set_len(18 + 4128 + 20).unwrap();
+    drop(cut);
+    // Two long names' .name files swapped: the hashes no longer match.
+    let (ea, eb) = (root_entry(&v, &long_a), root_entry(&v, &long_b));
+    let (na, nb) = (
+        tree.join(format!("{ea}.name")),
+        tree.join(format!("{eb}.name")),
+    );
+    let (ca, cb) = (fs::read(&na).unwrap(), fs::read(&nb).unwrap());
+    fs::write(&na, cb).unwrap();
+    fs::write(&nb, ca).unwrap();
+
+    let m = v.mount();
+    let eio = |r: std::io::Result<Vec<u8>>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        fs::read_link(m.p("link")).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert_eq!(
+        fs::read_dir(m.p("dir"))
+            .map(|_| ())
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert_eq!(eio(fs::read(m.p("cut"))), Some(libc::EIO));
+    // The swapped long names are left out of the listing, everything else is listed.
+    let mut names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cut", "dir", "link"]);
+    let log = log_text();
+    for needle in [
+        "readlink /link: the symlink target is corrupt",
+        "opendir /dir: the directory IV",
+        "read /cut: ",
+    ] {
+        assert!(log.contains(needle), "no {needle:?} in the log:\n{log}");
+    }
+}
+
+fn symlink_in(m: &Mount, target: &str, name: &str) {
+    std::os::unix::fs::symlink(target, m.p(name)).unwrap();
+}

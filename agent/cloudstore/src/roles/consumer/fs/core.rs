@@ -645,9 +645,13 @@ impl Core {
 
     pub(crate) fn attr_of(&self, ino: u64, a: &Attr) -> FileAttr {
         let (kind, size) = match a.kind {
+            // A ciphertext size no gocryptfs file has (cut inside a block): shown as an
+            // upper bound, never 0, so reading it meets the damage (EIO, logged) instead
+            // of finding a file that looks empty.
             FileType::File => (
                 fuser::FileType::RegularFile,
-                offsets::cipher_size_to_plain_size(a.size).unwrap_or(0),
+                offsets::cipher_size_to_plain_size(a.size)
+                    .unwrap_or_else(|_| a.size.saturating_sub(HEADER_LEN as u64).max(1)),
             ),
             FileType::Dir => (fuser::FileType::Directory, a.size),
             FileType::Symlink => (
@@ -1016,8 +1020,7 @@ impl Core {
                         continue;
                     }
                     return Err(Fail::io(format!(
-                        "{}: the ciphertext is corrupt or was tampered with: {e}",
-                        self.shown(ino)
+                        "the ciphertext is corrupt or was tampered with: {e}"
                     )));
                 }
             }
@@ -1041,8 +1044,7 @@ impl Core {
         self.with_cc(|cc| self.vol.names().decrypt_symlink_target(cc, &t))?
             .map_err(|e| {
                 Fail::io(format!(
-                    "{}: the symlink target is corrupt or was tampered with: {e}",
-                    self.shown(ino)
+                    "the symlink target is corrupt or was tampered with: {e}"
                 ))
             })
     }
