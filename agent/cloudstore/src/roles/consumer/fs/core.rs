@@ -220,26 +220,38 @@ impl Remote<'_> {
         Ok(())
     }
 
-    fn write_pieces(&self, offset: u64, data: &[u8]) -> Result<(), Fail> {
-        for s in (0..data.len()).step_by(MAX_IO) {
-            let chunk = &data[s..(s + MAX_IO).min(data.len())];
-            let off = offset + s as u64;
-            match self.call(|file| Request::Write {
-                file,
-                offset: off,
-                data: chunk.to_vec(),
-            })? {
-                Response::Written(n) if n as usize == chunk.len() => {}
-                Response::Written(n) => {
-                    return Err(Fail::io(format!(
-                        "storage wrote {n} of {} bytes at {off}",
-                        chunk.len()
-                    )))
-                }
-                r => return Err(expect_resp(r, "Written")),
-            }
+    fn write_piece(&self, off: u64, chunk: &[u8]) -> Result<(), Fail> {
+        match self.call(|file| Request::Write {
+            file,
+            offset: off,
+            data: chunk.to_vec(),
+        })? {
+            Response::Written(n) if n as usize == chunk.len() => Ok(()),
+            Response::Written(n) => Err(Fail::io(format!(
+                "storage wrote {n} of {} bytes at {off}",
+                chunk.len()
+            ))),
+            r => Err(expect_resp(r, "Written")),
         }
-        Ok(())
+    }
+
+    /// Writes in protocol-sized pieces; a 1 MiB FUSE write is 1 MiB + 8 KiB of ciphertext,
+    /// so its two pieces are sent at once.
+    fn write_pieces(&self, offset: u64, data: &[u8]) -> Result<(), Fail> {
+        if data.len() <= MAX_IO {
+            return self.write_piece(offset, data);
+        }
+        std::thread::scope(|s| {
+            let hs: Vec<_> = data
+                .chunks(MAX_IO)
+                .enumerate()
+                .map(|(i, c)| s.spawn(move || self.write_piece(offset + (i * MAX_IO) as u64, c)))
+                .collect();
+            hs.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Fail::io("a write thread panicked")))
+            })
+        })
     }
 
     fn read_piece(&self, off: u64, len: usize) -> Result<Vec<u8>, Fail> {
