@@ -10,6 +10,7 @@ packages=(
     rclone                                  # the cloud engine
     git sqlite3                             # consumer mount tests: git clone/fsck, sqlite integrity
     python3-pytest python3-setuptools rpm cpio  # dom0 package: tests, RPM build (dom0/)
+    procps passwd                           # qubes-sim: ps/kill in its tests, useradd/groupadd for the qubes' users
     debhelper lintian rpmlint selinux-policy-dev debootstrap systemd-container vagrant  # scripts/packaging-check.sh
 )
 if [ "$(id -u)" -ne 0 ]; then

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -558,6 +558,62 @@ enum Msg {
     Line(String, String),
     Exited(String),
     Stop,
+    /// A command on the control socket and where its one-line answer goes.
+    Control(String, mpsc::Sender<String>),
+}
+
+fn control_socket(dir: &Path) -> PathBuf {
+    dom0_dir(dir).join("control.sock")
+}
+
+/// How long a control command waits for a qube to stop or come up.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Serves `qubes-sim shutdown|start` (qvm-shutdown and qvm-start): one command line per
+/// connection, one answer line.
+fn serve_control(listener: UnixListener, tx: mpsc::Sender<Msg>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { return };
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let Ok(reader) = conn.try_clone() else { return };
+            if BufReader::new(reader.take(4096))
+                .read_line(&mut line)
+                .is_err()
+            {
+                return;
+            }
+            let (rtx, rrx) = mpsc::channel();
+            if tx.send(Msg::Control(line.trim().to_owned(), rtx)).is_err() {
+                return;
+            }
+            let answer = rrx
+                .recv_timeout(CONTROL_TIMEOUT)
+                .unwrap_or_else(|_| "error dom0 did not answer in time".into());
+            let mut conn = conn;
+            let _ = writeln!(conn, "{answer}");
+        });
+    }
+}
+
+/// Client side of the control socket: sends `command`, returns dom0's answer.
+pub fn control(dir: &Path, command: &str) -> Result<String> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    if running_dom0(&dir).is_none() {
+        bail!("the stand-in is not up in {}", dir.display());
+    }
+    let path = control_socket(&dir);
+    let mut conn = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("connecting to {}", path.display()))?;
+    writeln!(conn, "{command}")?;
+    let mut answer = String::new();
+    BufReader::new(conn).read_line(&mut answer)?;
+    let answer = answer.trim().to_owned();
+    match answer.strip_prefix("ok") {
+        Some(rest) => Ok(rest.trim().to_owned()),
+        None => bail!("{}", answer.strip_prefix("error ").unwrap_or(&answer)),
+    }
 }
 
 fn log(text: &str) {
@@ -657,6 +713,17 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         broker.serve(name.clone(), l);
     }
 
+    let cpath = control_socket(&dir);
+    let _ = fs::remove_file(&cpath);
+    let cl = UnixListener::bind(&cpath).with_context(|| format!("binding {}", cpath.display()))?;
+    fs::set_permissions(&cpath, fs::Permissions::from_mode(0o600))?;
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || serve_control(cl, tx));
+    }
+    let mut stop_waiters: BTreeMap<String, mpsc::Sender<String>> = BTreeMap::new();
+    let mut start_waiters: BTreeMap<String, mpsc::Sender<String>> = BTreeMap::new();
+
     // The qubes: storage first, the rest once it has reported.
     let mut children: BTreeMap<String, Child> = BTreeMap::new();
     let mut pending: Vec<String> = Vec::new();
@@ -712,6 +779,44 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         };
         match msg {
             Msg::Stop => stop = true,
+            Msg::Control(cmd, reply) => {
+                let (verb, q) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
+                let known = states.contains_key(q);
+                match verb {
+                    _ if !known => {
+                        let _ = reply.send(format!("error no qube {q:?} in this stand-in"));
+                    }
+                    "shutdown" => match children.get(q) {
+                        None => {
+                            let _ = reply.send("ok not running".into());
+                        }
+                        Some(c) => {
+                            log(&format!("{q}: shutdown requested"));
+                            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+                            stop_waiters.insert(q.to_owned(), reply);
+                        }
+                    },
+                    "start" => {
+                        if children.contains_key(q) {
+                            let _ = reply.send("ok already running".into());
+                        } else {
+                            log(&format!("{q}: start requested"));
+                            match start_qube(&states[q], &tx) {
+                                Ok(c) => {
+                                    children.insert(q.to_owned(), c);
+                                    start_waiters.insert(q.to_owned(), reply);
+                                }
+                                Err(e) => {
+                                    let _ = reply.send(format!("error {e:#}").replace('\n', " | "));
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = reply.send(format!("error unknown command {verb:?}"));
+                    }
+                }
+            }
             Msg::Line(name, line) => {
                 let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 match kind {
@@ -726,6 +831,13 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
                             waiting_first.retain(|n| n != &name);
                             outcome.insert(name.clone(), ok);
                             tell_up(&format!("{kind} {name} {rest}"));
+                        }
+                        if let Some(r) = start_waiters.remove(&name) {
+                            let _ = r.send(if ok {
+                                format!("ok ready {rest}")
+                            } else {
+                                format!("error {rest}")
+                            });
                         }
                     }
                     _ => log(&format!("{name}: {rest}")),
@@ -746,6 +858,15 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
                     let _ = c.wait();
                 }
                 let _ = fs::remove_file(states[&name].init_pid_file());
+                if let Some(r) = stop_waiters.remove(&name) {
+                    let _ = r.send("ok stopped".into());
+                }
+                if let Some(r) = start_waiters.remove(&name) {
+                    let _ = r.send(format!(
+                        "error the qube's init ended during start-up; see {}",
+                        log_file(&dir).display()
+                    ));
+                }
             }
         }
     }
@@ -768,6 +889,7 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         let _ = fs::remove_file(s.trigger_socket());
         let _ = fs::remove_file(s.init_pid_file());
     }
+    let _ = fs::remove_file(control_socket(&dir));
     let _ = fs::remove_file(pid_file(&dir));
     log("dom0 stopped");
     Ok(())
@@ -805,6 +927,9 @@ fn stop_group(
             }
             Ok(Msg::Line(name, line)) => log(&format!("{name}: {line}")),
             Ok(Msg::Stop) => {}
+            Ok(Msg::Control(_, reply)) => {
+                let _ = reply.send("error dom0 is stopping".into());
+            }
             Err(_) => break,
         }
     }

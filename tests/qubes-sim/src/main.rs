@@ -30,6 +30,11 @@ enum Command {
     /// Stop every qube (agents get SIGTERM, mounts go away with the qube); the qubes'
     /// persistent data and the cloud folder stay.
     Down(DirArgs),
+    /// Shut one qube down, as qvm-shutdown does (its agent gets SIGTERM, its processes
+    /// end, its mounts go away); its data stays.
+    Shutdown(QubeArgs),
+    /// Start one qube again, as qvm-start does; returns once its agent is ready.
+    Start(QubeArgs),
     /// The stand-in's dom0 process (started by `up`).
     #[command(hide = true)]
     Dom0(DirArgs),
@@ -90,6 +95,13 @@ struct ExecArgs {
 struct DirArgs {
     #[arg(long)]
     dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct QubeArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    qube: String,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +201,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         )?)),
         Command::Down(a) => {
             qubes_sim::dom0::down(&a.dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shutdown(a) => {
+            let answer = qubes_sim::dom0::control(&a.dir, &format!("shutdown {}", a.qube))?;
+            println!("{}: {answer}", a.qube);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Start(a) => {
+            let answer = qubes_sim::dom0::control(&a.dir, &format!("start {}", a.qube))?;
+            println!("{}: {answer}", a.qube);
             Ok(ExitCode::SUCCESS)
         }
         Command::Dom0(a) => {

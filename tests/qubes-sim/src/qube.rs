@@ -127,6 +127,10 @@ impl QubeState {
     pub fn agent_log(&self) -> PathBuf {
         self.log_dir().join("agent.log")
     }
+    /// PID (in the qube) of the running agent, like systemd's MainPID.
+    pub fn agent_pid_file(&self) -> PathBuf {
+        self.run().join("agent.pid")
+    }
     /// Host PID of the qube's PID 1, written by dom0.
     pub fn init_pid_file(&self) -> PathBuf {
         self.run().join("init.pid")
@@ -670,6 +674,7 @@ impl Init {
         match cmd.spawn() {
             Ok(child) => {
                 // WATCHDOG_PID would be the child's PID; sd-notify checks it only if set.
+                let _ = fs::write(state.agent_pid_file(), child.id().to_string());
                 unit.child = Some(child);
                 unit.phase = Phase::Starting { since: now };
                 unit.last_watchdog = now;
@@ -785,6 +790,7 @@ impl Init {
             return;
         };
         unit.child = None;
+        let _ = fs::remove_file(self.state.agent_pid_file());
         let was_ready = matches!(unit.phase, Phase::Running);
         // Restart=on-abnormal (unclean signal, watchdog) plus RestartForceExitStatus=1 75;
         // never 78 (RestartPreventExitStatus) nor a clean exit (systemd.service(5)).

@@ -393,3 +393,55 @@ fn bad_configurations_fail_before_anything_starts() {
     assert!(e.contains("bogus"), "{e}");
     assert!(!sim.path().join("d/dom0/dom0.pid").exists());
 }
+
+fn sim_cmd(sim: &Sim, verb: &str, qube: &str) -> Output {
+    Command::new(SIM)
+        .args([verb, "--dir"])
+        .arg(sim.path().join("d"))
+        .arg(qube)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_killed_agent_restarts_and_a_qube_shuts_down_and_starts_again() {
+    let sim = Sim::new();
+    let out = sim.up(STORAGE_AND_PLAIN);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid_file = sim.path().join("d/qubes/storage/run/agent.pid");
+    let first = std::fs::read_to_string(&pid_file).unwrap();
+    // kill -9 inside the qube: Restart=on-abnormal brings the agent back.
+    let out = sim.exec_as("root", "storage", &["kill", "-9", first.trim()], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = sim.path().join("d/dom0/dom0.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let l = std::fs::read_to_string(&log).unwrap();
+        if l.contains("storage: cloudstore-storage.service ready again") {
+            assert!(l.contains("killed by SIGKILL; restarting"), "{l}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no restart: {l}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = std::fs::read_to_string(&pid_file).unwrap();
+    assert_ne!(first, second);
+
+    // qvm-shutdown and qvm-start of one qube; the other keeps running.
+    let out = sim_cmd(&sim, "shutdown", "storage");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "storage: stopped\n");
+    assert!(!sim.exec("storage", &["true"]).status.success());
+    assert_eq!(sim.sh("plain", "hostname"), "plain\n");
+    let out = sim_cmd(&sim, "start", "storage");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "storage: ready storage\n");
+    assert!(sim.exec("storage", &["true"]).status.success());
+    let out = sim_cmd(&sim, "start", "nosuch");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no qube \"nosuch\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
