@@ -43,7 +43,9 @@ fn root_entry(v: &Volume, name: &str) -> String {
 fn large_sparse_files_and_large_writes() {
     let v = Volume::create();
     let m = v.mount();
-    // Throughput of large sequential writes and reads (a figure, not a test).
+    // Throughput of large sequential writes and reads (a figure, not a test). 128 MiB, not
+    // GiBs: 2 GiB this way took 40 s here (write 93 MiB/s, read 119 MiB/s, debug build);
+    // the multi-GiB file below is written at offsets past 4 GiB instead.
     let t = Instant::now();
     sh(
         "dd if=/dev/zero of=seq bs=1M count=128 conv=fsync status=none",
