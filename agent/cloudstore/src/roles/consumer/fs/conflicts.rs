@@ -16,6 +16,7 @@ const MAX_SUFFIX: u32 = 20;
 
 /// Adopts every parked conflict; failures are logged and leave the copy parked.
 pub(crate) fn adopt_all(core: &Core) {
+    let _one = core.adopting.lock().unwrap_or_else(|p| p.into_inner());
     let list = match core.st.call(Request::ListConflicts) {
         Ok(Response::Versions(v)) => v.versions,
         Ok(r) => {

@@ -71,6 +71,8 @@ pub(crate) struct Core {
     pub status: Arc<FsStatus>,
     own: Mutex<HashMap<String, Instant>>,
     jobs: Mutex<Option<Sender<Job>>>,
+    /// One conflict adoption at a time (at connect and on each parked-conflict push).
+    pub adopting: Mutex<()>,
     job_rx: Mutex<Option<Receiver<Job>>>,
     stopping: AtomicBool,
 }
@@ -407,6 +409,7 @@ impl Core {
             status,
             own: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Some(tx)),
+            adopting: Mutex::new(()),
             job_rx: Mutex::new(Some(rx)),
             stopping: AtomicBool::new(false),
         }
