@@ -235,17 +235,64 @@ fn account_name(prefix: &str, qube: &str) -> String {
     format!("{prefix}{h:08x}")
 }
 
+/// Serialises account creation between concurrent `up`s (parallel tests share the host's
+/// accounts): without it two `useradd`s race for /etc/passwd's lock or the same name.
+fn accounts_lock() -> Result<fs::File> {
+    let path = Path::new("/run/lock/qubes-sim-accounts.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .or_else(|_| {
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open("/tmp/qubes-sim-accounts.lock")
+        })
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking the accounts lock file");
+    }
+    Ok(f)
+}
+
+/// Attempts at a user or group creation: useradd fails while anyone else (another
+/// program) holds /etc/passwd's lock, so a few retries.
+const ACCOUNT_TRIES: u32 = 20;
+
+fn run_account_tool(args: &[&str], exists: &dyn Fn() -> Result<bool>) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..ACCOUNT_TRIES {
+        if exists()? {
+            return Ok(());
+        }
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", args[0]))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!(
+            "{} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{last}")
+}
+
 fn ensure_group(name: &str) -> Result<u32> {
-    if let Some(g) = nix::unistd::Group::from_name(name)? {
-        return Ok(g.gid.as_raw());
-    }
-    let st = Command::new("groupadd")
-        .args(["--system", name])
-        .status()
-        .context("running groupadd")?;
-    if !st.success() {
-        bail!("groupadd --system {name} failed ({st})");
-    }
+    let _lock = accounts_lock()?;
+    run_account_tool(&["groupadd", "--system", name], &|| {
+        Ok(nix::unistd::Group::from_name(name)?.is_some())
+    })?;
     Ok(nix::unistd::Group::from_name(name)?
         .ok_or_else(|| anyhow!("group {name} missing after groupadd"))?
         .gid
@@ -253,11 +300,10 @@ fn ensure_group(name: &str) -> Result<u32> {
 }
 
 fn ensure_user(name: &str, comment: &str) -> Result<(u32, u32)> {
-    if let Some(u) = nix::unistd::User::from_name(name)? {
-        return Ok((u.uid.as_raw(), u.gid.as_raw()));
-    }
-    let st = Command::new("useradd")
-        .args([
+    let _lock = accounts_lock()?;
+    run_account_tool(
+        &[
+            "useradd",
             "--system",
             "--user-group",
             "--no-create-home",
@@ -268,12 +314,9 @@ fn ensure_user(name: &str, comment: &str) -> Result<(u32, u32)> {
             "--comment",
             comment,
             name,
-        ])
-        .status()
-        .context("running useradd")?;
-    if !st.success() {
-        bail!("useradd {name} failed ({st})");
-    }
+        ],
+        &|| Ok(nix::unistd::User::from_name(name)?.is_some()),
+    )?;
     let u = nix::unistd::User::from_name(name)?
         .ok_or_else(|| anyhow!("user {name} missing after useradd"))?;
     Ok((u.uid.as_raw(), u.gid.as_raw()))
