@@ -341,8 +341,13 @@ fn storage_killed_and_restarted_mid_writes_loses_nothing() {
         let p = m.p("made-while-down");
         std::thread::spawn(move || fs::create_dir(&p))
     };
+    // The writer's next write waits for storage: the status shows it pending.
+    support::wait_until("a write waiting for storage", || {
+        m.status.pending_writes() > 0
+    });
     std::thread::sleep(Duration::from_millis(700));
     assert!(!m.status.connected(), "the loss is visible in the status");
+    assert!(m.status.pending_writes() > 0);
     v.storage.spawn();
     writer.join().expect("the writer saw an error");
     other.join().unwrap().unwrap();
