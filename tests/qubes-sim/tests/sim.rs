@@ -201,6 +201,18 @@ fn up_exec_down_with_a_storage_qube_and_plain_qubes() {
         "ps -eo user:20=,args= | grep 'cloudstore agent' | grep -v grep",
     );
     assert!(ps.starts_with("cloudstore "), "{ps}");
+    let confined = sim.sh(
+        "storage",
+        &format!(
+            "grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/$(cat {}/qubes/storage/run/agent.pid)/status",
+            d.display()
+        ),
+    );
+    assert!(
+        confined.contains("Seccomp:\t2"),
+        "seccomp filter active: {confined}"
+    );
+    assert!(confined.contains("CapEff:\t0000000000000000"), "{confined}");
     let rpc = d.join("qubes/storage/rpc/cloudstore.Volume");
     assert!(std::fs::metadata(&rpc).unwrap().file_type().is_socket());
 
