@@ -391,6 +391,9 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
             dir.display()
         );
     }
+    // Qubes left behind by a dom0 that died without stopping them would hold the
+    // directories and sockets the new ones need.
+    kill_leftovers(&dir);
     let cloudstore = find_binary(
         opts.cloudstore.as_deref(),
         "QUBES_SIM_CLOUDSTORE",
@@ -785,6 +788,15 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
     }
     let mut startup_over = false;
     let mut stop = false;
+    // Each start-up phase (storage, then the rest) waits for the agents' own ready
+    // timeout, plus time for the qube's set-up and a restart.
+    let ready_ms = states
+        .values()
+        .map(|s| s.ready_timeout_ms + s.restart_ms)
+        .max()
+        .unwrap_or(0);
+    let startup_limit = Duration::from_millis(2 * ready_ms) + Duration::from_secs(20);
+    let startup_deadline = Instant::now() + startup_limit;
     loop {
         if !rest_started && waiting_first.is_empty() {
             for name in &rest {
@@ -816,9 +828,30 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         if stop {
             break;
         }
-        let msg = match rx.recv() {
-            Ok(m) => m,
-            Err(_) => break,
+        let msg = if startup_over {
+            match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(startup_deadline.saturating_duration_since(Instant::now())) {
+                Ok(m) => m,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // A qube that never reports (its init stuck before the agent) must
+                    // not keep `up` waiting for ever.
+                    for name in std::mem::take(&mut pending) {
+                        waiting_first.retain(|n| n != &name);
+                        outcome.insert(name.clone(), false);
+                        tell_up(&format!(
+                            "failed {name} did not report within {} s of the start",
+                            startup_limit.as_secs()
+                        ));
+                    }
+                    waiting_first.clear();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         };
         match msg {
             Msg::Stop => stop = true,

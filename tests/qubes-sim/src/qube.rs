@@ -189,10 +189,18 @@ impl QubeState {
     }
 
     /// Host PID of the qube's PID 1, if it is running.
+    /// Checked against the process's command line, so a PID reused by another program is
+    /// never taken for the qube (and never signalled).
     pub fn init_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.init_pid_file()).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let dir = self.dir.as_os_str().as_encoded_bytes();
+        let ours = args.contains(&&b"qube-init"[..])
+            && args.contains(&self.name.as_bytes())
+            && args.contains(&dir);
+        ours.then_some(pid)
     }
 }
 

@@ -457,3 +457,48 @@ fn a_killed_agent_restarts_and_a_qube_shuts_down_and_starts_again() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_qubes_stop_with_a_killed_dom0_and_come_up_again() {
+    let sim = Sim::new();
+    let config = "[qube.plain]\n[qube.other]\n";
+    assert!(sim.up(config).status.success());
+    let d = sim.path().join("d");
+    let dom0: i32 = std::fs::read_to_string(d.join("dom0/dom0.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let init: i32 = std::fs::read_to_string(d.join("qubes/plain/run/init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let st = Command::new("kill")
+        .args(["-9", &dom0.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Each qube's init learns of it (parent-death signal) and ends the qube.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Path::new(&format!("/proc/{init}/cmdline")).exists()
+        && !std::fs::read(format!("/proc/{init}/cmdline"))
+            .unwrap_or_default()
+            .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qube plain outlived dom0"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = sim.down();
+    assert!(
+        text(&out.stdout).contains("nothing is running"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = sim.up(config);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sim.sh("other", "hostname"), "other\n");
+}
