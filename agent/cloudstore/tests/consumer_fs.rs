@@ -264,6 +264,37 @@ fn same_listing_content_and_errors_as_gocryptfs_on_the_same_ciphertext() {
 }
 
 #[test]
+fn deterministic_and_plaintext_name_volumes_match_gocryptfs() {
+    for (what, det, plain) in [
+        ("deterministic names", true, false),
+        ("plaintext names", false, true),
+    ] {
+        let v = Volume::create_with(|o| {
+            o.deterministic_names = det;
+            o.plaintext_names = plain;
+        });
+        let m = v.mount();
+        build_sample(m.path());
+        let ours_errors = error_script(&m.p("ours"));
+        let ours = snapshot(m.path());
+        m.unmount();
+        let diriv = sh("find . -name gocryptfs.diriv | wc -l", &v.tree());
+        assert_eq!(diriv.trim(), "0", "{what}: no directory IVs");
+        let g = v.gocryptfs();
+        assert_eq!(
+            snapshot(g.path()),
+            ours,
+            "{what}: gocryptfs sees what we wrote"
+        );
+        assert_eq!(
+            error_script(&g.path().join("theirs")),
+            ours_errors,
+            "{what}: the same results"
+        );
+    }
+}
+
+#[test]
 fn editors_tar_git_and_sqlite_work() {
     let v = Volume::create();
     let m = v.mount();

@@ -61,20 +61,29 @@ impl Volume {
     /// Starts storage and puts gocryptfs.conf and the root diriv on it (scrypt at the
     /// minimum cost: tests need speed, not a strong passphrase hash).
     pub fn create() -> Volume {
+        Volume::create_with(|_| {})
+    }
+
+    /// A volume with other creation options (gocryptfs `-deterministic-names`,
+    /// `-plaintextnames`, ...).
+    pub fn create_with(tweak: impl FnOnce(&mut CreateOptions)) -> Volume {
         let storage = StorageAgent::start(VOLUME);
-        let opts = CreateOptions {
+        let mut opts = CreateOptions {
             scrypt_log_n: 10,
             ..CreateOptions::default()
         };
+        tweak(&mut opts);
         let (config, key) = Config::create(PASSPHRASE.as_bytes(), &opts).unwrap();
         let c = volume_client(&storage);
         put(&c, "gocryptfs.conf", &config.to_bytes(), 0o400);
-        put(
-            &c,
-            "gocryptfs.diriv",
-            &DirIv::new_random().unwrap().0,
-            0o440,
-        );
+        if !opts.deterministic_names && !opts.plaintext_names {
+            put(
+                &c,
+                "gocryptfs.diriv",
+                &DirIv::new_random().unwrap().0,
+                0o440,
+            );
+        }
         let passfile = storage.dir.path().join("passfile");
         std::fs::write(&passfile, PASSPHRASE).unwrap();
         Volume {

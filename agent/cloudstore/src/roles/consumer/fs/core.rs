@@ -1107,14 +1107,17 @@ impl Core {
     /// The new directory's IV (gocryptfs node_dir.go `Mkdir`: created 0700 so the IV can be
     /// written, then given its mode) and its attributes.
     fn finish_mkdir(&self, cpath: &str, mode: u32) -> Result<Attr, Fail> {
-        let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
-        match self
-            .st
-            .put(&join(cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent)
-        {
-            Ok(()) => {}
-            Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
-            Err(f) => return Err(f),
+        // Volumes with deterministic or plaintext names have no per-directory IV.
+        if self.vol.names().uses_dir_iv() {
+            let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
+            match self
+                .st
+                .put(&join(cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent)
+            {
+                Ok(()) => {}
+                Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
+                Err(f) => return Err(f),
+            }
         }
         if mode != mode | 0o700 {
             self.st.call(Request::SetAttr {
