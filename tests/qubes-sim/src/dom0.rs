@@ -45,6 +45,8 @@ pub struct SimState {
     /// The qubes whose start the others wait for (the storage role).
     pub first: Vec<String>,
     pub tags: BTreeMap<String, Vec<String>>,
+    /// The dom0 package's source directory (for `feature` and `policy`).
+    pub dom0_src: PathBuf,
 }
 
 /// Options of `up`.
@@ -377,6 +379,154 @@ fn symlink_fresh(target: &Path, link: &Path) -> Result<()> {
         .with_context(|| format!("symlink {} -> {}", link.display(), target.display()))
 }
 
+/// `cloudstore-admin policy --write`: the policy from the qubes' features (`dom0/qubes.json`)
+/// into `dom0/policy.d/70-cloudstore.policy`. Returns the mapping's warnings.
+fn write_policy(dir: &Path, dom0_src: &Path) -> Result<Vec<String>> {
+    let (policy, warnings) = mapping(dom0_src, "policy", &dom0_dir(dir).join("qubes.json"))?;
+    let pd = policy_dir(dir);
+    mkdir(&pd, 0o755)?;
+    let policy_path = pd.join("70-cloudstore.policy");
+    let tmp = pd.join(".70-cloudstore.policy.new");
+    fs::write(&tmp, &policy).with_context(|| format!("writing {}", tmp.display()))?;
+    // Renamed into place: a call evaluated meanwhile sees the old or the new file whole.
+    fs::rename(&tmp, &policy_path)
+        .with_context(|| format!("replacing {}", policy_path.display()))?;
+    Ok(warnings
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `qubes-sim policy`: writes the policy again from the current features.
+pub fn policy(dir: &Path) -> Result<Vec<String>> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let sim = load_sim(&dir)?;
+    write_policy(&dir, &sim.dom0_src)
+}
+
+fn load_sim(dir: &Path) -> Result<SimState> {
+    let path = sim_file(dir);
+    let bytes = fs::read(&path).with_context(|| {
+        format!(
+            "{} is not a qubes-sim directory (no {})",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `qvm-features QUBE NAME VALUE` (or `--delete`) while the stand-in is up: checked as the
+/// dom0 extension's `domain-feature-pre-set` does, written to (or removed from) the qube's
+/// live qubesdb as its `domain-feature-set` / `-delete` handlers do, and kept for the
+/// qube's restarts and for `qubes-sim policy` until the next `up`, which reads the
+/// configuration file again.
+pub fn feature(dir: &Path, qube: &str, name: &str, value: Option<&str>) -> Result<String> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let sim = load_sim(&dir)?;
+    if running_dom0(&dir).is_none() {
+        bail!(
+            "the stand-in is not up in {}; change the features in the configuration file instead",
+            dir.display()
+        );
+    }
+    if !sim.order.iter().any(|q| q == qube) {
+        bail!("no qube {qube:?} in the stand-in in {}", dir.display());
+    }
+    let qubes_json = dom0_dir(&dir).join("qubes.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&fs::read(&qubes_json)?)
+        .with_context(|| format!("parsing {}", qubes_json.display()))?;
+    let features = doc["qube"][qube]["features"]
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("{}: no features object for {qube}", qubes_json.display()))?;
+    let cloudstore = name.starts_with("cloudstore.");
+    if let (Some(v), true) = (value, cloudstore) {
+        // The extension's pre-set check, with the package's own function.
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                concat!(
+                    "import sys\n",
+                    "from cloudstore_dom0.mapping import check_feature, MappingError\n",
+                    "try:\n",
+                    "    check_feature(sys.argv[1], sys.argv[2])\n",
+                    "except MappingError as e:\n",
+                    "    print(e, file=sys.stderr)\n",
+                    "    sys.exit(1)\n",
+                ),
+                name,
+                v,
+            ])
+            .env("PYTHONPATH", &sim.dom0_src)
+            .output()
+            .context("running python3 for the feature check")?;
+        if !out.status.success() {
+            bail!(
+                "dom0 refuses the feature: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    match value {
+        Some(v) => {
+            features.insert(name.to_owned(), serde_json::Value::String(v.to_owned()));
+        }
+        None => {
+            if features.remove(name).is_none() {
+                bail!("qube {qube} has no feature {name}");
+            }
+        }
+    }
+    // The qubesdb entry: the mapping of this one feature (its path even when deleting).
+    let one = dom0_dir(&dir)
+        .join("qubesdb")
+        .join(format!("{qube}.one.json"));
+    fs::write(
+        &one,
+        serde_json::to_vec(&serde_json::json!({ name: value.unwrap_or("") }))?,
+    )?;
+    let (out, _) = mapping(&sim.dom0_src, "qubesdb", &one)?;
+    let m: QdbMapping = serde_json::from_str(&out).with_context(|| format!("parsing {out}"))?;
+    fs::write(&qubes_json, serde_json::to_vec_pretty(&doc)?)?;
+    if !cloudstore {
+        return Ok(format!(
+            "{qube}: {name} {}",
+            if value.is_some() { "set" } else { "deleted" }
+        ));
+    }
+    if let Some(r) = m.rejected.first() {
+        return Ok(format!(
+            "{qube}: {name} kept, not written to qubesdb: {}",
+            r.reason
+        ));
+    }
+    let Some((path, qvalue)) = m.entries.into_iter().next() else {
+        bail!("the mapping gave no qubesdb entry for {name}");
+    };
+    let entries_path = entries_file(&dir, qube);
+    let mut entries: BTreeMap<String, String> = serde_json::from_slice(&fs::read(&entries_path)?)?;
+    let command = match value {
+        Some(_) => {
+            entries.insert(path.clone(), qvalue.clone());
+            format!(
+                "qdb-write {qube} {path} {}",
+                serde_json::to_string(&qvalue)?
+            )
+        }
+        None => {
+            entries.remove(&path);
+            format!("qdb-rm {qube} {path}")
+        }
+    };
+    fs::write(&entries_path, serde_json::to_vec_pretty(&entries)?)?;
+    control(&dir, &command)?;
+    Ok(format!(
+        "{qube}: {name} {}; qubesdb {path} updated",
+        if value.is_some() { "set" } else { "deleted" }
+    ))
+}
+
 /// `qubes-sim up`: prepares everything, starts dom0, and reports each qube. Returns
 /// whether every qube came up.
 pub fn up(opts: &UpOptions) -> Result<bool> {
@@ -415,16 +565,9 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
         serde_json::to_vec_pretty(&config.mapping_json())?,
     )
     .with_context(|| format!("writing {}", qubes_json.display()))?;
-    let (policy, warnings) = mapping(&dom0_src, "policy", &qubes_json)?;
-    for w in warnings.lines().filter(|l| !l.trim().is_empty()) {
+    for w in write_policy(&dir, &dom0_src)? {
         println!("dom0: {w}");
     }
-    let pd = policy_dir(&dir);
-    let _ = fs::remove_dir_all(&pd);
-    mkdir(&pd, 0o755)?;
-    let policy_path = pd.join("70-cloudstore.policy");
-    fs::write(&policy_path, &policy)
-        .with_context(|| format!("writing {}", policy_path.display()))?;
 
     let qubes_gid = ensure_group("qs-qubes")?;
     mkdir(&dir.join("qubes"), 0o755)?;
@@ -496,7 +639,12 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
         .filter(|n| config.qube[*n].role() == Some("storage"))
         .cloned()
         .collect();
-    let sim = SimState { order, first, tags };
+    let sim = SimState {
+        order,
+        first,
+        tags,
+        dom0_src: dom0_src.clone(),
+    };
     fs::write(sim_file(&dir), serde_json::to_vec_pretty(&sim)?)?;
 
     let log = fs::OpenOptions::new()
@@ -585,6 +733,25 @@ fn prepare_qube(s: &QubeState) -> Result<()> {
     mkdir(&s.bin(), 0o755)?;
     symlink_fresh(&s.qrexec_client, &s.bin().join("qrexec-client-vm"))?;
     symlink_fresh(&s.cloudstore, &s.bin().join("cloudstore"))?;
+    // qubesdb-read, -write, -rm, -list, -watch, as every qube has them (qubes-core-qubesdb
+    // client/), talking to this qube's daemon.
+    let exe = std::env::current_exe().context("locating qubes-sim itself")?;
+    for tool in [
+        "qubesdb-read",
+        "qubesdb-write",
+        "qubesdb-rm",
+        "qubesdb-list",
+        "qubesdb-watch",
+    ] {
+        let path = s.bin().join(tool);
+        let script = format!(
+            "#!/bin/sh\nexec '{}' {tool} --socket '{}' \"$@\"\n",
+            exe.display(),
+            s.qubesdb_socket().display()
+        );
+        fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
     // /etc/qubes-rpc as the package installs it (packaging/install.sh): the services are
     // symlinks to the storage agent's sockets (dangling in qubes without that role).
     let _ = fs::remove_dir_all(s.rpc_dir());
@@ -710,7 +877,7 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
     }
 
     // qubesdb, one daemon per qube.
-    let mut qubesdbs = Vec::new();
+    let mut qubesdbs: BTreeMap<String, QubesDbDaemon> = BTreeMap::new();
     for (name, s) in &states {
         let entries: BTreeMap<String, String> =
             serde_json::from_slice(&fs::read(entries_file(&dir, name))?)?;
@@ -718,7 +885,7 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         let d = QubesDbDaemon::start(&sock, entries.into_iter().map(|(k, v)| (k, v.into_bytes())))
             .with_context(|| format!("starting qubesdb of {name} on {}", sock.display()))?;
         fs::set_permissions(&sock, fs::Permissions::from_mode(0o666))?;
-        qubesdbs.push(d);
+        qubesdbs.insert(name.clone(), d);
     }
 
     // qrexec: the broker and one trigger socket per qube.
@@ -856,7 +1023,8 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         match msg {
             Msg::Stop => stop = true,
             Msg::Control(cmd, reply) => {
-                let (verb, q) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
+                let (verb, args) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
+                let (q, args) = args.split_once(' ').unwrap_or((args, ""));
                 let known = states.contains_key(q);
                 match verb {
                     _ if !known => {
@@ -887,6 +1055,26 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
                                 }
                             }
                         }
+                    }
+                    "qdb-write" | "qdb-rm" => {
+                        let (path, value) = args.split_once(' ').unwrap_or((args, ""));
+                        let db = &qubesdbs[q];
+                        let result = if verb == "qdb-rm" {
+                            db.rm(path).map(|_| ())
+                        } else {
+                            match serde_json::from_str::<String>(value) {
+                                Ok(v) => db.write(path, v.as_bytes()),
+                                Err(e) => {
+                                    let _ = reply.send(format!("error bad value: {e}"));
+                                    continue;
+                                }
+                            }
+                        };
+                        log(&format!("{q}: qubesdb {verb} {path}"));
+                        let _ = reply.send(match result {
+                            Ok(()) => "ok".into(),
+                            Err(e) => format!("error {e}"),
+                        });
                     }
                     _ => {
                         let _ = reply.send(format!("error unknown command {verb:?}"));

@@ -35,6 +35,12 @@ enum Command {
     Shutdown(QubeArgs),
     /// Start one qube again, as qvm-start does; returns once its agent is ready.
     Start(QubeArgs),
+    /// Set (or with --delete remove) a qube's feature, as `qvm-features QUBE NAME VALUE`:
+    /// checked, kept, and written live to the qube's qubesdb.
+    Feature(FeatureArgs),
+    /// Write the qrexec policy again from the current features, as `cloudstore-admin
+    /// policy --write` does.
+    Policy(DirArgs),
     /// The stand-in's dom0 process (started by `up`).
     #[command(hide = true)]
     Dom0(DirArgs),
@@ -95,6 +101,18 @@ struct ExecArgs {
 struct DirArgs {
     #[arg(long)]
     dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct FeatureArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    delete: bool,
+    qube: String,
+    name: String,
+    #[arg(required_unless_present = "delete", conflicts_with = "delete")]
+    value: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +229,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Start(a) => {
             let answer = qubes_sim::dom0::control(&a.dir, &format!("start {}", a.qube))?;
             println!("{}: {answer}", a.qube);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feature(a) => {
+            let msg = qubes_sim::dom0::feature(&a.dir, &a.qube, &a.name, a.value.as_deref())?;
+            println!("{msg}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(a) => {
+            for w in qubes_sim::dom0::policy(&a.dir)? {
+                println!("dom0: {w}");
+            }
+            println!(
+                "policy written to {}",
+                qubes_sim::dom0::policy_dir(&a.dir).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dom0(a) => {

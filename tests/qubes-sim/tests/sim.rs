@@ -502,3 +502,86 @@ fn the_qubes_stop_with_a_killed_dom0_and_come_up_again() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sim.sh("other", "hostname"), "other\n");
 }
+
+fn sim_run(sim: &Sim, args: &[&str]) -> Output {
+    Command::new(SIM)
+        .arg(args[0])
+        .arg("--dir")
+        .arg(sim.path().join("d"))
+        .args(&args[1..])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn features_change_live_and_the_policy_follows_when_written_again() {
+    let sim = Sim::new();
+    let out = sim.up(r#"
+[qube.storage]
+features = { "cloudstore.role" = "storage", "cloudstore.volumes" = "work" }
+[qube.my-photos]
+"#);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The dom0 extension's checks refuse a bad value before anything changes.
+    let out = sim_run(&sim, &["feature", "storage", "cloudstore.role", "bogus"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("'bogus' is not a role"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A new volume on the running storage qube: its agent follows qubesdb.
+    let out = sim_run(
+        &sim,
+        &["feature", "storage", "cloudstore.volumes", "work photos"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        sim.sh("storage", "qubesdb-read /cloudstore/volumes"),
+        "work photos\n"
+    );
+    for (k, v) in [
+        ("cloudstore.volumes", "photos"),
+        ("cloudstore.role", "consumer"),
+    ] {
+        let out = sim_run(&sim, &["feature", "my-photos", k, v]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let call = |sim: &Sim| {
+        sim.exec_as(
+            "user",
+            "my-photos",
+            &["qrexec-client-vm", "@default", "cloudstore.Volume+photos"],
+            &hello(1),
+        )
+    };
+    // The policy is what `cloudstore-admin policy --write` wrote: not yet for my-photos.
+    assert_eq!(call(&sim).status.code(), Some(126));
+    let out = sim_run(&sim, &["policy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = call(&sim);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        &out.stdout[..10],
+        b"CSTORE\r\n\0\0",
+        "storage serves the new volume"
+    );
+    // A role set on a running qube starts nothing until the qube starts again (the
+    // units are gated at boot), then the consumer agent comes up.
+    let out = sim_run(&sim, &["shutdown", "my-photos"]);
+    assert!(out.status.success());
+    let out = sim_run(&sim, &["start", "my-photos"]);
+    assert_eq!(
+        text(&out.stdout),
+        "my-photos: ready consumer\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sim_run(
+        &sim,
+        &["feature", "--delete", "my-photos", "cloudstore.volumes"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = sim.exec("my-photos", &["qubesdb-read", "/cloudstore/volumes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+}
