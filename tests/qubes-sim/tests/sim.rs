@@ -585,3 +585,35 @@ features = { "cloudstore.role" = "storage", "cloudstore.volumes" = "work" }
     let out = sim.exec("my-photos", &["qubesdb-read", "/cloudstore/volumes"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
 }
+
+#[test]
+fn an_executable_service_runs_inside_the_target_qube_as_its_user() {
+    let sim = Sim::new();
+    let out = sim.up("[qube.plain]\n[qube.server]\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let d = sim.path().join("d");
+    // A service installed in server's /etc/qubes-rpc, and a rule of the user's own.
+    let svc = d.join("qubes/server/rpc/test.Who");
+    std::fs::write(
+        &svc,
+        "#!/bin/sh\necho \"$(id -un)@$(hostname) for $QREXEC_REMOTE_DOMAIN arg=$1\"\nexec tr a-z A-Z\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&svc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        d.join("dom0/policy.d/30-user.policy"),
+        "test.Who * plain server allow\n",
+    )
+    .unwrap();
+    let out = sim.exec_as(
+        "user",
+        "plain",
+        &["qrexec-client-vm", "server", "test.Who+x"],
+        b"data",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "user@server for plain arg=x\nDATA");
+    // The other way round has no rule.
+    let out = sim.exec("server", &["qrexec-client-vm", "plain", "test.Who"]);
+    assert_eq!(out.status.code(), Some(126));
+}
