@@ -1433,7 +1433,16 @@ impl Core {
         self.mark_own(&to);
         self.write_long_name(&to_en, &to)?;
         let attempt = || {
+            let mut sent = false;
             self.st.call_with(|_, _, _| {
+                // An exchange sent again would undo itself if the first one was applied
+                // before the connection broke: fail instead of guessing.
+                if sent && mode == RenameMode::Exchange {
+                    return Err(Fail::io(
+                        "the storage connection broke during an exchange; it may or may not have happened",
+                    ));
+                }
+                sent = true;
                 Ok(Request::Rename {
                     from: from.clone(),
                     to: to.clone(),
