@@ -626,6 +626,11 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
             restart_ms: opts.restart_delay.as_millis() as u64,
         };
         prepare_qube(&s)?;
+        if q.role() == Some("transfer") {
+            if let Some(w) = prepare_local_cloud(&s, q.features.get("cloudstore.remote"))? {
+                println!("dom0: {name}: {w}");
+            }
+        }
         s.save()?;
         tags.insert(name.clone(), q.tags.clone());
     }
@@ -708,6 +713,38 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
     // dom0 keeps running; it is not our child to wait for (it reparents when we exit).
     std::mem::forget(child);
     Ok(all_ready)
+}
+
+/// A local folder as the transfer qube's cloud (`cloudstore.remote` = an absolute path):
+/// it stands for the transfer's account at the provider, so it belongs to that qube's
+/// `cloudstore` user, the sandbox user of the transfer agent. Created if missing; an
+/// existing one is left as it is, with a warning when the agent could not write to it.
+fn prepare_local_cloud(s: &QubeState, remote: Option<&String>) -> Result<Option<String>> {
+    let Some(remote) = remote.map(|r| r.trim()).filter(|r| r.starts_with('/')) else {
+        return Ok(None);
+    };
+    let path = Path::new(remote);
+    if !path.exists() {
+        mkdir(path, 0o700)?;
+        nix::unistd::chown(path, Some(s.cs_uid.into()), Some(s.cs_gid.into()))
+            .with_context(|| format!("chown {}", path.display()))?;
+        return Ok(None);
+    }
+    let m = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    check_traversable(path, "the cloud folder")?;
+    if m.uid() != s.cs_uid {
+        return Ok(Some(format!(
+            "the cloud folder {} belongs to uid {}, not to the transfer qube's cloudstore user (uid {}); \
+             its agent may not be able to write there (chown -R {}:{} {})",
+            path.display(),
+            m.uid(),
+            s.cs_uid,
+            s.cs_uid,
+            s.cs_gid,
+            path.display()
+        )));
+    }
+    Ok(None)
 }
 
 /// Directories, accounts, service links and helper links of one qube.

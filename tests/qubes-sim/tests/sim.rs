@@ -617,3 +617,43 @@ fn an_executable_service_runs_inside_the_target_qube_as_its_user() {
     let out = sim.exec("server", &["qrexec-client-vm", "plain", "test.Who"]);
     assert_eq!(out.status.code(), Some(126));
 }
+
+#[test]
+fn a_local_cloud_folder_belongs_to_the_transfer_qubes_account() {
+    let sim = Sim::new();
+    let cloud = sim.path().join("cloud");
+    // Whether the transfer agent itself comes up is the transfer role's business; the
+    // stand-in's part is the folder standing for the account at the provider.
+    let _ = sim.up(&format!(
+        r#"
+[qube.storage]
+features = {{ "cloudstore.role" = "storage", "cloudstore.volumes" = "work" }}
+[qube.transfer]
+netvm = true
+features = {{ "cloudstore.role" = "transfer", "cloudstore.remote" = "{}" }}
+"#,
+        cloud.display()
+    ));
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sim.path().join("d/qubes/transfer/qube.json")).unwrap(),
+    )
+    .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&cloud).unwrap();
+    assert_eq!(m.uid() as u64, state["cs_uid"].as_u64().unwrap());
+    assert_eq!(m.mode() & 0o777, 0o700);
+    // A folder of someone else's is left alone, with a warning.
+    assert!(sim.down().status.success());
+    std::os::unix::fs::chown(&cloud, Some(0), Some(0)).unwrap();
+    let out = sim.up(&format!(
+        "[qube.storage]\nfeatures = {{ \"cloudstore.role\" = \"storage\" }}\n\
+         [qube.transfer]\nnetvm = true\nfeatures = {{ \"cloudstore.role\" = \"transfer\", \"cloudstore.remote\" = \"{}\" }}\n",
+        cloud.display()
+    ));
+    assert!(
+        text(&out.stdout).contains("belongs to uid 0"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::metadata(&cloud).unwrap().uid(), 0);
+}
