@@ -624,6 +624,7 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
             qrexec_client: qrexec_client.clone(),
             ready_timeout_ms: opts.ready_timeout.as_millis() as u64,
             restart_ms: opts.restart_delay.as_millis() as u64,
+            binds: qube_binds(&cloudstore, &qrexec_client, q),
         };
         prepare_qube(&s)?;
         if q.role() == Some("transfer") {
@@ -713,6 +714,35 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
     // dom0 keeps running; it is not our child to wait for (it reparents when we exit).
     std::mem::forget(child);
     Ok(all_ready)
+}
+
+/// The host directories a qube keeps seeing under its private /tmp: where its binaries
+/// are, and a local cloud folder of the transfer qube.
+fn qube_binds(
+    cloudstore: &Path,
+    qrexec_client: &Path,
+    q: &crate::config::QubeConfig,
+) -> Vec<PathBuf> {
+    let mut binds: Vec<PathBuf> = Vec::new();
+    let exe = std::env::current_exe().ok();
+    for bin in [Some(cloudstore), Some(qrexec_client), exe.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(d) = bin.parent() {
+            if !binds.iter().any(|b| b == d) {
+                binds.push(d.to_owned());
+            }
+        }
+    }
+    if q.role() == Some("transfer") {
+        if let Some(r) = q.features.get("cloudstore.remote").map(|r| r.trim()) {
+            if r.starts_with('/') {
+                binds.push(PathBuf::from(r));
+            }
+        }
+    }
+    binds
 }
 
 /// A local folder as the transfer qube's cloud (`cloudstore.remote` = an absolute path):

@@ -65,6 +65,10 @@ pub struct QubeState {
     pub ready_timeout_ms: u64,
     /// Pause before a restart (the units say RestartSec=5s; tests want it shorter).
     pub restart_ms: u64,
+    /// Host directories the qube needs whatever its private `/tmp` hides: the directories
+    /// of the binaries it runs and, for the transfer qube, a local cloud folder.
+    #[serde(default)]
+    pub binds: Vec<PathBuf>,
 }
 
 /// The unit files' stop timeout (TimeoutStopSec=30s).
@@ -416,8 +420,34 @@ fn make_mounts(state: &QubeState) -> Result<()> {
     use nix::mount::MsFlags as M;
     // Nothing we mount may leak back to the host.
     mount(None, Path::new("/"), None, M::MS_REC | M::MS_PRIVATE, None)?;
+    // Descriptors of what must stay visible, opened before anything is hidden; each is
+    // bound back at its own path from its descriptor afterwards.
     let own = state.root();
-    let own_fd = fs::File::open(&own).with_context(|| format!("opening {}", own.display()))?;
+    let mut keep = vec![(own.clone(), true)];
+    keep.extend(state.binds.iter().map(|b| (b.clone(), false)));
+    let mut fds = Vec::new();
+    for (path, required) in &keep {
+        match fs::File::open(path) {
+            Ok(f) => fds.push((path.clone(), f)),
+            Err(e) if !required => report(
+                event::LOG,
+                &format!("{} stays out of the qube: {e}", path.display()),
+            ),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+    }
+    // A qube's own /tmp and /var/tmp (Qubes: fresh at each boot).
+    for t in ["/tmp", "/var/tmp"] {
+        mount(
+            Some(Path::new("tmpfs")),
+            Path::new(t),
+            Some("tmpfs"),
+            M::MS_NOSUID | M::MS_NODEV,
+            Some("mode=1777"),
+        )?;
+    }
+    // The stand-in's directory: empty but for the qube's own part.
+    mkdir_p(&state.dir)?;
     mount(
         Some(Path::new("tmpfs")),
         &state.dir,
@@ -425,15 +455,12 @@ fn make_mounts(state: &QubeState) -> Result<()> {
         M::MS_NOSUID,
         Some("mode=0755,size=1m"),
     )?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&own)
-        .with_context(|| format!("creating {} in the qube", own.display()))?;
-    // Bind the qube's own directory back from the descriptor opened before the tmpfs hid it.
-    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", own_fd.as_raw_fd()));
-    mount(Some(&by_fd), &own, None, M::MS_BIND | M::MS_REC, None)?;
-    drop(own_fd);
+    for (path, f) in &fds {
+        mkdir_p(path)?;
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        mount(Some(&by_fd), path, None, M::MS_BIND | M::MS_REC, None)?;
+    }
+    drop(fds);
     // /dev/fuse usable by the qube's user, as in a Qubes template (mode 0666): a node of
     // our own on the tmpfs, bound over the host's, which stays as it is.
     let fuse = state.dir.join(".fuse");
@@ -465,6 +492,14 @@ fn make_mounts(state: &QubeState) -> Result<()> {
         None,
     )?;
     Ok(())
+}
+
+fn mkdir_p(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .with_context(|| format!("creating {} in the qube", path.display()))
 }
 
 fn bind_notify(path: &Path) -> Result<UnixDatagram> {

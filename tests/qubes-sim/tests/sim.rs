@@ -175,6 +175,15 @@ fn up_exec_down_with_a_storage_qube_and_plain_qubes() {
     );
     assert!(!out.status.success());
 
+    // Each qube has its own /tmp.
+    sim.sh("plain", "echo mine > /tmp/plain-only");
+    let out = sim.exec("online", &["cat", "/tmp/plain-only"]);
+    assert!(!out.status.success(), "another qube's /tmp is visible");
+    assert!(
+        !Path::new("/tmp/plain-only").exists(),
+        "the qube's /tmp leaked to the host"
+    );
+
     // No netvm: loopback only. netvm = true: the host's network.
     let plain_net = sim.sh(
         "plain",
