@@ -791,6 +791,8 @@ fn prepare_qube(s: &QubeState) -> Result<()> {
     if let Some(parent) = s.data_dir().parent() {
         mkdir(parent, 0o755)?;
     }
+    // /rw/config: root's persistent configuration (the consumer keeps keyfiles there).
+    mkdir(&s.rw().join("config"), 0o755)?;
     mkdir(&s.log_dir(), 0o755)?;
     // run/ is volatile: a fresh one at each start.
     let _ = fs::remove_dir_all(s.run());

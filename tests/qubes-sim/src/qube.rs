@@ -183,6 +183,11 @@ impl QubeState {
                 "CLOUDSTORE_QREXEC_CLIENT".into(),
                 d(self.bin().join("qrexec-client-vm")),
             ),
+            // The consumer's keyfiles: /rw/config/cloudstore/keys in a qube.
+            (
+                "CLOUDSTORE_KEYFILE_DIR".into(),
+                d(self.rw().join("config/cloudstore/keys")),
+            ),
         ];
         for pass in ["RUST_LOG", "RUST_BACKTRACE"] {
             if let Ok(v) = std::env::var(pass) {
