@@ -43,10 +43,33 @@ pub const MAX_VOLUME_NAME: usize = 32;
 
 /// The qubesdb socket to use: `$CLOUDSTORE_QUBESDB_SOCKET`, else the real daemon's.
 pub fn qubesdb_socket() -> PathBuf {
-    match std::env::var_os(QUBESDB_SOCKET_ENV) {
+    dir_from_env(QUBESDB_SOCKET_ENV, cloudstore_qubesdb::DEFAULT_SOCKET)
+}
+
+/// Where a role keeps its persistent data (`StateDirectory=cloudstore` of the units;
+/// `/var/lib` is persisted across qube restarts by the package's bind-dirs snippet).
+pub const DATA_DIR_ENV: &str = "CLOUDSTORE_DATA_DIR";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cloudstore";
+/// Where a role puts its sockets (`RuntimeDirectory=cloudstore` of the units).
+pub const RUNTIME_DIR_ENV: &str = "CLOUDSTORE_RUNTIME_DIR";
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/cloudstore";
+
+fn dir_from_env(var: &str, default: &str) -> PathBuf {
+    match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(cloudstore_qubesdb::DEFAULT_SOCKET),
+        _ => PathBuf::from(default),
     }
+}
+
+/// `$CLOUDSTORE_DATA_DIR`, else `/var/lib/cloudstore`. The variable exists for tests and the
+/// Qubes stand-in, which run several qubes on one machine.
+pub fn data_dir() -> PathBuf {
+    dir_from_env(DATA_DIR_ENV, DEFAULT_DATA_DIR)
+}
+
+/// `$CLOUDSTORE_RUNTIME_DIR`, else `/run/cloudstore`.
+pub fn runtime_dir() -> PathBuf {
+    dir_from_env(RUNTIME_DIR_ENV, DEFAULT_RUNTIME_DIR)
 }
 
 /// Connects to qubesdb at [`qubesdb_socket`].

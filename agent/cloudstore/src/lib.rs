@@ -9,3 +9,4 @@ pub mod offline;
 pub mod passphrase;
 pub mod qrexec;
 pub mod roles;
+pub mod sandbox_probe;

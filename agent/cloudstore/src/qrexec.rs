@@ -11,7 +11,9 @@
 //! qrexec-daemon established it, so it is the source of truth for *who* calls. It still gets
 //! parsed strictly: a malformed one means something other than qrexec-agent connected.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 /// qrexec refuses `SERVICE+ARG` longer than NAME_MAX for a file lookup (execution.rst,
 /// "Qubes RPC service execution"); a qube name is at most 31 characters (core-admin
@@ -95,6 +97,46 @@ pub fn parse_descriptor(text: &str) -> Result<ServiceCall, DescriptorError> {
         argument: argument.to_owned(),
         source: source.to_owned(),
     })
+}
+
+/// The program a consumer or the transfer qube runs to call a service in another qube:
+/// `$CLOUDSTORE_QREXEC_CLIENT` if set (the Qubes stand-in of the tests), else Qubes'
+/// `qrexec-client-vm` (`qrexec-client-vm TARGET SERVICE+ARG`: with no local program its
+/// stdin/stdout are the stream; exit 126 when dom0's policy denies the call).
+pub fn client_program() -> std::ffi::OsString {
+    match std::env::var_os(CLIENT_ENV) {
+        Some(p) if !p.is_empty() => p,
+        _ => "qrexec-client-vm".into(),
+    }
+}
+
+/// See [`client_program`].
+pub const CLIENT_ENV: &str = "CLOUDSTORE_QREXEC_CLIENT";
+
+/// Connects to a socket service the way qrexec-agent does: connect, then the descriptor
+/// `SERVICE+ARG SOURCE\0`; the stream then carries the caller's bytes. For tests and tools
+/// on the storage qube itself.
+pub fn connect_socket_service(
+    socket: &Path,
+    service: &str,
+    argument: &str,
+    source: &str,
+) -> io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(&descriptor(service, argument, source))?;
+    Ok(stream)
+}
+
+/// The descriptor bytes qrexec-agent writes for a call.
+pub fn descriptor(service: &str, argument: &str, source: &str) -> Vec<u8> {
+    let mut d = if argument.is_empty() {
+        format!("{service} {source}")
+    } else {
+        format!("{service}+{argument} {source}")
+    }
+    .into_bytes();
+    d.push(0);
+    d
 }
 
 /// Qube names as core-admin accepts them: a letter first, then letters, digits, `_.-`

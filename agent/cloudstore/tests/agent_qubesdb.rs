@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use qubes_sim::qubesdb::QubesDbDaemon;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cloudstore");
 /// Generous: a loaded 2-core CI machine. Nothing waits this long when things work.
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,7 +26,8 @@ struct Sim {
 
 impl Sim {
     fn new(entries: &[(&str, &str)]) -> Sim {
-        let dir = tempfile::tempdir().unwrap();
+        support::ensure_sandbox_user();
+        let dir = support::shared_tempdir();
         let db = QubesDbDaemon::start(
             &dir.path().join("qubesdb.sock"),
             entries.iter().map(|(k, v)| (*k, v.as_bytes())),
@@ -37,6 +40,8 @@ impl Sim {
         let mut c = Command::new(BIN);
         c.args(args)
             .env("CLOUDSTORE_QUBESDB_SOCKET", self.db.socket())
+            .env("CLOUDSTORE_DATA_DIR", self.dir.path().join("data"))
+            .env("CLOUDSTORE_RUNTIME_DIR", self.dir.path().join("run"))
             .env("CLOUDSTORE_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
@@ -49,6 +54,8 @@ impl Sim {
     fn notify_socket(&self) -> (PathBuf, UnixDatagram) {
         let p = self.dir.path().join("notify.sock");
         let s = UnixDatagram::bind(&p).unwrap();
+        // Like systemd's notify socket: the confined agent sends as the sandbox user.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         (p, s)
     }
@@ -155,7 +162,7 @@ fn storage_role_starts_logs_its_role_notifies_and_stops_on_sigterm() {
     let mut cmd = sim.command(&["agent"]);
     cmd.env("NOTIFY_SOCKET", &notify_path);
     let mut agent = Agent::spawn(cmd);
-    agent.wait_for_log("storage role started; NOT serving any volume yet");
+    agent.wait_for_log("storage role serving cloudstore.Volume and cloudstore.Sync");
     let log = agent.log();
     assert!(
         log.contains("starting the storage role (role from qubesdb /cloudstore/role)"),
@@ -178,10 +185,7 @@ fn storage_role_starts_logs_its_role_notifies_and_stops_on_sigterm() {
         "{all}"
     );
     assert!(all.contains("STATUS=starting the storage role"), "{all}");
-    assert!(
-        all.contains("STATUS=storage role up, not serving yet; configured volumes: work photos"),
-        "{all}"
-    );
+    assert!(all.contains("STATUS=serving volumes: work photos"), "{all}");
 
     agent.sigterm();
     let (st, log) = agent.wait_exit();
@@ -268,7 +272,7 @@ fn vm_config_fallback_selects_the_role() {
         ("/vm-config/cloudstore.volumes", "work"),
     ]);
     let mut agent = Agent::spawn(sim.command(&["agent"]));
-    agent.wait_for_log("storage role started");
+    agent.wait_for_log("storage role serving");
     assert!(
         agent
             .log()
@@ -287,14 +291,12 @@ fn run_time_changes_are_picked_up_or_reported() {
         ("/cloudstore/volumes", "work"),
     ]);
     let mut agent = Agent::spawn(sim.command(&["agent"]));
-    agent.wait_for_log("storage role started");
+    agent.wait_for_log("storage role serving");
 
     // A new volume reaches the role.
     sim.db.write("/cloudstore/volumes", b"work photos").unwrap();
     agent.wait_for_log("configuration changed: volumes added: photos; removed: none");
-    agent.wait_for_log(
-        "storage role: new configuration received (nothing to apply it to yet) volumes=work photos",
-    );
+    agent.wait_for_log("configured volumes changed volumes=work photos");
 
     // An invalid value is reported by key and the previous configuration kept.
     sim.db.write("/cloudstore/volumes", b"Bad/Name").unwrap();
@@ -327,7 +329,7 @@ fn run_time_changes_are_picked_up_or_reported() {
 fn role_turning_invalid_or_removed_at_run_time_stops_with_78() {
     let sim = Sim::new(&[("/cloudstore/role", "storage")]);
     let mut agent = Agent::spawn(sim.command(&["agent"]));
-    agent.wait_for_log("storage role started");
+    agent.wait_for_log("storage role serving");
     sim.db.write("/cloudstore/role", b"bogus").unwrap();
     let (st, log) = agent.wait_exit();
     assert_eq!(st.code(), Some(78), "{log}");
@@ -338,7 +340,7 @@ fn role_turning_invalid_or_removed_at_run_time_stops_with_78() {
 
     let sim = Sim::new(&[("/vm-config/cloudstore.role", "storage")]);
     let mut agent = Agent::spawn(sim.command(&["agent"]));
-    agent.wait_for_log("storage role started");
+    agent.wait_for_log("storage role serving");
     assert!(sim.db.rm("/vm-config/cloudstore.role").unwrap());
     let (st, log) = agent.wait_exit();
     assert_eq!(st.code(), Some(78), "{log}");
@@ -349,7 +351,7 @@ fn role_turning_invalid_or_removed_at_run_time_stops_with_78() {
 fn losing_qubesdb_exits_1() {
     let sim = Sim::new(&[("/cloudstore/role", "storage")]);
     let mut agent = Agent::spawn(sim.command(&["agent"]));
-    agent.wait_for_log("storage role started");
+    agent.wait_for_log("storage role serving");
     drop(sim);
     let (st, log) = agent.wait_exit();
     assert_eq!(st.code(), Some(1), "{log}");

@@ -332,7 +332,12 @@ impl Sandbox {
         if threads != 1 {
             return Err(Error::MultiThreaded { threads });
         }
-        let ids = resolve_ids(policy)?;
+        // Already running as the policy's user (systemd's User=, which may also have set
+        // another primary group such as Group=qubes): nothing to switch, and without
+        // CAP_SETGID the switch's setgroups would fail.
+        let ids = resolve_ids(policy)?.filter(|(uid, _)| {
+            !(Uid::current() == *uid && Uid::effective() == *uid && policy.group.is_none())
+        });
         let PreparedLandlock {
             ruleset,
             rules,

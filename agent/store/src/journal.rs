@@ -498,7 +498,10 @@ impl Journal {
 
     pub(crate) fn changes_since(&self, since: u64, limit: usize) -> Result<Changes> {
         let st = self.state.lock().unwrap();
-        if since < st.floor || since > st.next {
+        // Sequence numbers start at 1: a peer that has seen nothing asks from 0, and a floor
+        // of 1 means nothing was ever dropped, so that is no reason to rescan.
+        let missed = since < st.floor && st.floor > 1;
+        if missed || since > st.next {
             return Ok(Changes::RescanNeeded {
                 floor: st.floor,
                 head: st.next,

@@ -262,6 +262,24 @@ pub fn agent_main(_args: AgentArgs) -> anyhow::Result<ExitCode> {
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("creating the signalfd for SIGTERM/SIGINT")?;
 
+    // Roles that confine themselves do their privileged set-up and apply their sandbox here,
+    // while this is the only thread (capabilities and landlock domains are per thread).
+    let mut storage_prepared = None;
+    if role == Role::Storage {
+        notify::status("setting up and confining the storage role");
+        match storage::prepare(&config) {
+            Ok(p) => storage_prepared = Some(p),
+            Err(e) => {
+                error!(
+                    exit_code = exit_code::FAILURE,
+                    "cannot set up the storage role: {e:#}"
+                );
+                notify::status(&format!("storage set-up failed: {e:#}"));
+                return Ok(ExitCode::from(exit_code::FAILURE));
+            }
+        }
+    }
+
     let shutdown = Shutdown::new().context("creating the shutdown pipe")?;
     let finished = Shutdown::new().context("creating the role-finished pipe")?;
     let (tx, rx) = mpsc::channel();
@@ -277,7 +295,10 @@ pub fn agent_main(_args: AgentArgs) -> anyhow::Result<ExitCode> {
         .spawn(move || {
             let _entered = role_span.enter();
             let result = match role {
-                Role::Storage => storage::run(ctx),
+                Role::Storage => match storage_prepared {
+                    Some(p) => storage::run(p, ctx),
+                    None => Err(anyhow::anyhow!("the storage role was not set up")),
+                },
                 Role::Transfer => transfer::run(ctx),
                 Role::Consumer => consumer::run(ctx),
             };
@@ -578,6 +599,7 @@ pub fn status_main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = io::stdout().lock();
     print_status(&mut out, &current, &socket)?;
+
     out.flush()?;
     drop(out);
     if !args.watch {

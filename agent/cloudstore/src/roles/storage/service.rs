@@ -1,0 +1,692 @@
+//! One qrexec call, served: the protocol's requests mapped onto one volume of the store.
+//!
+//! A connection is one of three kinds, fixed by the qrexec service and argument it came in
+//! on: `cloudstore.Volume+VOL` (a consumer's filesystem on VOL), `cloudstore.Sync+VOL` (the
+//! transfer qube syncing VOL) and `cloudstore.Sync` with no argument (the transfer qube
+//! discovering which volumes exist: `ReadDir("")` and `Ping` only). The protocol server has
+//! already refused the operations the role may not use (`Op::allowed`).
+//!
+//! Per-connection state lives here: open handles (a handle keeps naming its file after a
+//! rename or unlink, like a descriptor) and the change subscription.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use cloudstore_protocol::{
+    self as wire, Call, ErrorCode, FileRef, Handler, Push, RemoteError, Request, Response,
+};
+use cloudstore_store::{self as store, parse_path, FileKey, RelPath, Volume};
+use tracing::{debug, warn};
+
+use super::convert;
+use super::tree;
+
+/// What a connection may reach.
+pub enum Scope {
+    /// One volume, for a consumer (`Volume`) or the transfer qube (`Sync`).
+    Volume(Arc<Volume>),
+    /// The list of volumes, for the transfer qube's discovery call.
+    Discovery(Vec<String>),
+}
+
+/// Handles one connection may hold open: a FUSE layer keeps one per open file, and a
+/// desktop session rarely has more than a few thousand files open. The cap stops a peer from
+/// exhausting the storage agent's descriptors.
+pub const MAX_HANDLES: usize = 4096;
+
+/// How often the subscription thread checks whether it should stop.
+const PUSH_POLL: Duration = Duration::from_millis(200);
+
+struct OpenFile {
+    file: File,
+    key: FileKey,
+    writable: bool,
+    /// Where the file is in the tree as far as this connection knows (renames made through
+    /// this connection update it); `None` once unlinked through it. Writes through the
+    /// store's path API happen only while this still names the file (checked by identity),
+    /// so they are journaled; otherwise they go to the descriptor, outside the tree.
+    path: Mutex<Option<RelPath>>,
+}
+
+pub struct Connection {
+    scope: Scope,
+    peer: String,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    subscription: Mutex<Option<Arc<AtomicBool>>>,
+}
+
+fn path(op: &'static str, s: &str) -> Result<RelPath, RemoteError> {
+    if s.is_empty() {
+        return Ok(RelPath::root());
+    }
+    parse_path(op, s).map_err(|e| convert::error(&e))
+}
+
+fn st<T>(r: store::Result<T>) -> Result<T, RemoteError> {
+    r.map_err(|e| convert::error(&e))
+}
+
+fn bad_handle(h: u64) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::BadHandle,
+        format!("handle {h} is not open on this connection"),
+    )
+}
+
+impl Connection {
+    pub fn new(scope: Scope, peer: String) -> Connection {
+        Connection {
+            scope,
+            peer,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            subscription: Mutex::new(None),
+        }
+    }
+
+    fn volume(&self) -> Result<&Arc<Volume>, RemoteError> {
+        match &self.scope {
+            Scope::Volume(v) => Ok(v),
+            Scope::Discovery(_) => Err(RemoteError::new(
+                ErrorCode::PermissionDenied,
+                "this is a discovery connection (cloudstore.Sync without argument): it only \
+                 lists volumes; call cloudstore.Sync+VOLUME to sync one",
+            )),
+        }
+    }
+
+    fn handle(&self, h: u64) -> Result<Arc<OpenFile>, RemoteError> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&h)
+            .cloned()
+            .ok_or_else(|| bad_handle(h))
+    }
+
+    fn register(&self, file: OpenFile) -> Result<u64, RemoteError> {
+        let mut table = self.handles.lock().unwrap();
+        if table.len() >= MAX_HANDLES {
+            return Err(RemoteError::new(
+                ErrorCode::Busy,
+                format!("this connection already holds {MAX_HANDLES} open handles; close some"),
+            ));
+        }
+        let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        table.insert(h, Arc::new(file));
+        Ok(h)
+    }
+
+    fn open(
+        &self,
+        vol: &Volume,
+        p: &RelPath,
+        write: bool,
+    ) -> Result<(u64, wire::Attr), RemoteError> {
+        let (file, attr, key) = st(vol.open_file(p, write))?;
+        let h = self.register(OpenFile {
+            file,
+            key,
+            writable: write,
+            path: Mutex::new(Some(p.clone())),
+        })?;
+        Ok((h, convert::attr(&attr)))
+    }
+
+    fn label(of: &OpenFile) -> String {
+        of.path
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or_else(|| "(unlinked)".to_owned(), |p| p.as_str().to_owned())
+    }
+
+    fn writable(&self, h: u64, of: &OpenFile) -> Result<(), RemoteError> {
+        if of.writable {
+            Ok(())
+        } else {
+            Err(RemoteError::new(
+                ErrorCode::BadHandle,
+                format!(
+                    "handle {h} ({}) was opened read-only",
+                    Connection::label(of)
+                ),
+            ))
+        }
+    }
+
+    /// Runs `through_tree` while the handle's path still names its file, else `direct` on
+    /// the descriptor.
+    fn modify_handle<T>(
+        &self,
+        vol: &Volume,
+        of: &OpenFile,
+        through_tree: impl FnOnce(&RelPath, FileKey) -> store::Result<Option<T>>,
+        direct: impl FnOnce(&File) -> io::Result<T>,
+        op: &str,
+    ) -> Result<T, RemoteError> {
+        let known = of.path.lock().unwrap().clone();
+        if let Some(p) = known {
+            if let Some(v) = st(through_tree(&p, of.key))? {
+                return Ok(v);
+            }
+        }
+        let _ = vol;
+        direct(&of.file).map_err(|e| convert::io_error(op, &Connection::label(of), &e))
+    }
+
+    /// Keeps handle paths in step with a rename made through this connection.
+    fn renamed(&self, from: &RelPath, to: &RelPath, exchange: bool) {
+        let table = self.handles.lock().unwrap();
+        for of in table.values() {
+            let mut p = of.path.lock().unwrap();
+            let Some(cur) = p.as_ref() else { continue };
+            let moved = |cur: &RelPath, a: &RelPath, b: &RelPath| -> Option<RelPath> {
+                if cur == a {
+                    return Some(b.clone());
+                }
+                if cur.starts_with(a) && !a.is_root() {
+                    let rest = &cur.as_str()[a.as_str().len() + 1..];
+                    return RelPath::new(&format!("{}/{rest}", b.as_str())).ok();
+                }
+                None
+            };
+            if let Some(n) = moved(cur, from, to) {
+                *p = Some(n);
+            } else if exchange {
+                if let Some(n) = moved(cur, to, from) {
+                    *p = Some(n);
+                }
+            }
+        }
+    }
+
+    fn unlinked(&self, gone: &RelPath) {
+        let table = self.handles.lock().unwrap();
+        for of in table.values() {
+            let mut p = of.path.lock().unwrap();
+            if p.as_ref() == Some(gone) {
+                *p = None;
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        vol: &Volume,
+        file: FileRef,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let len = len as usize;
+        match file {
+            FileRef::Path(s) => st(vol.read(&path("read", &s)?, offset, len)),
+            FileRef::Handle(h) => {
+                let of = self.handle(h)?;
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    match of.file.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            return Err(convert::io_error("read", &Connection::label(&of), &e))
+                        }
+                    }
+                }
+                buf.truncate(got);
+                Ok(buf)
+            }
+        }
+    }
+
+    fn subscribe(&self, vol: &Arc<Volume>, call: &Call<'_>) -> Result<Response, RemoteError> {
+        let mut slot = self.subscription.lock().unwrap();
+        if let Some(stop) = slot.take() {
+            stop.store(true, Ordering::Release);
+        }
+        // Subscribe before reading the head: an entry written in between is pushed, and the
+        // client ignores entries below the head it was given.
+        let sub = vol.subscribe();
+        let head = vol.journal_head();
+        let stop = Arc::new(AtomicBool::new(false));
+        let pusher = call.pusher();
+        let stop2 = stop.clone();
+        let peer = self.peer.clone();
+        thread::Builder::new()
+            .name("storage-push".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Acquire) && !pusher.is_closed() {
+                    let push = match sub.recv_timeout(PUSH_POLL) {
+                        None => continue,
+                        Some(store::Notice::Change(e)) => Push::Change(convert::change(&e)),
+                        Some(store::Notice::Lagged) => Push::Lagged,
+                    };
+                    if pusher.send(&push).is_err() {
+                        break;
+                    }
+                }
+                debug!(peer = %peer, "change subscription ended");
+            })
+            .map_err(|e| {
+                RemoteError::new(
+                    ErrorCode::Busy,
+                    format!("cannot start the change subscription: {e}"),
+                )
+            })?;
+        *slot = Some(stop);
+        Ok(Response::Subscribed { head })
+    }
+
+    fn unsubscribe(&self) {
+        if let Some(stop) = self.subscription.lock().unwrap().take() {
+            stop.store(true, Ordering::Release);
+        }
+    }
+
+    fn get(
+        &self,
+        vol: &Volume,
+        p: &RelPath,
+        version: Option<u64>,
+        call: &mut Call<'_>,
+    ) -> Result<Response, RemoteError> {
+        let mut reader = match version {
+            None => st(vol.get(p))?,
+            Some(id) => st(vol.open_version(p, store::VersionId(id)))?,
+        };
+        let attr = convert::attr(reader.attr());
+        let out = call.download().ok_or_else(|| {
+            RemoteError::new(ErrorCode::Internal, "Get without a download stream")
+        })?;
+        let sent = copy(&mut reader, out).map_err(|e| convert::io_error("get", p.as_str(), &e))?;
+        if sent != attr.size
+            || (version.is_none()
+                && reader
+                    .changed()
+                    .map_err(|e| convert::io_error("get", p.as_str(), &e))?)
+        {
+            return Err(RemoteError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "get {:?}: the file was modified in place while it was read ({} of {} bytes sent); read it again",
+                    p.as_str(),
+                    sent,
+                    attr.size
+                ),
+            ));
+        }
+        Ok(Response::Got { attr })
+    }
+}
+
+/// io::copy with a buffer the size of a protocol chunk, counting bytes.
+fn copy(r: &mut impl Read, w: &mut impl Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; wire::CHUNK_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    w.flush()?;
+    Ok(total)
+}
+
+fn no_upload() -> RemoteError {
+    RemoteError::new(
+        ErrorCode::Internal,
+        "upload request without an upload stream",
+    )
+}
+
+impl Handler for Connection {
+    fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {
+        if let Scope::Discovery(names) = &self.scope {
+            return match req {
+                Request::Ping => Ok(Response::Ok),
+                Request::ReadDir { path, cookie, .. } if path.is_empty() => {
+                    let entries = names
+                        .iter()
+                        .skip(cookie as usize)
+                        .map(|n| wire::DirEntry {
+                            name: n.clone(),
+                            kind: wire::FileType::Dir,
+                            ino: 0,
+                            attr: None,
+                        })
+                        .collect();
+                    Ok(Response::DirPage(wire::DirPage {
+                        entries,
+                        next: None,
+                    }))
+                }
+                _ => Err(self.volume().err().expect("discovery scope")),
+            };
+        }
+        let vol = self.volume()?;
+        match req {
+            Request::Ping => Ok(Response::Ok),
+            Request::Stat { file } => match file {
+                FileRef::Path(s) => Ok(Response::Attr(convert::attr(&st(
+                    vol.stat(&path("stat", &s)?)
+                )?))),
+                FileRef::Handle(h) => {
+                    let of = self.handle(h)?;
+                    let m = of
+                        .file
+                        .metadata()
+                        .map_err(|e| convert::io_error("stat", &Connection::label(&of), &e))?;
+                    Ok(Response::Attr(convert::attr_of_metadata(&m)))
+                }
+            },
+            Request::ReadDir {
+                path: s,
+                cookie,
+                max,
+                with_attrs,
+            } => {
+                let p = path("readdir", &s)?;
+                let page = st(vol.readdir(&p, cookie, max as usize))?;
+                let entries = page
+                    .entries
+                    .into_iter()
+                    .map(|e| {
+                        let attr = if with_attrs {
+                            // An entry removed since the listing simply has no attributes.
+                            p.join(&e.name)
+                                .ok()
+                                .and_then(|c| vol.stat(&c).ok())
+                                .map(|a| convert::attr(&a))
+                        } else {
+                            None
+                        };
+                        wire::DirEntry {
+                            name: e.name,
+                            kind: convert::kind(e.kind),
+                            ino: e.ino,
+                            attr,
+                        }
+                    })
+                    .collect();
+                Ok(Response::DirPage(wire::DirPage {
+                    entries,
+                    next: page.next,
+                }))
+            }
+            Request::Open { path: s, flags } => {
+                let p = path("open", &s)?;
+                let (h, mut attr) = self.open(vol, &p, flags.write || flags.truncate)?;
+                if flags.truncate {
+                    let of = self.handle(h)?;
+                    self.modify_handle(
+                        vol,
+                        &of,
+                        |p, k| vol.truncate_if(p, Some(k), 0),
+                        |f| f.set_len(0),
+                        "truncate",
+                    )?;
+                    attr.size = 0;
+                }
+                Ok(Response::Opened { handle: h, attr })
+            }
+            Request::Close { handle } => {
+                let of = self
+                    .handles
+                    .lock()
+                    .unwrap()
+                    .remove(&handle)
+                    .ok_or_else(|| bad_handle(handle))?;
+                if of.writable {
+                    st(vol.release_file(of.key))?;
+                }
+                Ok(Response::Ok)
+            }
+            Request::Read { file, offset, len } => {
+                Ok(Response::Data(self.read(vol, file, offset, len)?))
+            }
+            Request::Write { file, offset, data } => {
+                let n = match file {
+                    FileRef::Path(s) => st(vol.write(&path("write", &s)?, offset, &data))?,
+                    FileRef::Handle(h) => {
+                        let of = self.handle(h)?;
+                        self.writable(h, &of)?;
+                        self.modify_handle(
+                            vol,
+                            &of,
+                            |p, k| vol.write_if(p, Some(k), offset, &data),
+                            |f| f.write_all_at(&data, offset).map(|_| data.len()),
+                            "write",
+                        )?
+                    }
+                };
+                Ok(Response::Written(n as u32))
+            }
+            Request::Create {
+                path: s,
+                mode,
+                exclusive,
+            } => {
+                let p = path("create", &s)?;
+                st(vol.create(&p, mode, exclusive))?;
+                let (h, attr) = self.open(vol, &p, true)?;
+                Ok(Response::Opened { handle: h, attr })
+            }
+            Request::Mkdir { path: s, mode } => Ok(Response::Attr(convert::attr(&st(
+                vol.mkdir(&path("mkdir", &s)?, mode)
+            )?))),
+            Request::Symlink { path: s, target } => Ok(Response::Attr(convert::attr(&st(
+                vol.symlink(&path("symlink", &s)?, &target)
+            )?))),
+            Request::ReadLink { path: s } => Ok(Response::LinkTarget(st(
+                vol.readlink(&path("readlink", &s)?)
+            )?)),
+            Request::Link { existing, new } => Ok(Response::Attr(convert::attr(&st(
+                vol.link(&path("link", &existing)?, &path("link", &new)?)
+            )?))),
+            Request::Unlink { path: s } => {
+                let p = path("unlink", &s)?;
+                st(vol.unlink(&p))?;
+                self.unlinked(&p);
+                Ok(Response::Ok)
+            }
+            Request::Rmdir { path: s } => {
+                st(vol.rmdir(&path("rmdir", &s)?))?;
+                Ok(Response::Ok)
+            }
+            Request::Rename { from, to, mode } => {
+                let (from, to) = (path("rename", &from)?, path("rename", &to)?);
+                st(vol.rename(&from, &to, convert::rename_mode_in(mode)))?;
+                if mode != wire::RenameMode::Exchange {
+                    self.unlinked(&to);
+                }
+                self.renamed(&from, &to, mode == wire::RenameMode::Exchange);
+                Ok(Response::Ok)
+            }
+            Request::Truncate { file, size } => {
+                match file {
+                    FileRef::Path(s) => st(vol.truncate(&path("truncate", &s)?, size))?,
+                    FileRef::Handle(h) => {
+                        let of = self.handle(h)?;
+                        self.writable(h, &of)?;
+                        self.modify_handle(
+                            vol,
+                            &of,
+                            |p, k| vol.truncate_if(p, Some(k), size),
+                            |f| f.set_len(size),
+                            "truncate",
+                        )?
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::SetAttr { file, attr } => {
+                let a = convert::setattr_in(&attr);
+                match file {
+                    FileRef::Path(s) => Ok(Response::Attr(convert::attr(&st(
+                        vol.setattr(&path("setattr", &s)?, &a)
+                    )?))),
+                    FileRef::Handle(h) => {
+                        let of = self.handle(h)?;
+                        if a.size.is_some() {
+                            self.writable(h, &of)?;
+                        }
+                        let known = of.path.lock().unwrap().clone();
+                        let same = known.as_ref().and_then(|p| {
+                            vol.stat(p).ok().filter(|at| at.ino == of.key.1).map(|_| p)
+                        });
+                        match same {
+                            Some(p) => Ok(Response::Attr(convert::attr(&st(vol.setattr(p, &a))?))),
+                            None => set_attr_on_descriptor(&of, &attr),
+                        }
+                    }
+                }
+            }
+            Request::Fsync { file, datasync } => {
+                match file {
+                    FileRef::Path(s) => st(vol.fsync(&path("fsync", &s)?, datasync))?,
+                    FileRef::Handle(h) => {
+                        let of = self.handle(h)?;
+                        let r = if datasync {
+                            of.file.sync_data()
+                        } else {
+                            of.file.sync_all()
+                        };
+                        r.map_err(|e| convert::io_error("fsync", &Connection::label(&of), &e))?;
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::StatFs => Ok(Response::StatFs(convert::statfs(&st(vol.statfs())?))),
+            Request::Subscribe => self.subscribe(vol, call),
+            Request::Unsubscribe => {
+                self.unsubscribe();
+                Ok(Response::Ok)
+            }
+            Request::ListVersions { path: s } => Ok(Response::Versions(convert::version_list(
+                vol.list_versions(&path("list versions of", &s)?),
+            ))),
+            Request::Restore { path: s, id } => Ok(Response::Attr(convert::attr(&st(
+                vol.restore(&path("restore", &s)?, store::VersionId(id))
+            )?))),
+            Request::ListConflicts => Ok(Response::Versions(convert::version_list(
+                vol.list_conflicts(),
+            ))),
+            Request::AdoptConflict { id, dest } => Ok(Response::Attr(convert::attr(&st(
+                vol.adopt_conflict(store::VersionId(id), &path("adopt conflict", &dest)?)
+            )?))),
+            Request::ChangesSince { since, limit } => Ok(Response::Changes(convert::changes(&st(
+                vol.changes_since(since, limit as usize),
+            )?))),
+            Request::JournalHead => {
+                let s = vol.stats();
+                Ok(Response::Head {
+                    head: s.journal_head,
+                    floor: s.journal_floor,
+                })
+            }
+            Request::ListTree { after, limit } => {
+                let after = match after {
+                    Some(a) => Some(path("list tree", &a)?),
+                    None => None,
+                };
+                Ok(Response::TreePage(st(tree::page(
+                    vol,
+                    after.as_ref(),
+                    (limit as usize).min(wire::MAX_TREE_PAGE),
+                ))?))
+            }
+            Request::Get { path: s, version } => self.get(vol, &path("get", &s)?, version, call),
+            Request::Put {
+                path: s,
+                expect,
+                mode,
+                mtime,
+            } => {
+                let p = path("put", &s)?;
+                let opts = store::PutOptions {
+                    expect: convert::expect_in(expect),
+                    mode,
+                    mtime: mtime.map(convert::time_in),
+                };
+                let up = call.upload().ok_or_else(no_upload)?;
+                Ok(Response::Attr(convert::attr(&st(vol.put(&p, up, opts))?)))
+            }
+            Request::Delete { path: s, expect } => {
+                let p = path("delete", &s)?;
+                st(vol.delete(&p, convert::expect_in(expect)))?;
+                self.unlinked(&p);
+                Ok(Response::Ok)
+            }
+            Request::ParkConflict { path: s } => {
+                let p = path("park conflict", &s)?;
+                let up = call.upload().ok_or_else(no_upload)?;
+                Ok(Response::Version(convert::version(&st(
+                    vol.park_conflict(&p, up)
+                )?)))
+            }
+            Request::Ack { seq } => {
+                st(vol.ack_sync(seq))?;
+                Ok(Response::Ok)
+            }
+        }
+    }
+
+    fn closed(&self) {
+        self.unsubscribe();
+        let open: Vec<Arc<OpenFile>> = self
+            .handles
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, f)| f)
+            .collect();
+        if let Scope::Volume(vol) = &self.scope {
+            for of in open.iter().filter(|f| f.writable) {
+                if let Err(e) = vol.release_file(of.key) {
+                    warn!(peer = %self.peer, path = %Connection::label(of), error = %e, "ending the modification session of a handle left open failed");
+                }
+            }
+        }
+    }
+}
+
+/// setattr on a handle whose file has left the tree: applied to the descriptor directly.
+fn set_attr_on_descriptor(of: &OpenFile, a: &wire::SetAttr) -> Result<Response, RemoteError> {
+    let label = Connection::label(of);
+    let fail = |op: &str, e: io::Error| convert::io_error(op, &label, &e);
+    if let Some(size) = a.size {
+        of.file.set_len(size).map_err(|e| fail("truncate", e))?;
+    }
+    if let Some(mode) = a.mode {
+        use std::os::unix::fs::PermissionsExt;
+        of.file
+            .set_permissions(std::fs::Permissions::from_mode((mode & 0o7777) | 0o600))
+            .map_err(|e| fail("chmod", e))?;
+    }
+    if a.atime.is_some() || a.mtime.is_some() {
+        let ts = |t: Option<wire::TimeSet>| match t {
+            None => nix::sys::time::TimeSpec::new(0, libc::UTIME_OMIT),
+            Some(wire::TimeSet::Now) => nix::sys::time::TimeSpec::new(0, libc::UTIME_NOW),
+            Some(wire::TimeSet::At(t)) => nix::sys::time::TimeSpec::new(t.secs, t.nanos as i64),
+        };
+        nix::sys::stat::futimens(of.file.as_raw_fd(), &ts(a.atime), &ts(a.mtime))
+            .map_err(|e| fail("set times of", e.into()))?;
+    }
+    let m = of.file.metadata().map_err(|e| fail("stat", e))?;
+    Ok(Response::Attr(convert::attr_of_metadata(&m)))
+}

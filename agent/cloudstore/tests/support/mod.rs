@@ -1,0 +1,286 @@
+//! A real storage agent for integration tests: the `cloudstore` binary with role storage,
+//! configured through the stand-in qubesdb daemon, confined by its real sandbox, reached
+//! through its real qrexec socket services exactly as qrexec-agent connects to them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cloudstore_protocol::{Client, ClientConfig, Hello, Push, Role};
+use qubes_sim::qubesdb::QubesDbDaemon;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cloudstore");
+/// Generous for a loaded 2-core CI machine; nothing waits this long when things work.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The storage role drops to the `cloudstore` system user the package creates; on a test
+/// machine we create it the same way (a system user without home or shell).
+pub fn ensure_sandbox_user() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if nix::unistd::User::from_name("cloudstore")
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return;
+        }
+        let st = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/var/lib/cloudstore",
+                "--shell",
+                "/usr/sbin/nologin",
+                "cloudstore",
+            ])
+            .status()
+            .expect("running useradd");
+        // 9: created meanwhile by another test binary.
+        assert!(
+            st.success() || st.code() == Some(9),
+            "useradd cloudstore failed: {st}"
+        );
+    });
+}
+
+/// A temporary directory the sandbox user can traverse (tempdir makes 0700 root-owned ones).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// Collects a child's stderr as it comes.
+pub struct LogReader {
+    log: Arc<Mutex<String>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl LogReader {
+    pub fn start(child: &mut Child) -> LogReader {
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let thread = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        LogReader {
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn finish(&mut self) -> String {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.text()
+    }
+
+    #[track_caller]
+    pub fn wait_for(&self, needle: &str) {
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            if self.text().contains(needle) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("never logged {needle:?}; log so far:\n{}", self.text());
+    }
+}
+
+/// A storage qube: qubesdb stand-in, data and runtime directories, the running agent.
+/// Field order matters: the agent stops before the daemon, the daemon before the directory.
+pub struct StorageAgent {
+    child: Option<Child>,
+    pub log: LogReader,
+    pub db: QubesDbDaemon,
+    pub dir: tempfile::TempDir,
+}
+
+impl StorageAgent {
+    /// Starts an agent serving `volumes` (space-separated) and waits for READY=1.
+    pub fn start(volumes: &str) -> StorageAgent {
+        ensure_sandbox_user();
+        let dir = shared_tempdir();
+        let db = QubesDbDaemon::start(
+            &dir.path().join("qubesdb.sock"),
+            [
+                ("/cloudstore/role", b"storage".as_slice()),
+                ("/cloudstore/volumes", volumes.as_bytes()),
+            ],
+        )
+        .unwrap();
+        let mut s = StorageAgent {
+            child: None,
+            log: LogReader {
+                log: Arc::default(),
+                thread: None,
+            },
+            db,
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn volume_socket(&self) -> PathBuf {
+        self.runtime_dir().join("volume.sock")
+    }
+
+    pub fn sync_socket(&self) -> PathBuf {
+        self.runtime_dir().join("sync.sock")
+    }
+
+    /// The volume's ciphertext tree as stored on disk.
+    pub fn tree(&self, volume: &str) -> PathBuf {
+        self.data_dir().join("volumes").join(volume).join("tree")
+    }
+
+    /// The environment a command needs to find this storage agent's pieces.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CLOUDSTORE_QUBESDB_SOCKET", self.db.socket())
+            .env("CLOUDSTORE_DATA_DIR", self.data_dir())
+            .env("CLOUDSTORE_RUNTIME_DIR", self.runtime_dir())
+            .env("CLOUDSTORE_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        c
+    }
+
+    /// (Re)starts the agent and waits until it reports READY=1.
+    pub fn spawn(&mut self) {
+        let notify_path = self.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        // Like systemd's /run/systemd/notify: the agent sends from the sandbox user.
+        std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let mut child = self
+            .command(&["agent"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.log = LogReader::start(&mut child);
+        self.child = Some(child);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "the storage agent sent no READY=1 ({e}); log:\n{}",
+                    self.log.text()
+                )
+            });
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break;
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.log.finish();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code and the whole log.
+    pub fn stop(&mut self) -> (Option<i32>, String) {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let st = c.wait().unwrap();
+        (st.code(), self.log.finish())
+    }
+
+    /// A raw connection as qrexec-agent makes it: connect, then the service descriptor.
+    pub fn raw(&self, service: &str, argument: &str, source: &str) -> UnixStream {
+        let socket = if service == "cloudstore.Sync" {
+            self.sync_socket()
+        } else {
+            self.volume_socket()
+        };
+        cloudstore::qrexec::connect_socket_service(&socket, service, argument, source)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()))
+    }
+
+    /// A protocol client on `service+argument` called from qube `source`.
+    pub fn client(
+        &self,
+        service: &str,
+        argument: &str,
+        source: &str,
+    ) -> Result<(Client, Receiver<Push>), cloudstore_protocol::HandshakeError> {
+        let role = if service == "cloudstore.Sync" {
+            Role::Sync
+        } else {
+            Role::Volume
+        };
+        let stream = self.raw(service, argument, source);
+        Client::connect_unix(stream, ClientConfig::new(Hello::new(role)))
+    }
+}
+
+impl Drop for StorageAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `cond` holds or panics with `what`.
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + WAIT;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
