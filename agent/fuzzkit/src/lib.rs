@@ -38,13 +38,25 @@ pub struct RunSummary {
 /// Runs `target` on every file in `corpus_dir` and on mutants of them. Panics (failing the
 /// calling test) if the corpus is missing or empty, or if the target panics on any input.
 pub fn run(name: &str, corpus_dir: &Path, target: impl Fn(&[u8])) -> RunSummary {
+    run_bounded(name, corpus_dir, u64::MAX, target)
+}
+
+/// [`run`] with at most `max_iterations` mutants by default, for a target whose every input
+/// costs real I/O (the environment's `CLOUDSTORE_FUZZ_ITERS` still raises it for a long run).
+pub fn run_bounded(
+    name: &str,
+    corpus_dir: &Path,
+    max_iterations: u64,
+    target: impl Fn(&[u8]),
+) -> RunSummary {
     let corpus = load_corpus(corpus_dir);
     assert!(
         !corpus.is_empty(),
         "fuzz target {name}: corpus {} is empty; check in at least one valid input",
         corpus_dir.display()
     );
-    let iterations = env_u64("CLOUDSTORE_FUZZ_ITERS").unwrap_or(DEFAULT_ITERATIONS);
+    let iterations =
+        env_u64("CLOUDSTORE_FUZZ_ITERS").unwrap_or_else(|| DEFAULT_ITERATIONS.min(max_iterations));
     let deadline =
         env_u64("CLOUDSTORE_FUZZ_SECONDS").map(|s| Instant::now() + Duration::from_secs(s));
     let seed = env_u64("CLOUDSTORE_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
