@@ -230,8 +230,8 @@ fn start_executable(
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(OwnedFd::from(theirs_out)));
     if let Some(prepare) = prepare {
-        // SAFETY: the closure only makes async-signal-safe system calls (setns, setgroups,
-        // setgid, setuid, chdir) between fork and exec; see Sim::enter_qube.
+        // SAFETY: the closure must only make async-signal-safe system calls between fork
+        // and exec; the stand-in's is setns, setgroups, setgid, setuid (dom0.rs, qube.rs).
         unsafe {
             cmd.pre_exec(move || prepare());
         }
