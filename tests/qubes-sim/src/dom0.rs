@@ -836,6 +836,12 @@ fn prepare_qube(s: &QubeState) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Clone, Default)]
+struct QubeInfo {
+    agent: String,
+    status: String,
+}
+
 enum Msg {
     Line(String, String),
     Exited(String),
@@ -877,6 +883,41 @@ fn serve_control(listener: UnixListener, tx: mpsc::Sender<Msg>) {
             let _ = writeln!(conn, "{answer}");
         });
     }
+}
+
+/// `qubes-sim ls`: the qubes, like `qvm-ls`, with each agent's last status.
+pub fn list(dir: &Path) -> Result<String> {
+    let answer = control(dir, "list")?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&answer).with_context(|| format!("parsing dom0's answer {answer}"))?;
+    let mut out = format!(
+        "{:<20} {:<8} {:<8} {:<20} {}\n",
+        "NAME", "STATE", "NETWORK", "AGENT", "STATUS"
+    );
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+        out.push_str(&format!(
+            "{:<20} {:<8} {:<8} {:<20} {}\n",
+            s("name"),
+            if r["running"].as_bool() == Some(true) {
+                "Running"
+            } else {
+                "Halted"
+            },
+            if r["network"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            if s("agent").is_empty() {
+                "-".into()
+            } else {
+                s("agent")
+            },
+            s("status")
+        ));
+    }
+    Ok(out)
 }
 
 /// Client side of the control socket: sends `command`, returns dom0's answer.
@@ -1004,6 +1045,8 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
         std::thread::spawn(move || serve_control(cl, tx));
     }
     let mut stop_waiters: BTreeMap<String, mpsc::Sender<String>> = BTreeMap::new();
+    // What `qubes-sim ls` shows: the agent's state and its last STATUS= line.
+    let mut infos: BTreeMap<String, QubeInfo> = BTreeMap::new();
     let mut start_waiters: BTreeMap<String, mpsc::Sender<String>> = BTreeMap::new();
 
     // The qubes: storage first, the rest once it has reported.
@@ -1096,6 +1139,23 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
                 let (q, args) = args.split_once(' ').unwrap_or((args, ""));
                 let known = states.contains_key(q);
                 match verb {
+                    "list" => {
+                        let rows: Vec<serde_json::Value> = sim
+                            .order
+                            .iter()
+                            .map(|n| {
+                                let info = infos.get(n).cloned().unwrap_or_default();
+                                serde_json::json!({
+                                    "name": n,
+                                    "running": children.contains_key(n),
+                                    "network": states[n].network,
+                                    "agent": info.agent,
+                                    "status": info.status,
+                                })
+                            })
+                            .collect();
+                        let _ = reply.send(format!("ok {}", serde_json::Value::Array(rows)));
+                    }
                     _ if !known => {
                         let _ = reply.send(format!("error no qube {q:?} in this stand-in"));
                     }
@@ -1159,6 +1219,16 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
                     event::READY | event::FAILED => {
                         let ok = kind == event::READY;
                         log(&format!("{name}: {line}"));
+                        let info = infos.entry(name.clone()).or_default();
+                        info.agent = if ok {
+                            if rest == "-" {
+                                "-".into()
+                            } else {
+                                format!("{rest} (ready)")
+                            }
+                        } else {
+                            "failed".into()
+                        };
                         if pending.contains(&name) {
                             pending.retain(|n| n != &name);
                             waiting_first.retain(|n| n != &name);
@@ -1173,10 +1243,20 @@ pub fn dom0_main(dir: &Path) -> Result<()> {
                             });
                         }
                     }
-                    _ => log(&format!("{name}: {rest}")),
+                    event::AGENT => {
+                        let (role, state) = rest.split_once(' ').unwrap_or((rest, ""));
+                        infos.entry(name.clone()).or_default().agent = format!("{role} ({state})");
+                    }
+                    _ => {
+                        if let Some(st) = rest.strip_prefix("status: ") {
+                            infos.entry(name.clone()).or_default().status = st.to_owned();
+                        }
+                        log(&format!("{name}: {rest}"))
+                    }
                 }
             }
             Msg::Exited(name) => {
+                infos.remove(&name);
                 log(&format!("{name}: the qube's init ended"));
                 if pending.contains(&name) {
                     pending.retain(|n| n != &name);

@@ -30,6 +30,8 @@ enum Command {
     /// Stop every qube (agents get SIGTERM, mounts go away with the qube); the qubes'
     /// persistent data and the cloud folder stay.
     Down(DirArgs),
+    /// List the qubes, as qvm-ls does, with each cloudstore agent's state and last status.
+    Ls(DirArgs),
     /// Shut one qube down, as qvm-shutdown does (its agent gets SIGTERM, its processes
     /// end, its mounts go away); its data stays.
     Shutdown(QubeArgs),
@@ -219,6 +221,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         )?)),
         Command::Down(a) => {
             qubes_sim::dom0::down(&a.dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls(a) => {
+            print!("{}", qubes_sim::dom0::list(&a.dir)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Shutdown(a) => {

@@ -286,6 +286,9 @@ pub mod event {
     pub const READY: &str = "ready";
     /// `failed REASON`: the unit failed before it was ever ready.
     pub const FAILED: &str = "failed";
+    /// `agent ROLE STATE`: the agent's state changed after start-up (ready, restarting,
+    /// stopped).
+    pub const AGENT: &str = "agent";
     /// `log TEXT`: anything else worth dom0's log.
     pub const LOG: &str = "log";
 }
@@ -868,8 +871,13 @@ impl Init {
         } else {
             Phase::Stopped
         };
+        let role = unit.role.clone();
         if was_ready || self.reported {
             report(event::LOG, &msg);
+            report(
+                event::AGENT,
+                &format!("{role} {}", if restart { "restarting" } else { "stopped" }),
+            );
         } else {
             self.failed(&format!(
                 "{msg}; its log {} ends:\n{}",

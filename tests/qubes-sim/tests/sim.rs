@@ -415,6 +415,14 @@ fn bad_configurations_fail_before_anything_starts() {
     assert!(!sim.path().join("d/dom0/dom0.pid").exists());
 }
 
+fn sim_cmd_dir(sim: &Sim, verb: &str) -> Output {
+    Command::new(SIM)
+        .args([verb, "--dir"])
+        .arg(sim.path().join("d"))
+        .output()
+        .unwrap()
+}
+
 fn sim_cmd(sim: &Sim, verb: &str, qube: &str) -> Output {
     Command::new(SIM)
         .args([verb, "--dir"])
@@ -454,10 +462,30 @@ fn a_killed_agent_restarts_and_a_qube_shuts_down_and_starts_again() {
     assert_eq!(text(&out.stdout), "storage: stopped\n");
     assert!(!sim.exec("storage", &["true"]).status.success());
     assert_eq!(sim.sh("plain", "hostname"), "plain\n");
+    let ls = text(&sim_cmd_dir(&sim, "ls").stdout);
+    let row = |name: &str| {
+        ls.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in {ls}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("storage")[1], "Halted", "{ls}");
+    assert_eq!(row("plain")[1..4], ["Running", "no", "-"], "{ls}");
+    assert_eq!(row("online")[2], "yes", "{ls}");
     let out = sim_cmd(&sim, "start", "storage");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "storage: ready storage\n");
     assert!(sim.exec("storage", &["true"]).status.success());
+    let ls = text(&sim_cmd_dir(&sim, "ls").stdout);
+    assert!(
+        ls.lines().any(|l| l.starts_with("storage ")
+            && l.contains("Running")
+            && l.contains("storage (ready)")
+            && l.contains("serving volumes: work")),
+        "{ls}"
+    );
     let out = sim_cmd(&sim, "start", "nosuch");
     assert!(!out.status.success());
     assert!(
