@@ -127,14 +127,10 @@ pub fn connect_socket_service(
     Ok(stream)
 }
 
-/// The descriptor bytes qrexec-agent writes for a call.
+/// The descriptor bytes qrexec-agent writes for a call: always with the `+`, even when the
+/// argument is empty (`cloudstore.Sync+ transfer`), as libqrexec/exec.c builds it.
 pub fn descriptor(service: &str, argument: &str, source: &str) -> Vec<u8> {
-    let mut d = if argument.is_empty() {
-        format!("{service} {source}")
-    } else {
-        format!("{service}+{argument} {source}")
-    }
-    .into_bytes();
+    let mut d = format!("{service}+{argument} {source}").into_bytes();
     d.push(0);
     d
 }
@@ -163,6 +159,19 @@ mod tests {
                 source: "my-work".into()
             }
         );
+    }
+
+    #[test]
+    fn descriptors_round_trip_like_qrexec_agent_writes_them() {
+        assert_eq!(
+            descriptor("cloudstore.Sync", "", "transfer"),
+            b"cloudstore.Sync+ transfer\0"
+        );
+        for (svc, arg) in [("cloudstore.Sync", ""), ("cloudstore.Volume", "work")] {
+            let d = descriptor(svc, arg, "my-work");
+            let call = read_descriptor(&mut &d[..]).unwrap();
+            assert_eq!((call.service.as_str(), call.argument.as_str()), (svc, arg));
+        }
     }
 
     #[test]
