@@ -26,8 +26,20 @@ pub enum Command {
     Status(StatusArgs),
     /// Exit 0 if this qube's role is ROLE, 1 if another or none, 255 if invalid (ExecCondition= of each unit).
     RoleIs(crate::roles::RoleIsArgs),
-    /// Create a new encrypted volume in directory DIR (a path, e.g. ./work).
-    Init(crate::offline::InitArgs),
+    /// Create the new volume VOLUME on the storage qube (refuses an existing one), or with
+    /// --dir DIR a new encrypted volume in a local directory.
+    Init(crate::roles::consumer::commands::InitArgs),
+    /// Mount VOLUME at ~/CloudStore/VOLUME (asks for its passphrase).
+    Unlock(crate::roles::consumer::commands::UnlockArgs),
+    /// Unmount VOLUME and wipe its keys (names the processes that keep it busy).
+    Lock(crate::roles::consumer::commands::LockArgs),
+    /// List the versions storage keeps of a file in an unlocked volume.
+    Versions(crate::roles::consumer::commands::VersionsArgs),
+    /// Put back an earlier version of a file in an unlocked volume.
+    Restore(crate::roles::consumer::commands::RestoreArgs),
+    /// Internal: one volume's sandboxed FUSE server, started by the consumer agent.
+    #[command(hide = true)]
+    ConsumerWorker(crate::roles::consumer::worker::WorkerArgs),
     /// Copy a plaintext tree SRC into the encrypted volume DIR.
     Encrypt(crate::offline::EncryptArgs),
     /// Export the encrypted volume DIR as plaintext into DEST.
@@ -52,7 +64,12 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => crate::roles::agent_main(args),
         Command::Status(args) => crate::roles::status_main(args),
         Command::RoleIs(args) => crate::roles::role_is_main(args),
-        Command::Init(args) => crate::offline::init(args),
+        Command::Init(args) => crate::roles::consumer::commands::init_main(args),
+        Command::Unlock(args) => crate::roles::consumer::commands::unlock_main(args),
+        Command::Lock(args) => crate::roles::consumer::commands::lock_main(args),
+        Command::Versions(args) => crate::roles::consumer::commands::versions_main(args),
+        Command::Restore(args) => crate::roles::consumer::commands::restore_main(args),
+        Command::ConsumerWorker(args) => crate::roles::consumer::worker::worker_main(args),
         Command::Encrypt(args) => crate::offline::encrypt(args),
         Command::Decrypt(args) => crate::offline::decrypt(args),
         Command::Passwd(args) => crate::offline::passwd(args),

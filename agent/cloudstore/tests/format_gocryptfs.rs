@@ -241,10 +241,11 @@ fn cs(args: &[&str], dirs: &[&Path]) -> Command {
 }
 
 fn cloudstore_init(vol: &Path, pass: &Path) {
-    ok(&mut cs(
-        &["init", "--scryptn", "10", "--passphrase-file"],
-        &[pass, vol],
-    ));
+    ok(
+        cs(&["init", "--scryptn", "10", "--passphrase-file"], &[pass])
+            .arg("--dir")
+            .arg(vol),
+    );
 }
 
 #[test]
@@ -256,10 +257,11 @@ fn cloudstore_encrypt_then_gocryptfs_reads_identically() {
     let vol = t.path().join("vol");
     cloudstore_init(&vol, &pass);
     // init refuses a non-empty directory.
-    let e = fail(&mut cs(
-        &["init", "--scryptn", "10", "--passphrase-file"],
-        &[&pass, &vol],
-    ));
+    let e = fail(
+        cs(&["init", "--scryptn", "10", "--passphrase-file"], &[&pass])
+            .arg("--dir")
+            .arg(&vol),
+    );
     assert!(
         e.contains("not empty") && e.contains(&vol.display().to_string()),
         "{e}"

@@ -38,6 +38,10 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
     ),
     ("mountpoint", "a FUSE mountpoint served by the role"),
     ("home", "home directory of the qube's user"),
+    (
+        "connector",
+        "the program a role runs to reach another qube (qrexec-client-vm), resolved at start",
+    ),
 ];
 
 /// Highest syscall argument index (seccomp passes six arguments, 0..=5).

@@ -599,6 +599,9 @@ pub fn status_main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = io::stdout().lock();
     print_status(&mut out, &current, &socket)?;
+    if current.role.value == Role::Consumer {
+        consumer::commands::print_volume_status(&mut out)?;
+    }
 
     out.flush()?;
     drop(out);

@@ -1,13 +1,756 @@
-//! Consumer role: mounts each configured volume as a decrypted folder.
+//! Consumer role: each configured volume as a decrypted folder, `~USER/CloudStore/<volume>`.
 //!
-//! Not implemented yet (issue 6): the entry point refuses to start, saying so.
+//! Process structure (issue 6): this role's `run` is a small privileged parent (root). It
+//! owns the control socket `$RUNTIME/consumer.sock` ([`control`]), through which
+//! `cloudstore unlock|lock|status|init|versions|restore` reach it. Unlocking a volume reads
+//! its gocryptfs.conf from storage, unwraps the master key with the passphrase, and starts
+//! a [`worker`] process for it: the worker receives the key over an inherited socketpair,
+//! mounts the FUSE filesystem ([`fs`]), confines itself (capabilities dropped, landlock,
+//! seccomp: `sandbox.json` beside this file) and serves. Locking unmounts from the parent,
+//! which keeps the privilege to do so; the worker then sees its mount end, wipes its keys
+//! and exits. So a confined server never needs to unmount, and a later unlock starts
+//! afresh.
+//!
+//! Keyfiles (automatic unlock at start): `cloudstore unlock VOLUME --keyfile` stores the
+//! passphrase in `/rw/config/cloudstore/keys/VOLUME` (root, 0600; /rw/config survives an
+//! AppVM's reboot). At start the agent unlocks every volume that has one. This weakens the
+//! protection: anyone who can read the qube's private volume as root (a compromised qube,
+//! a backup of it) gets the passphrase, and the volume is open whenever the qube runs.
+//! `cloudstore lock VOLUME --forget-keyfile` removes it.
+
+pub mod busy;
+pub mod commands;
+pub mod connect;
+pub mod control;
+pub mod fs;
+pub mod keys;
+pub mod time;
+pub mod versions;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use cloudstore_format::names::{CONFIG_NAME, DIRIV_NAME};
+use cloudstore_format::{CreateOptions, DirIv, FormatError};
+use cloudstore_protocol::{Client, ErrorCode, Expect, Request as PRequest};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{error, info, warn};
+use zeroize::Zeroizing;
 
 use super::RoleContext;
+use crate::config::Config;
+use crate::notify;
+use control::{Reply, Request, VolumeStatus};
+use keys::KeyMaterial;
+use worker::{Worker, WorkerReply, WorkerRequest};
+
+/// How often the parent looks for workers that ended on their own (a crash, a seccomp
+/// trap): a dead mount is reported and cleaned up within this.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// gocryptfs.conf mode on storage (config_file.go `WriteFile`: 0400).
+const CONFIG_MODE: u32 = 0o400;
+/// gocryptfs.diriv mode (diriv.go `dirivPerms`: 0444).
+const DIRIV_MODE: u32 = 0o444;
 
 /// The consumer role's entry point (see `roles` for the contract).
 pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "the consumer role is not implemented yet; nothing is mounted (configured volumes: {})",
-        ctx.config.volumes_text()
-    )
+    keys::lock_process_memory()?;
+    let socket = control::socket_path();
+    let listener = bind_control_socket(&socket)?;
+    let agent = Arc::new(Agent {
+        config: Mutex::new(ctx.config.clone()),
+        workers: Mutex::new(BTreeMap::new()),
+        ops: Mutex::new(()),
+    });
+    // Mounts left behind by an agent that died: their workers are gone with it.
+    for v in &ctx.config.volumes.value {
+        if let Ok(mp) = agent.mountpoint_of(v.as_str()) {
+            unmount_stale(&mp);
+        }
+    }
+    let mut auto = Vec::new();
+    for v in ctx.config.volumes.value.clone() {
+        let v = v.as_str().to_owned();
+        match keys::read_keyfile(&v) {
+            Ok(None) => {}
+            Ok(Some(pass)) => match agent.unlock(&v, &pass, false) {
+                Ok(msg) => {
+                    info!(volume = %v, "{msg} (keyfile {})", keys::keyfile_path(&v).display());
+                    auto.push(v);
+                }
+                Err(e) => error!(volume = %v, "automatic unlock with the keyfile {} failed: {e:#}", keys::keyfile_path(&v).display()),
+            },
+            Err(e) => error!(volume = %v, "{e:#}"),
+        }
+    }
+    info!(socket = %socket.display(), "consumer role listening");
+    ctx.ready(&format!(
+        "consumer: control socket {}; volumes: {}; unlocked at start: {}",
+        socket.display(),
+        ctx.config.volumes_text(),
+        if auto.is_empty() { "none".into() } else { auto.join(" ") }
+    ));
+
+    listener.set_nonblocking(true)?;
+    loop {
+        let (conn_ready, stop) = {
+            let mut fds = [
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(ctx.shutdown.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::try_from(REAP_INTERVAL.as_millis() as u32).unwrap_or(PollTimeout::MAX)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e).context("poll on the control socket"),
+            }
+            let r = |f: &PollFd| f.revents().is_some_and(|e| !e.is_empty());
+            (r(&fds[0]), r(&fds[1]))
+        };
+        if stop || ctx.shutdown.is_triggered() {
+            break;
+        }
+        while let Ok(update) = ctx.updates.try_recv() {
+            for c in &update.changes {
+                info!("configuration changed: {c}");
+            }
+            *agent.config.lock().unwrap_or_else(|p| p.into_inner()) = update.config;
+        }
+        agent.reap_dead();
+        if conn_ready {
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let a = agent.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("consumer-control".into())
+                            .spawn(move || a.serve_connection(stream));
+                        if let Err(e) = spawned {
+                            error!("cannot start a thread for a control connection: {e}");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        warn!("accept on {}: {e}", socket.display());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    notify::stopping("consumer: locking every volume");
+    agent.lock_all_for_shutdown();
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn bind_control_socket(socket: &Path) -> anyhow::Result<UnixListener> {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if UnixStream::connect(socket).is_ok() {
+        bail!("another consumer agent already listens on {}", socket.display());
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", socket.display())),
+    }
+    let l = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    // 0666: every local user may connect; SO_PEERCRED decides what each may do.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    Ok(l)
+}
+
+/// The configured user's uid, gid and home.
+fn user_entry(name: &str) -> anyhow::Result<nix::unistd::User> {
+    nix::unistd::User::from_name(name)
+        .with_context(|| format!("looking up the user {name:?}"))?
+        .ok_or_else(|| anyhow!("the configured user {name:?} does not exist in this qube (qubesdb key `user`)"))
+}
+
+/// Parses /proc/self/mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+/// `(filesystem type, source)` of the mount exactly at `path`, if `path` is a mount point.
+pub fn mount_at(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() > 4 && unescape_mountinfo(fields[4]) == path {
+            // The last mount at a path is the visible one.
+            found = Some((
+                fields.get(sep + 1).copied().unwrap_or("").to_owned(),
+                fields.get(sep + 2).copied().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    found
+}
+
+/// The filesystem type of the mount exactly at `path`, if `path` is a mount point.
+pub fn mount_type_at(path: &Path) -> Option<String> {
+    mount_at(path).map(|(t, _)| t)
+}
+
+/// Whether a cloudstore FUSE mount (source `cloudstore:VOLUME`, see `fs::mount`) is at `path`.
+pub fn is_cloudstore_mount(path: &Path) -> bool {
+    mount_at(path).is_some_and(|(t, src)| t.starts_with("fuse") && src.starts_with("cloudstore:"))
+}
+
+/// Detaches a cloudstore FUSE mount left at `mp` (its worker is gone).
+pub fn unmount_stale(mp: &Path) {
+    if is_cloudstore_mount(mp) {
+        match nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => warn!(mountpoint = %mp.display(), "detached a cloudstore mount whose worker is gone"),
+            Err(e) => error!(mountpoint = %mp.display(), "cannot detach the stale cloudstore mount: {e}"),
+        }
+    }
+}
+
+/// Makes `dir` exist as a real directory (no symlink anywhere we create or check), owned by
+/// `uid:gid` if we create it.
+fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symbolic link; refusing to mount through it (remove it, cloudstore creates the directory)",
+            dir.display()
+        ),
+        Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory", dir.display()),
+        Ok(m) if m.uid() != 0 && m.uid() != uid => bail!(
+            "{} belongs to uid {}, neither root nor the qube's user; refusing to mount there",
+            dir.display(),
+            m.uid()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))
+                .with_context(|| format!("giving {} to uid {uid}", dir.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("checking {}", dir.display())),
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Lexically normalised absolute path (no `.`/`..`), as the CLI sends it.
+fn normalise(p: &Path) -> anyhow::Result<PathBuf> {
+    if !p.is_absolute() {
+        bail!("{} is not an absolute path", p.display());
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::Prefix(_) => bail!("{} is not a Unix path", p.display()),
+        }
+    }
+    Ok(out)
+}
+
+struct Agent {
+    config: Mutex<Config>,
+    workers: Mutex<BTreeMap<String, Arc<Worker>>>,
+    /// Serialises unlock, lock and init: each changes mounts or storage as a whole.
+    ops: Mutex<()>,
+}
+
+impl Agent {
+    fn config(&self) -> Config {
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn worker(&self, volume: &str) -> Option<Arc<Worker>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(volume)
+            .cloned()
+    }
+
+    fn check_configured(&self, volume: &str) -> anyhow::Result<()> {
+        let c = self.config();
+        if !c.volumes.value.iter().any(|v| v.as_str() == volume) {
+            bail!(
+                "volume {volume:?} is not configured for this qube (configured: {}); add it in dom0 with qvm-features QUBE cloudstore.volumes",
+                if c.volumes.value.is_empty() { "none".into() } else { c.volumes_text() }
+            );
+        }
+        Ok(())
+    }
+
+    /// `/home/USER/CloudStore/VOLUME`, or `MOUNTPOINT/VOLUME` when configured.
+    fn mountpoint_of(&self, volume: &str) -> anyhow::Result<PathBuf> {
+        let c = self.config();
+        let base = match &c.mountpoint.value {
+            Some(b) => b.clone(),
+            None => user_entry(&c.user.value)?.dir.join("CloudStore"),
+        };
+        Ok(base.join(volume))
+    }
+
+    fn prepare_mountpoint(&self, volume: &str) -> anyhow::Result<(PathBuf, u32, u32)> {
+        let c = self.config();
+        let user = user_entry(&c.user.value)?;
+        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+        let base = match &c.mountpoint.value {
+            Some(b) => {
+                if !b.exists() {
+                    std::fs::create_dir_all(b).with_context(|| format!("creating {}", b.display()))?;
+                }
+                b.clone()
+            }
+            None => {
+                let home = &user.dir;
+                if !home.is_dir() {
+                    bail!("the home directory {} of user {} does not exist", home.display(), c.user.value);
+                }
+                let base = home.join("CloudStore");
+                ensure_dir(&base, uid, gid)?;
+                base
+            }
+        };
+        let base = std::fs::canonicalize(&base).with_context(|| format!("resolving {}", base.display()))?;
+        let mp = base.join(volume);
+        unmount_stale(&mp);
+        ensure_dir(&mp, uid, gid)?;
+        if let Some(t) = mount_type_at(&mp) {
+            bail!("{} is already a mount point ({t}); unmount it first", mp.display());
+        }
+        Ok((mp, uid, gid))
+    }
+
+    fn storage(&self, volume: &str) -> anyhow::Result<(connect::QrexecConnector, Client)> {
+        let program = connect::resolve_program(&connect::client_program())?;
+        let conn = connect::QrexecConnector::new(program, volume);
+        let client = conn.client(connect::client_config())?;
+        Ok((conn, client))
+    }
+
+    fn unlock(&self, volume: &str, pass: &[u8], keyfile: bool) -> anyhow::Result<String> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_configured(volume)?;
+        if let Some(w) = self.worker(volume) {
+            if w.try_exited().is_none() {
+                bail!("volume {volume} is already unlocked at {}", w.mountpoint.display());
+            }
+        }
+        notify::status(&format!("consumer: unlocking {volume}"));
+        let (mp, uid, gid) = self.prepare_mountpoint(volume)?;
+        let conf_bytes = {
+            let (_conn, client) = self.storage(volume)?;
+            // Stat first: a volume never created is the common mistake, and deserves its
+            // own message before any download starts.
+            match client.call(PRequest::Stat {
+                file: cloudstore_protocol::FileRef::Path(CONFIG_NAME.into()),
+            }) {
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::NotFound => bail!(
+                    "volume {volume} has no {CONFIG_NAME} on storage: it was never created; run `cloudstore init {volume}`"
+                ),
+                Err(e) => bail!("asking storage for {CONFIG_NAME} of volume {volume}: {e}"),
+            }
+            let dl = client.get(CONFIG_NAME, None).map_err(|e| {
+                if e.code == ErrorCode::NotFound {
+                    anyhow!("volume {volume} has no {CONFIG_NAME} on storage: it was never created; run `cloudstore init {volume}`")
+                } else {
+                    anyhow!("fetching {CONFIG_NAME} of volume {volume} from storage: {e}")
+                }
+            })?;
+            let mut data = Zeroizing::new(Vec::new());
+            let mut limited = dl.take(keys::MAX_CONFIG_LEN as u64 + 1);
+            limited
+                .read_to_end(&mut data)
+                .with_context(|| format!("fetching {CONFIG_NAME} of volume {volume} from storage"))?;
+            if data.len() > keys::MAX_CONFIG_LEN {
+                bail!("{CONFIG_NAME} of volume {volume} is larger than {} bytes", keys::MAX_CONFIG_LEN);
+            }
+            limited
+                .into_inner()
+                .finish()
+                .map_err(|e| anyhow!("fetching {CONFIG_NAME} of volume {volume} from storage: {e}"))?;
+            data
+        };
+        let config = cloudstore_format::Config::parse(&conf_bytes)
+            .with_context(|| format!("{CONFIG_NAME} of volume {volume} on storage"))?;
+        let key = config.unlock(pass).map_err(|e| match e {
+            FormatError::WrongPassphrase => anyhow!("wrong passphrase for volume {volume}; nothing was mounted"),
+            e => anyhow!(e).context(format!("unlocking volume {volume}")),
+        })?;
+        let km = KeyMaterial { config: conf_bytes, key };
+        let w = Worker::start(volume, &mp, uid, gid, &km)
+            .with_context(|| format!("mounting volume {volume} at {}", mp.display()))?;
+        drop(km);
+        let pid = w.pid;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(volume.to_owned(), Arc::new(w));
+        let mut msg = format!("unlocked {volume} at {} (worker pid {pid})", mp.display());
+        if keyfile {
+            let p = keys::save_keyfile(volume, pass)?;
+            msg.push_str(&format!(
+                "; passphrase kept in {} for automatic unlock at start (remove with `cloudstore lock {volume} --forget-keyfile`)",
+                p.display()
+            ));
+        }
+        info!(volume, "{msg}");
+        self.status_line();
+        Ok(msg)
+    }
+
+    fn lock(&self, volume: &str, forget: bool) -> anyhow::Result<String> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = self.worker(volume) else {
+            if forget && keys::remove_keyfile(volume)? {
+                return Ok(format!("volume {volume} is not unlocked; its keyfile was removed"));
+            }
+            bail!("volume {volume} is not unlocked");
+        };
+        let mp = w.mountpoint.clone();
+        let holders = busy::holders(&mp, &[w.pid]);
+        if !holders.is_empty() {
+            bail!(
+                "cannot lock {volume}: {} is in use by {}; close these and try again",
+                mp.display(),
+                holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; ")
+            );
+        }
+        if w.try_exited().is_none() {
+            match nix::mount::umount2(&mp, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EBUSY) => {
+                    let again = busy::holders(&mp, &[w.pid]);
+                    bail!(
+                        "cannot lock {volume}: {} is busy{}",
+                        mp.display(),
+                        if again.is_empty() {
+                            " (a mount beneath it, or a process that just opened it); try again".to_owned()
+                        } else {
+                            format!(": in use by {}", again.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; "))
+                        }
+                    );
+                }
+                Err(nix::errno::Errno::EINVAL) => unmount_stale(&mp),
+                Err(e) => bail!("unmounting {}: {e}", mp.display()),
+            }
+        } else {
+            unmount_stale(&mp);
+        }
+        let status = w.finish();
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(volume);
+        let mut msg = format!(
+            "locked {volume}: {} unmounted, keys wiped (worker pid {} {status})",
+            mp.display(),
+            w.pid
+        );
+        if forget && keys::remove_keyfile(volume)? {
+            msg.push_str(&format!("; keyfile {} removed", keys::keyfile_path(volume).display()));
+        }
+        info!(volume, "{msg}");
+        self.status_line();
+        Ok(msg)
+    }
+
+    fn lock_all_for_shutdown(&self) {
+        let ws: Vec<(String, Arc<Worker>)> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect();
+        for (v, w) in ws {
+            let holders = busy::holders(&w.mountpoint, &[w.pid]);
+            if !holders.is_empty() {
+                warn!(volume = %v, "stopping: {} still in use by {}; detaching it", w.mountpoint.display(),
+                    holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; "));
+            }
+            let flags = if holders.is_empty() {
+                nix::mount::MntFlags::UMOUNT_NOFOLLOW
+            } else {
+                nix::mount::MntFlags::UMOUNT_NOFOLLOW | nix::mount::MntFlags::MNT_DETACH
+            };
+            if let Err(e) = nix::mount::umount2(&w.mountpoint, flags) {
+                warn!(volume = %v, "unmounting {}: {e}; detaching", w.mountpoint.display());
+                let _ = nix::mount::umount2(&w.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            }
+            let st = w.finish();
+            info!(volume = %v, "locked for shutdown (worker {st})");
+        }
+    }
+
+    fn reap_dead(&self) {
+        let dead: Vec<(String, Arc<Worker>, std::process::ExitStatus)> = {
+            let ws = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            ws.iter()
+                .filter_map(|(v, w)| w.try_exited().map(|s| (v.clone(), w.clone(), s)))
+                .collect()
+        };
+        if dead.is_empty() {
+            return;
+        }
+        let Ok(_op) = self.ops.try_lock() else {
+            return; // a lock or unlock in progress deals with its own worker
+        };
+        for (v, w, status) in dead {
+            error!(volume = %v, pid = w.pid, "the worker of volume {v} ended on its own ({status}); its mount is gone and the volume is locked");
+            unmount_stale(&w.mountpoint);
+            self.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(&v);
+        }
+        self.status_line();
+    }
+
+    fn status_line(&self) {
+        let ws = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let names: Vec<&str> = ws.keys().map(String::as_str).collect();
+        notify::status(&format!(
+            "consumer: unlocked: {}",
+            if names.is_empty() { "none".into() } else { names.join(" ") }
+        ));
+    }
+
+    fn status(&self) -> Vec<VolumeStatus> {
+        let c = self.config();
+        let mut out = Vec::new();
+        for v in &c.volumes.value {
+            let v = v.as_str();
+            let keyfile = keys::keyfile_path(v).exists();
+            let w = self.worker(v).filter(|w| w.try_exited().is_none());
+            let mut st = VolumeStatus {
+                volume: v.to_owned(),
+                unlocked: w.is_some(),
+                mountpoint: w
+                    .as_ref()
+                    .map(|w| w.mountpoint.clone())
+                    .or_else(|| self.mountpoint_of(v).ok())
+                    .unwrap_or_default(),
+                keyfile,
+                connected: None,
+                pending_writes: None,
+                last_error: None,
+            };
+            if let Some(w) = w {
+                match w.request(&WorkerRequest::Status) {
+                    Ok(WorkerReply::Status { connected, pending_writes, last_error }) => {
+                        st.connected = Some(connected);
+                        st.pending_writes = Some(pending_writes);
+                        st.last_error = last_error;
+                    }
+                    Ok(other) => st.last_error = Some(format!("unexpected worker answer {other:?}")),
+                    Err(e) => st.last_error = Some(format!("{e:#}")),
+                }
+            }
+            out.push(st);
+        }
+        out
+    }
+
+    fn init(&self, volume: &str, pass: &[u8], log_n: u8) -> anyhow::Result<String> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_configured(volume)?;
+        let opts = CreateOptions {
+            scrypt_log_n: log_n,
+            ..Default::default()
+        };
+        let (config, _key) = cloudstore_format::Config::create(pass, &opts)?;
+        let (_conn, client) = self.storage(volume)?;
+        let exists = |what: &str| {
+            anyhow!("volume {volume} already exists on storage (it has a {what}); refusing to overwrite it")
+        };
+        put_new(&client, CONFIG_NAME, &config.to_bytes(), CONFIG_MODE).map_err(|e| match e {
+            PutError::Exists => exists(CONFIG_NAME),
+            PutError::Other(e) => e.context(format!("creating {CONFIG_NAME} of volume {volume} on storage")),
+        })?;
+        let iv = DirIv::new_random()?;
+        put_new(&client, DIRIV_NAME, &iv.0, DIRIV_MODE).map_err(|e| match e {
+            PutError::Exists => anyhow!(
+                "volume {volume} on storage already had a {DIRIV_NAME} but no {CONFIG_NAME}; the new {CONFIG_NAME} was written but the volume is inconsistent: inspect it on storage"
+            ),
+            PutError::Other(e) => e.context(format!("creating {DIRIV_NAME} of volume {volume} on storage")),
+        })?;
+        let msg = format!("created volume {volume} on storage (gocryptfs-compatible); unlock it with `cloudstore unlock {volume}`");
+        info!(volume, "{msg}");
+        Ok(msg)
+    }
+
+    /// The worker whose mount holds `path`, and `path` relative to its mountpoint.
+    fn worker_for(&self, path: &Path) -> anyhow::Result<(Arc<Worker>, PathBuf)> {
+        let path = normalise(path)?;
+        let ws = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for w in ws.values() {
+            if let Ok(rel) = path.strip_prefix(&w.mountpoint) {
+                return Ok((w.clone(), rel.to_owned()));
+            }
+        }
+        bail!(
+            "{} is not inside an unlocked volume (unlocked: {})",
+            path.display(),
+            if ws.is_empty() {
+                "none".to_owned()
+            } else {
+                ws.values().map(|w| w.mountpoint.display().to_string()).collect::<Vec<_>>().join(", ")
+            }
+        )
+    }
+
+    fn serve_connection(&self, stream: UnixStream) {
+        let reply = match self.answer(&stream) {
+            Ok(r) => r,
+            Err(e) => Reply::Error { message: format!("{e:#}") },
+        };
+        if let Err(e) = control::write_reply(&stream, &reply) {
+            warn!("writing the answer on the control socket: {e}");
+        }
+    }
+
+    fn answer(&self, stream: &UnixStream) -> anyhow::Result<Reply> {
+        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+            .context("reading the peer's credentials (SO_PEERCRED)")?;
+        let uid = cred.uid();
+        let req = control::read_request(stream)?;
+        let user = self.config().user.value;
+        let allowed = uid == 0 || user_entry(&user).map(|u| u.uid.as_raw() == uid).unwrap_or(false);
+        let refuse = |what: &str| {
+            warn!(uid, pid = cred.pid(), "refused {what} from uid {uid}: only root and {user} may");
+            anyhow!("permission denied: only root and the qube's user {user:?} may {what} (you are uid {uid})")
+        };
+        match req {
+            Request::Status => Ok(Reply::Status { volumes: self.status() }),
+            Request::Unlock { volume, passphrase, keyfile } => {
+                if !allowed {
+                    return Err(refuse("unlock a volume"));
+                }
+                let pass = passphrase.bytes()?;
+                Ok(Reply::Ok { message: self.unlock(&volume, &pass, keyfile)? })
+            }
+            Request::Lock { volume, forget_keyfile } => {
+                if !allowed {
+                    return Err(refuse("lock a volume"));
+                }
+                Ok(Reply::Ok { message: self.lock(&volume, forget_keyfile)? })
+            }
+            Request::Init { volume, passphrase, scrypt_log_n } => {
+                if !allowed {
+                    return Err(refuse("create a volume"));
+                }
+                if !(cloudstore_format::SCRYPT_MIN_LOG_N..=20).contains(&scrypt_log_n) {
+                    bail!("scrypt cost {scrypt_log_n} is outside {}..=20", cloudstore_format::SCRYPT_MIN_LOG_N);
+                }
+                let pass = passphrase.bytes()?;
+                Ok(Reply::Ok { message: self.init(&volume, &pass, scrypt_log_n)? })
+            }
+            Request::Versions { path } => {
+                if !allowed {
+                    return Err(refuse("list versions"));
+                }
+                let (w, rel) = self.worker_for(&path)?;
+                match w.request(&WorkerRequest::Versions { rel })? {
+                    WorkerReply::Versions { path, versions, truncated } => Ok(Reply::Versions { path, versions, truncated }),
+                    other => bail!("unexpected worker answer {other:?}"),
+                }
+            }
+            Request::Restore { path, id, at } => {
+                if !allowed {
+                    return Err(refuse("restore versions"));
+                }
+                let (w, rel) = self.worker_for(&path)?;
+                match w.request(&WorkerRequest::Restore { rel: rel.clone(), id, at })? {
+                    WorkerReply::Restored { version } => Ok(Reply::Ok {
+                        message: format!(
+                            "restored {} to version {} (kept {}, {} bytes)",
+                            path.display(),
+                            version.id,
+                            time::format_utc(version.time.0, version.time.1),
+                            version.size
+                        ),
+                    }),
+                    other => bail!("unexpected worker answer {other:?}"),
+                }
+            }
+            Request::Probe { volume, open } => {
+                if uid != 0 {
+                    return Err(refuse("probe a worker's sandbox (root only)"));
+                }
+                let w = self.worker(&volume).ok_or_else(|| anyhow!("volume {volume} is not unlocked"))?;
+                match w.request(&WorkerRequest::Probe { open })? {
+                    WorkerReply::Probe { results } => Ok(Reply::Probe { results }),
+                    other => bail!("unexpected worker answer {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+enum PutError {
+    Exists,
+    Other(anyhow::Error),
+}
+
+/// Creates `path` on storage with `data`, only if nothing is there (`Expect::Absent`).
+fn put_new(client: &Client, path: &str, data: &[u8], mode: u32) -> Result<(), PutError> {
+    use std::io::Write;
+    let is_exists = |c: ErrorCode| matches!(c, ErrorCode::Conflict | ErrorCode::Exists);
+    let mut up = client
+        .upload(PRequest::Put {
+            path: path.to_owned(),
+            expect: Expect::Absent,
+            mode: Some(mode),
+            mtime: None,
+        })
+        .map_err(|e| if is_exists(e.code) { PutError::Exists } else { PutError::Other(anyhow!("{e}")) })?;
+    if let Err(e) = up.write_all(data) {
+        return Err(PutError::Other(anyhow!(e)));
+    }
+    up.finish()
+        .map(|_| ())
+        .map_err(|e| if is_exists(e.code) { PutError::Exists } else { PutError::Other(anyhow!("{e}")) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_and_normalisation() {
+        assert_eq!(unescape_mountinfo("/home/user/Cloud\\040Store"), PathBuf::from("/home/user/Cloud Store"));
+        assert_eq!(unescape_mountinfo("/a\\134b"), PathBuf::from("/a\\b"));
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+        assert_eq!(normalise(Path::new("/a/./b/../c")).unwrap(), PathBuf::from("/a/c"));
+        assert!(normalise(Path::new("rel")).is_err());
+        assert_eq!(mount_type_at(Path::new("/proc")).as_deref(), Some("proc"));
+    }
 }
