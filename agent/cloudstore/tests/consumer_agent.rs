@@ -1,0 +1,543 @@
+//! The consumer role as it runs in a qube: the real `cloudstore agent` (role consumer, from
+//! the stand-in qubesdb) with its privileged parent, control socket and sandboxed workers
+//! mounting real FUSE filesystems, against a real storage agent reached the way qrexec
+//! connects them. Run as root (mounts, user switches).
+//!
+//! This test binary is also the qrexec client stand-in the agent runs
+//! (`CLOUDSTORE_QREXEC_CLIENT` points at it): started as `<exe> @default SERVICE+ARG`, it
+//! connects to the storage's socket service, writes the descriptor as qrexec-agent does
+//! (QubesOS/qubes-core-qrexec doc/execution.rst) and pumps stdin/stdout. So it runs inside
+//! the worker's sandbox, like the real `qrexec-client-vm` would. That is why the harness is
+//! our own `main` (harness = false in Cargo.toml).
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cloudstore::roles::consumer::control::{self, Reply, Request};
+use qubes_sim::qubesdb::QubesDbDaemon;
+use support::{LogReader, StorageAgent, BIN, WAIT};
+
+const PASS: &str = "correct horse battery staple";
+/// The consumer qube's configured user: an account every Debian has, not root.
+const USER: &str = "daemon";
+/// A local account that is neither root nor the configured user.
+const OTHER_UID: &str = "65534";
+
+// ------------------------------------------------------------ qrexec client stand-in
+
+/// Copies with plain read/write: std's io::copy splices between a pipe and a socket, and a
+/// splice into a socket can sit waiting for more pipe data while the peer waits for us.
+fn pump(from: &mut impl std::io::Read, to: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// `<exe> @default cloudstore.Volume+work`: the storage's socket comes from
+/// `CONSUMER_TEST_VOLUME_SOCKET`, the calling qube's name from `CONSUMER_TEST_QUBE`.
+fn qrexec_client(args: &[String]) -> ! {
+    let code = (|| -> std::io::Result<()> {
+        let service = args
+            .get(2)
+            .ok_or_else(|| std::io::Error::other("no service"))?;
+        let socket = std::env::var("CONSUMER_TEST_VOLUME_SOCKET").map_err(std::io::Error::other)?;
+        let source = std::env::var("CONSUMER_TEST_QUBE").unwrap_or_else(|_| "my-work".into());
+        let mut s = UnixStream::connect(&socket)?;
+        s.write_all(format!("{service} {source}\0").as_bytes())?;
+        let mut up = s.try_clone()?;
+        // Raw descriptors: std's stdout is line-buffered and would hold binary frames back.
+        // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
+        let (mut stdin, mut stdout) = unsafe {
+            (
+                fs::File::from_raw_fd(0),
+                fs::File::from_raw_fd(1),
+            )
+        };
+        let t = std::thread::spawn(move || {
+            let _ = pump(&mut stdin, &mut up);
+            let _ = up.shutdown(std::net::Shutdown::Write);
+        });
+        pump(&mut s, &mut stdout)?;
+        drop(t);
+        Ok(())
+    })();
+    match code {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("qrexec-client stand-in: {e}");
+            std::process::exit(125)
+        }
+    }
+}
+
+// ------------------------------------------------------------ the consumer qube
+
+struct Consumer {
+    child: Option<Child>,
+    log: LogReader,
+    _db: QubesDbDaemon,
+    dir: tempfile::TempDir,
+    storage_socket: PathBuf,
+}
+
+impl Consumer {
+    fn start(storage: &StorageAgent) -> Consumer {
+        let dir = support::shared_tempdir();
+        let mnt = dir.path().join("mnt");
+        let db = QubesDbDaemon::start(
+            &dir.path().join("qubesdb.sock"),
+            [
+                ("/cloudstore/role", b"consumer".as_slice()),
+                ("/cloudstore/volumes", b"work photos".as_slice()),
+                ("/cloudstore/user", USER.as_bytes()),
+                ("/cloudstore/mountpoint", mnt.to_str().unwrap().as_bytes()),
+            ],
+        )
+        .unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let mut c = Consumer {
+            child: None,
+            log: LogReader::start(
+                &mut Command::new("true").stderr(Stdio::piped()).spawn().unwrap(),
+            ),
+            _db: db,
+            dir,
+            storage_socket: storage.volume_socket(),
+        };
+        let mut child = c
+            .command(&["agent"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.log = LogReader::start(&mut child);
+        c.child = Some(child);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "the consumer agent sent no READY=1 ({e}); log:\n{}",
+                    c.log.text()
+                )
+            });
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.contains("READY=1") {
+                assert!(msg.contains("STATUS=consumer: control socket"), "{msg}");
+                break;
+            }
+        }
+        c
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env(
+                "CLOUDSTORE_QUBESDB_SOCKET",
+                self.dir.path().join("qubesdb.sock"),
+            )
+            .env("CLOUDSTORE_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("CLOUDSTORE_KEYFILE_DIR", self.dir.path().join("keys"))
+            .env("CLOUDSTORE_QREXEC_CLIENT", std::env::current_exe().unwrap())
+            .env("CONSUMER_TEST_VOLUME_SOCKET", &self.storage_socket)
+            .env("CLOUDSTORE_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID");
+        c
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("consumer.sock")
+    }
+
+    fn mountpoint(&self, volume: &str) -> PathBuf {
+        self.dir.path().join("mnt").join(volume)
+    }
+
+    fn passfile(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::write(&p, format!("{text}\n")).unwrap();
+        // Readable by the other local user of the refusal test.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("consumer agent log:\n{}", self.log.text());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let end = Instant::now() + WAIT;
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[track_caller]
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "command failed: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn fails(o: Output) -> String {
+    assert!(!o.status.success(), "command succeeded: {}", text(&o));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The source of the mount at `p` (`cloudstore:VOLUME` for ours).
+fn mount_type(p: &Path) -> Option<String> {
+    cloudstore::roles::consumer::mount_at(p).map(|(_, src)| src)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The worker pid an unlock or lock message names ("worker pid N").
+fn worker_pid(msg: &str) -> u32 {
+    let i = msg
+        .find("worker pid ")
+        .unwrap_or_else(|| panic!("no worker pid in {msg:?}"));
+    msg[i + 11..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+// ------------------------------------------------------------ the cases
+
+fn whole_life_cycle() {
+    let storage = StorageAgent::start("work photos");
+    let qube = Consumer::start(&storage);
+    let pass = qube.passfile("pass", PASS);
+    let wrong = qube.passfile("wrong", "not the passphrase");
+    let mp = qube.mountpoint("work");
+
+    // status before anything: both volumes locked.
+    let st = ok(qube.run(&["status"]));
+    assert!(
+        st.contains("volume work: locked") && st.contains("volume photos: locked"),
+        "{st}"
+    );
+
+    // unlock before init: the volume has no gocryptfs.conf yet.
+    let e = fails(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert!(e.contains("cloudstore init work"), "{e}");
+
+    // init through the agent, then again: refused, and the first config survives.
+    let out = ok(qube.run(&[
+        "init",
+        "work",
+        "--scryptn",
+        "10",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert!(out.contains("created volume work"), "{out}");
+    let conf = storage.tree("work").join("gocryptfs.conf");
+    let first = fs::read(&conf).expect("gocryptfs.conf on storage");
+    assert!(storage.tree("work").join("gocryptfs.diriv").exists());
+    let e = fails(qube.run(&[
+        "init",
+        "work",
+        "--scryptn",
+        "10",
+        "--passphrase-file",
+        wrong.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("already exists") && e.contains("refusing to overwrite"),
+        "{e}"
+    );
+    assert_eq!(
+        fs::read(&conf).unwrap(),
+        first,
+        "the existing config was changed"
+    );
+    let e = fails(qube.run(&[
+        "init",
+        "nope",
+        "--scryptn",
+        "10",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert!(e.contains("not configured"), "{e}");
+
+    // A wrong passphrase: a clear error, nothing mounted.
+    let e = fails(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        wrong.to_str().unwrap(),
+    ]));
+    assert!(e.contains("wrong passphrase for volume work"), "{e}");
+    assert_eq!(mount_type(&mp), None, "mounted despite a wrong passphrase");
+
+    // Another local user may read the status but not unlock.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid",
+            OTHER_UID,
+            "--regid",
+            OTHER_UID,
+            "--clear-groups",
+            BIN,
+        ])
+        .args([
+            "unlock",
+            "work",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+        .envs(
+            qube.command(&[])
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let e = fails(o);
+    assert!(
+        e.contains("permission denied") && e.contains("uid 65534"),
+        "{e}"
+    );
+    assert_eq!(mount_type(&mp), None);
+    assert!(
+        qube.log
+            .text()
+            .contains("refused unlock a volume from uid 65534"),
+        "{}",
+        qube.log.text()
+    );
+
+    // Unlock: the mount appears and works.
+    let msg = ok(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert_eq!(mount_type(&mp).as_deref(), Some("cloudstore:work"), "{msg}");
+    let pid1 = worker_pid(&msg);
+    fs::write(mp.join("hello.txt"), b"first").unwrap();
+    assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
+    let names: Vec<_> = fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("hello.txt")]);
+    let e = fails(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert!(e.contains("already unlocked"), "{e}");
+
+    // status: one line per volume with the worker's view.
+    let st = ok(qube.run(&["status"]));
+    assert!(
+        st.contains(&format!(
+            "volume work: unlocked at {}; connected; 0 pending writes; last error: none",
+            mp.display()
+        )),
+        "{st}"
+    );
+    assert!(st.contains("volume photos: locked"), "{st}");
+
+    // Versions: replace the file (an editor's save), list, restore the first content.
+    fs::write(mp.join(".hello.tmp"), b"second").unwrap();
+    fs::rename(mp.join(".hello.tmp"), mp.join("hello.txt")).unwrap();
+    let hello = mp.join("hello.txt");
+    let vs = ok(qube.run(&["versions", hello.to_str().unwrap()]));
+    assert!(vs.contains("hello.txt") && vs.contains("UTC"), "{vs}");
+    let out = ok(qube.run(&["restore", hello.to_str().unwrap()]));
+    assert!(out.contains("restored"), "{out}");
+    let restored = (0..100).find_map(|_| {
+        let c = fs::read(&hello).unwrap();
+        if c == b"first" {
+            Some(c)
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+            None
+        }
+    });
+    assert_eq!(
+        restored.as_deref(),
+        Some(&b"first"[..]),
+        "versions were:\n{vs}"
+    );
+    let e = fails(qube.run(&["versions", "/etc/passwd"]));
+    assert!(e.contains("not inside an unlocked volume"), "{e}");
+
+    // The sandbox, probed inside the running worker: a forbidden open (the shadow file, the
+    // storage role's data, which the worker's uid could read by its mode) and an AF_INET socket.
+    let other_role = storage.tree("work").join("gocryptfs.conf");
+    match control::call(
+        &qube.socket(),
+        &Request::Probe {
+            volume: "work".into(),
+            open: vec![
+                "/etc/shadow".into(),
+                other_role.clone(),
+                std::env::current_exe().unwrap(),
+            ],
+        },
+    )
+    .unwrap()
+    {
+        Reply::Probe { results } => {
+            let all = results.join("\n");
+            assert!(results[0].starts_with("open /etc/shadow: refused"), "{all}");
+            assert!(
+                results[1].contains("refused") && results[1].contains("ermission denied"),
+                "{all}"
+            );
+            assert!(
+                results[2].ends_with("allowed"),
+                "the connector must stay readable: {all}"
+            );
+            assert!(results[3].contains("child exited 159"), "{all}");
+        }
+        other => panic!("{other:?}"),
+    }
+    support::wait_until("the trap message in the log", || {
+        qube.log.text().contains("seccomp refused syscall 41 ")
+    });
+    // The mount survived the probe.
+    assert_eq!(fs::read(&hello).unwrap(), b"first");
+
+    // Lock while a process holds a file open: refused, naming it.
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<\"$1\"; exec sleep 60")
+        .arg("sh")
+        .arg(&hello)
+        .spawn()
+        .unwrap();
+    support::wait_until("the holder to open the file", || {
+        cloudstore::roles::consumer::busy::holders(&mp, &[])
+            .iter()
+            .any(|h| h.pid == holder.id() && h.name == "sleep")
+    });
+    let e = fails(qube.run(&["lock", "work"]));
+    assert!(
+        e.contains("in use by sleep (pid ")
+            && e.contains(&holder.id().to_string())
+            && e.contains("hello.txt"),
+        "{e}"
+    );
+    assert_eq!(mount_type(&mp).as_deref(), Some("cloudstore:work"));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = ok(qube.run(&["lock", "work"]));
+    assert!(out.contains("keys wiped"), "{out}");
+    assert_eq!(mount_type(&mp), None, "still mounted after lock");
+    assert!(!pid_alive(pid1), "the worker {pid1} survived the lock");
+    assert!(
+        qube.log.text().contains("keys wiped; worker exiting"),
+        "{}",
+        qube.log.text()
+    );
+    let st = ok(qube.run(&["status"]));
+    assert!(st.contains("volume work: locked"), "{st}");
+    let e = fails(qube.run(&["lock", "work"]));
+    assert!(e.contains("not unlocked"), "{e}");
+
+    // Unlock again: works, the content is there.
+    let msg = ok(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert_ne!(worker_pid(&msg), pid1);
+    assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
+    ok(qube.run(&["lock", "work"]));
+    assert_eq!(mount_type(&mp), None);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("@default") {
+        qrexec_client(&args);
+    }
+    if args.iter().any(|a| a == "--list") {
+        println!("whole_life_cycle: test");
+        return;
+    }
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    let cases: &[(&str, fn())] = &[("whole_life_cycle", whole_life_cycle)];
+    let mut failed = 0;
+    for (name, f) in cases {
+        if filter.is_some_and(|flt| !name.contains(flt.as_str())) {
+            continue;
+        }
+        let t = Instant::now();
+        match std::panic::catch_unwind(f) {
+            Ok(()) => println!("test {name} ... ok ({:.1?})", t.elapsed()),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
