@@ -62,12 +62,8 @@ fn qrexec_client(args: &[String]) -> ! {
         let mut up = s.try_clone()?;
         // Raw descriptors: std's stdout is line-buffered and would hold binary frames back.
         // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
-        let (mut stdin, mut stdout) = unsafe {
-            (
-                fs::File::from_raw_fd(0),
-                fs::File::from_raw_fd(1),
-            )
-        };
+        let (mut stdin, mut stdout) =
+            unsafe { (fs::File::from_raw_fd(0), fs::File::from_raw_fd(1)) };
         let t = std::thread::spawn(move || {
             let _ = pump(&mut stdin, &mut up);
             let _ = up.shutdown(std::net::Shutdown::Write);

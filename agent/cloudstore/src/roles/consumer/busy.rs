@@ -20,7 +20,13 @@ pub struct Holder {
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (pid {}): {}", self.name, self.pid, self.what.join(", "))
+        write!(
+            f,
+            "{} (pid {}): {}",
+            self.name,
+            self.pid,
+            self.what.join(", ")
+        )
     }
 }
 
@@ -37,7 +43,11 @@ pub fn holders(mount: &Path, skip: &[u32]) -> Vec<Holder> {
         return out;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if skip.contains(&pid) {
@@ -107,7 +117,9 @@ mod tests {
         let hs = holders(dir.path(), &[]);
         let me = hs.iter().find(|h| h.pid == std::process::id()).expect("us");
         assert!(
-            me.what.iter().any(|w| w.starts_with("fd ") && w.ends_with("held file")),
+            me.what
+                .iter()
+                .any(|w| w.starts_with("fd ") && w.ends_with("held file")),
             "{me}"
         );
         let c = hs.iter().find(|h| h.pid == child.id()).expect("the child");

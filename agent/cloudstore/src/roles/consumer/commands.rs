@@ -153,12 +153,20 @@ pub fn init_main(args: InitArgs) -> anyhow::Result<ExitCode> {
 pub fn versions_main(args: VersionsArgs) -> anyhow::Result<ExitCode> {
     let path = absolute(&args.path)?;
     match control::call_ok(&socket(), &Request::Versions { path: path.clone() })? {
-        Reply::Versions { versions, truncated, .. } => {
+        Reply::Versions {
+            versions,
+            truncated,
+            ..
+        } => {
             let mut out = io::stdout().lock();
             if versions.is_empty() {
                 writeln!(out, "no versions kept of {}", path.display())?;
             } else {
-                writeln!(out, "{:>8}  {:<23}  {:>12}  {:<11}  path", "id", "kept at", "size", "why")?;
+                writeln!(
+                    out,
+                    "{:>8}  {:<23}  {:>12}  {:<11}  path",
+                    "id", "kept at", "size", "why"
+                )?;
             }
             for v in &versions {
                 writeln!(
@@ -226,7 +234,10 @@ pub fn write_volume_status(out: &mut impl Write, volumes: &[VolumeStatus]) -> io
 pub fn print_volume_status(out: &mut impl Write) -> io::Result<()> {
     match control::call_ok(&socket(), &Request::Status) {
         Ok(Reply::Status { volumes }) => write_volume_status(out, &volumes),
-        Ok(other) => writeln!(out, "volumes:    unexpected answer from the agent: {other:?}"),
+        Ok(other) => writeln!(
+            out,
+            "volumes:    unexpected answer from the agent: {other:?}"
+        ),
         Err(e) => writeln!(out, "volumes:    state unknown: {e:#}"),
     }
 }

@@ -131,13 +131,19 @@ impl Connector for QrexecConnector {
             .map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("starting {} @default {}: {e}", self.program.display(), self.service()),
+                    format!(
+                        "starting {} @default {}: {e}",
+                        self.program.display(),
+                        self.service()
+                    ),
                 )
             })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(io::Error::other("the qrexec client's pipes were not created"));
+            return Err(io::Error::other(
+                "the qrexec client's pipes were not created",
+            ));
         };
         *slot = Some(child);
         Ok((Box::new(stdout), Box::new(stdin)))

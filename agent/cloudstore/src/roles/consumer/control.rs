@@ -102,7 +102,9 @@ pub enum Request {
         scrypt_log_n: u8,
     },
     /// The kept versions of the plaintext file at `path` (absolute, inside a mount).
-    Versions { path: PathBuf },
+    Versions {
+        path: PathBuf,
+    },
     /// Put back version `id` of `path`, or the newest version kept at or before `at` (Unix
     /// seconds), or the newest version.
     Restore {
@@ -114,7 +116,10 @@ pub enum Request {
     },
     /// Self-test of the worker's sandbox (root only): opens each path and creates an
     /// AF_INET socket in a child of the worker, reporting what happened.
-    Probe { volume: String, open: Vec<PathBuf> },
+    Probe {
+        volume: String,
+        open: Vec<PathBuf>,
+    },
 }
 
 /// One volume in a status answer.
@@ -147,11 +152,23 @@ pub struct VersionLine {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
-    Ok { message: String },
-    Error { message: String },
-    Status { volumes: Vec<VolumeStatus> },
-    Versions { path: String, versions: Vec<VersionLine>, truncated: bool },
-    Probe { results: Vec<String> },
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+    Status {
+        volumes: Vec<VolumeStatus>,
+    },
+    Versions {
+        path: String,
+        versions: Vec<VersionLine>,
+        truncated: bool,
+    },
+    Probe {
+        results: Vec<String>,
+    },
 }
 
 /// Sends one request to the agent at `socket` and returns its answer.
@@ -173,7 +190,10 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
         .read_until(b'\n', &mut answer)
         .with_context(|| format!("reading the answer of {}", socket.display()))?;
     if answer.is_empty() {
-        bail!("the consumer agent at {} closed the connection without an answer", socket.display());
+        bail!(
+            "the consumer agent at {} closed the connection without an answer",
+            socket.display()
+        );
     }
     serde_json::from_slice(&answer)
         .with_context(|| format!("malformed answer from {}", socket.display()))

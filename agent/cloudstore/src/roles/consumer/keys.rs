@@ -161,7 +161,10 @@ pub fn read_keyfile(volume: &str) -> anyhow::Result<Option<crate::passphrase::Pa
 
 fn check_private(path: &Path, meta: &fs::Metadata) -> anyhow::Result<()> {
     if !meta.is_file() {
-        bail!("refusing the keyfile {}: not a regular file", path.display());
+        bail!(
+            "refusing the keyfile {}: not a regular file",
+            path.display()
+        );
     }
     if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
         bail!(
@@ -190,12 +193,14 @@ mod tests {
         assert_eq!(&back.config[..], &km.config[..]);
         assert_eq!(back.key.as_bytes(), km.key.as_bytes());
 
-        let e = KeyMaterial::receive(&mut buf[..buf.len() - 1].as_ref()).err().unwrap();
+        let e = KeyMaterial::receive(&mut &buf[..buf.len() - 1])
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("master key"), "{e:#}");
         let huge = (MAX_CONFIG_LEN as u32 + 1).to_le_bytes();
-        let e = KeyMaterial::receive(&mut huge.as_ref()).err().unwrap();
+        let e = KeyMaterial::receive(&mut &huge[..]).err().unwrap();
         assert!(format!("{e:#}").contains("limit"), "{e:#}");
-        let e = KeyMaterial::receive(&mut [0u8; 4].as_ref()).err().unwrap();
+        let e = KeyMaterial::receive(&mut &[0u8; 4][..]).err().unwrap();
         assert!(format!("{e:#}").contains("0 bytes"), "{e:#}");
     }
 }

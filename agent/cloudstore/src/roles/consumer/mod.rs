@@ -88,7 +88,9 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
                     info!(volume = %v, "{msg} (keyfile {})", keys::keyfile_path(&v).display());
                     auto.push(v);
                 }
-                Err(e) => error!(volume = %v, "automatic unlock with the keyfile {} failed: {e:#}", keys::keyfile_path(&v).display()),
+                Err(e) => {
+                    error!(volume = %v, "automatic unlock with the keyfile {} failed: {e:#}", keys::keyfile_path(&v).display())
+                }
             },
             Err(e) => error!(volume = %v, "{e:#}"),
         }
@@ -98,7 +100,11 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
         "consumer: control socket {}; volumes: {}; unlocked at start: {}",
         socket.display(),
         ctx.config.volumes_text(),
-        if auto.is_empty() { "none".into() } else { auto.join(" ") }
+        if auto.is_empty() {
+            "none".into()
+        } else {
+            auto.join(" ")
+        }
     ));
 
     listener.set_nonblocking(true)?;
@@ -108,7 +114,10 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(ctx.shutdown.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::try_from(REAP_INTERVAL.as_millis() as u32).unwrap_or(PollTimeout::MAX)) {
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(REAP_INTERVAL.as_millis() as u32).unwrap_or(PollTimeout::MAX),
+            ) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e).context("poll on the control socket"),
             }
@@ -156,12 +165,17 @@ fn bind_control_socket(socket: &Path) -> anyhow::Result<UnixListener> {
     let dir = socket.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if UnixStream::connect(socket).is_ok() {
-        bail!("another consumer agent already listens on {}", socket.display());
+        bail!(
+            "another consumer agent already listens on {}",
+            socket.display()
+        );
     }
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", socket.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing the stale {}", socket.display()))
+        }
     }
     let l = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     // 0666: every local user may connect; SO_PEERCRED decides what each may do.
@@ -174,7 +188,9 @@ fn bind_control_socket(socket: &Path) -> anyhow::Result<UnixListener> {
 fn user_entry(name: &str) -> anyhow::Result<nix::unistd::User> {
     nix::unistd::User::from_name(name)
         .with_context(|| format!("looking up the user {name:?}"))?
-        .ok_or_else(|| anyhow!("the configured user {name:?} does not exist in this qube (qubesdb key `user`)"))
+        .ok_or_else(|| {
+            anyhow!("the configured user {name:?} does not exist in this qube (qubesdb key `user`)")
+        })
 }
 
 /// Parses /proc/self/mountinfo's octal escapes (`\040` for a space).
@@ -184,7 +200,9 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -229,9 +247,16 @@ pub fn is_cloudstore_mount(path: &Path) -> bool {
 /// Detaches a cloudstore FUSE mount left at `mp` (its worker is gone).
 pub fn unmount_stale(mp: &Path) {
     if is_cloudstore_mount(mp) {
-        match nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
-            Ok(()) => warn!(mountpoint = %mp.display(), "detached a cloudstore mount whose worker is gone"),
-            Err(e) => error!(mountpoint = %mp.display(), "cannot detach the stale cloudstore mount: {e}"),
+        match nix::mount::umount2(
+            mp,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        ) {
+            Ok(()) => {
+                warn!(mountpoint = %mp.display(), "detached a cloudstore mount whose worker is gone")
+            }
+            Err(e) => {
+                error!(mountpoint = %mp.display(), "cannot detach the stale cloudstore mount: {e}")
+            }
         }
     }
 }
@@ -294,7 +319,10 @@ struct Agent {
 
 impl Agent {
     fn config(&self) -> Config {
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn worker(&self, volume: &str) -> Option<Arc<Worker>> {
@@ -333,26 +361,35 @@ impl Agent {
         let base = match &c.mountpoint.value {
             Some(b) => {
                 if !b.exists() {
-                    std::fs::create_dir_all(b).with_context(|| format!("creating {}", b.display()))?;
+                    std::fs::create_dir_all(b)
+                        .with_context(|| format!("creating {}", b.display()))?;
                 }
                 b.clone()
             }
             None => {
                 let home = &user.dir;
                 if !home.is_dir() {
-                    bail!("the home directory {} of user {} does not exist", home.display(), c.user.value);
+                    bail!(
+                        "the home directory {} of user {} does not exist",
+                        home.display(),
+                        c.user.value
+                    );
                 }
                 let base = home.join("CloudStore");
                 ensure_dir(&base, uid, gid)?;
                 base
             }
         };
-        let base = std::fs::canonicalize(&base).with_context(|| format!("resolving {}", base.display()))?;
+        let base = std::fs::canonicalize(&base)
+            .with_context(|| format!("resolving {}", base.display()))?;
         let mp = base.join(volume);
         unmount_stale(&mp);
         ensure_dir(&mp, uid, gid)?;
         if let Some(t) = mount_type_at(&mp) {
-            bail!("{} is already a mount point ({t}); unmount it first", mp.display());
+            bail!(
+                "{} is already a mount point ({t}); unmount it first",
+                mp.display()
+            );
         }
         Ok((mp, uid, gid))
     }
@@ -369,7 +406,10 @@ impl Agent {
         self.check_configured(volume)?;
         if let Some(w) = self.worker(volume) {
             if w.try_exited().is_none() {
-                bail!("volume {volume} is already unlocked at {}", w.mountpoint.display());
+                bail!(
+                    "volume {volume} is already unlocked at {}",
+                    w.mountpoint.display()
+                );
             }
         }
         notify::status(&format!("consumer: unlocking {volume}"));
@@ -396,25 +436,32 @@ impl Agent {
             })?;
             let mut data = Zeroizing::new(Vec::new());
             let mut limited = dl.take(keys::MAX_CONFIG_LEN as u64 + 1);
-            limited
-                .read_to_end(&mut data)
-                .with_context(|| format!("fetching {CONFIG_NAME} of volume {volume} from storage"))?;
+            limited.read_to_end(&mut data).with_context(|| {
+                format!("fetching {CONFIG_NAME} of volume {volume} from storage")
+            })?;
             if data.len() > keys::MAX_CONFIG_LEN {
-                bail!("{CONFIG_NAME} of volume {volume} is larger than {} bytes", keys::MAX_CONFIG_LEN);
+                bail!(
+                    "{CONFIG_NAME} of volume {volume} is larger than {} bytes",
+                    keys::MAX_CONFIG_LEN
+                );
             }
-            limited
-                .into_inner()
-                .finish()
-                .map_err(|e| anyhow!("fetching {CONFIG_NAME} of volume {volume} from storage: {e}"))?;
+            limited.into_inner().finish().map_err(|e| {
+                anyhow!("fetching {CONFIG_NAME} of volume {volume} from storage: {e}")
+            })?;
             data
         };
         let config = cloudstore_format::Config::parse(&conf_bytes)
             .with_context(|| format!("{CONFIG_NAME} of volume {volume} on storage"))?;
         let key = config.unlock(pass).map_err(|e| match e {
-            FormatError::WrongPassphrase => anyhow!("wrong passphrase for volume {volume}; nothing was mounted"),
+            FormatError::WrongPassphrase => {
+                anyhow!("wrong passphrase for volume {volume}; nothing was mounted")
+            }
             e => anyhow!(e).context(format!("unlocking volume {volume}")),
         })?;
-        let km = KeyMaterial { config: conf_bytes, key };
+        let km = KeyMaterial {
+            config: conf_bytes,
+            key,
+        };
         let w = Worker::start(volume, &mp, uid, gid, &km)
             .with_context(|| format!("mounting volume {volume} at {}", mp.display()))?;
         drop(km);
@@ -440,7 +487,9 @@ impl Agent {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let Some(w) = self.worker(volume) else {
             if forget && keys::remove_keyfile(volume)? {
-                return Ok(format!("volume {volume} is not unlocked; its keyfile was removed"));
+                return Ok(format!(
+                    "volume {volume} is not unlocked; its keyfile was removed"
+                ));
             }
             bail!("volume {volume} is not unlocked");
         };
@@ -450,7 +499,11 @@ impl Agent {
             bail!(
                 "cannot lock {volume}: {} is in use by {}; close these and try again",
                 mp.display(),
-                holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; ")
+                holders
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
         }
         if w.try_exited().is_none() {
@@ -462,9 +515,17 @@ impl Agent {
                         "cannot lock {volume}: {} is busy{}",
                         mp.display(),
                         if again.is_empty() {
-                            " (a mount beneath it, or a process that just opened it); try again".to_owned()
+                            " (a mount beneath it, or a process that just opened it); try again"
+                                .to_owned()
                         } else {
-                            format!(": in use by {}", again.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; "))
+                            format!(
+                                ": in use by {}",
+                                again
+                                    .iter()
+                                    .map(|h| h.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            )
                         }
                     );
                 }
@@ -475,14 +536,20 @@ impl Agent {
             unmount_stale(&mp);
         }
         let status = w.finish();
-        self.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(volume);
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(volume);
         let mut msg = format!(
             "locked {volume}: {} unmounted, keys wiped (worker pid {} {status})",
             mp.display(),
             w.pid
         );
         if forget && keys::remove_keyfile(volume)? {
-            msg.push_str(&format!("; keyfile {} removed", keys::keyfile_path(volume).display()));
+            msg.push_str(&format!(
+                "; keyfile {} removed",
+                keys::keyfile_path(volume).display()
+            ));
         }
         info!(volume, "{msg}");
         self.status_line();
@@ -490,9 +557,10 @@ impl Agent {
     }
 
     fn lock_all_for_shutdown(&self) {
-        let ws: Vec<(String, Arc<Worker>)> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect();
+        let ws: Vec<(String, Arc<Worker>)> =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
         for (v, w) in ws {
             let holders = busy::holders(&w.mountpoint, &[w.pid]);
             if !holders.is_empty() {
@@ -529,7 +597,10 @@ impl Agent {
         for (v, w, status) in dead {
             error!(volume = %v, pid = w.pid, "the worker of volume {v} ended on its own ({status}); its mount is gone and the volume is locked");
             unmount_stale(&w.mountpoint);
-            self.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(&v);
+            self.workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&v);
         }
         self.status_line();
     }
@@ -539,7 +610,11 @@ impl Agent {
         let names: Vec<&str> = ws.keys().map(String::as_str).collect();
         notify::status(&format!(
             "consumer: unlocked: {}",
-            if names.is_empty() { "none".into() } else { names.join(" ") }
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(" ")
+            }
         ));
     }
 
@@ -565,12 +640,18 @@ impl Agent {
             };
             if let Some(w) = w {
                 match w.request(&WorkerRequest::Status) {
-                    Ok(WorkerReply::Status { connected, pending_writes, last_error }) => {
+                    Ok(WorkerReply::Status {
+                        connected,
+                        pending_writes,
+                        last_error,
+                    }) => {
                         st.connected = Some(connected);
                         st.pending_writes = Some(pending_writes);
                         st.last_error = last_error;
                     }
-                    Ok(other) => st.last_error = Some(format!("unexpected worker answer {other:?}")),
+                    Ok(other) => {
+                        st.last_error = Some(format!("unexpected worker answer {other:?}"))
+                    }
                     Err(e) => st.last_error = Some(format!("{e:#}")),
                 }
             }
@@ -593,7 +674,9 @@ impl Agent {
         };
         put_new(&client, CONFIG_NAME, &config.to_bytes(), CONFIG_MODE).map_err(|e| match e {
             PutError::Exists => exists(CONFIG_NAME),
-            PutError::Other(e) => e.context(format!("creating {CONFIG_NAME} of volume {volume} on storage")),
+            PutError::Other(e) => e.context(format!(
+                "creating {CONFIG_NAME} of volume {volume} on storage"
+            )),
         })?;
         let iv = DirIv::new_random()?;
         put_new(&client, DIRIV_NAME, &iv.0, DIRIV_MODE).map_err(|e| match e {
@@ -622,7 +705,10 @@ impl Agent {
             if ws.is_empty() {
                 "none".to_owned()
             } else {
-                ws.values().map(|w| w.mountpoint.display().to_string()).collect::<Vec<_>>().join(", ")
+                ws.values()
+                    .map(|w| w.mountpoint.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         )
     }
@@ -630,7 +716,9 @@ impl Agent {
     fn serve_connection(&self, stream: UnixStream) {
         let reply = match self.answer(&stream) {
             Ok(r) => r,
-            Err(e) => Reply::Error { message: format!("{e:#}") },
+            Err(e) => Reply::Error {
+                message: format!("{e:#}"),
+            },
         };
         if let Err(e) = control::write_reply(&stream, &reply) {
             warn!("writing the answer on the control socket: {e}");
@@ -643,35 +731,64 @@ impl Agent {
         let uid = cred.uid();
         let req = control::read_request(stream)?;
         let user = self.config().user.value;
-        let allowed = uid == 0 || user_entry(&user).map(|u| u.uid.as_raw() == uid).unwrap_or(false);
+        let allowed = uid == 0
+            || user_entry(&user)
+                .map(|u| u.uid.as_raw() == uid)
+                .unwrap_or(false);
         let refuse = |what: &str| {
-            warn!(uid, pid = cred.pid(), "refused {what} from uid {uid}: only root and {user} may");
+            warn!(
+                uid,
+                pid = cred.pid(),
+                "refused {what} from uid {uid}: only root and {user} may"
+            );
             anyhow!("permission denied: only root and the qube's user {user:?} may {what} (you are uid {uid})")
         };
         match req {
-            Request::Status => Ok(Reply::Status { volumes: self.status() }),
-            Request::Unlock { volume, passphrase, keyfile } => {
+            Request::Status => Ok(Reply::Status {
+                volumes: self.status(),
+            }),
+            Request::Unlock {
+                volume,
+                passphrase,
+                keyfile,
+            } => {
                 if !allowed {
                     return Err(refuse("unlock a volume"));
                 }
                 let pass = passphrase.bytes()?;
-                Ok(Reply::Ok { message: self.unlock(&volume, &pass, keyfile)? })
+                Ok(Reply::Ok {
+                    message: self.unlock(&volume, &pass, keyfile)?,
+                })
             }
-            Request::Lock { volume, forget_keyfile } => {
+            Request::Lock {
+                volume,
+                forget_keyfile,
+            } => {
                 if !allowed {
                     return Err(refuse("lock a volume"));
                 }
-                Ok(Reply::Ok { message: self.lock(&volume, forget_keyfile)? })
+                Ok(Reply::Ok {
+                    message: self.lock(&volume, forget_keyfile)?,
+                })
             }
-            Request::Init { volume, passphrase, scrypt_log_n } => {
+            Request::Init {
+                volume,
+                passphrase,
+                scrypt_log_n,
+            } => {
                 if !allowed {
                     return Err(refuse("create a volume"));
                 }
                 if !(cloudstore_format::SCRYPT_MIN_LOG_N..=20).contains(&scrypt_log_n) {
-                    bail!("scrypt cost {scrypt_log_n} is outside {}..=20", cloudstore_format::SCRYPT_MIN_LOG_N);
+                    bail!(
+                        "scrypt cost {scrypt_log_n} is outside {}..=20",
+                        cloudstore_format::SCRYPT_MIN_LOG_N
+                    );
                 }
                 let pass = passphrase.bytes()?;
-                Ok(Reply::Ok { message: self.init(&volume, &pass, scrypt_log_n)? })
+                Ok(Reply::Ok {
+                    message: self.init(&volume, &pass, scrypt_log_n)?,
+                })
             }
             Request::Versions { path } => {
                 if !allowed {
@@ -679,7 +796,15 @@ impl Agent {
                 }
                 let (w, rel) = self.worker_for(&path)?;
                 match w.request(&WorkerRequest::Versions { rel })? {
-                    WorkerReply::Versions { path, versions, truncated } => Ok(Reply::Versions { path, versions, truncated }),
+                    WorkerReply::Versions {
+                        path,
+                        versions,
+                        truncated,
+                    } => Ok(Reply::Versions {
+                        path,
+                        versions,
+                        truncated,
+                    }),
                     other => bail!("unexpected worker answer {other:?}"),
                 }
             }
@@ -688,7 +813,11 @@ impl Agent {
                     return Err(refuse("restore versions"));
                 }
                 let (w, rel) = self.worker_for(&path)?;
-                match w.request(&WorkerRequest::Restore { rel: rel.clone(), id, at })? {
+                match w.request(&WorkerRequest::Restore {
+                    rel: rel.clone(),
+                    id,
+                    at,
+                })? {
                     WorkerReply::Restored { version } => Ok(Reply::Ok {
                         message: format!(
                             "restored {} to version {} (kept {}, {} bytes)",
@@ -705,7 +834,9 @@ impl Agent {
                 if uid != 0 {
                     return Err(refuse("probe a worker's sandbox (root only)"));
                 }
-                let w = self.worker(&volume).ok_or_else(|| anyhow!("volume {volume} is not unlocked"))?;
+                let w = self
+                    .worker(&volume)
+                    .ok_or_else(|| anyhow!("volume {volume} is not unlocked"))?;
                 match w.request(&WorkerRequest::Probe { open })? {
                     WorkerReply::Probe { results } => Ok(Reply::Probe { results }),
                     other => bail!("unexpected worker answer {other:?}"),
@@ -731,13 +862,23 @@ fn put_new(client: &Client, path: &str, data: &[u8], mode: u32) -> Result<(), Pu
             mode: Some(mode),
             mtime: None,
         })
-        .map_err(|e| if is_exists(e.code) { PutError::Exists } else { PutError::Other(anyhow!("{e}")) })?;
+        .map_err(|e| {
+            if is_exists(e.code) {
+                PutError::Exists
+            } else {
+                PutError::Other(anyhow!("{e}"))
+            }
+        })?;
     if let Err(e) = up.write_all(data) {
         return Err(PutError::Other(anyhow!(e)));
     }
-    up.finish()
-        .map(|_| ())
-        .map_err(|e| if is_exists(e.code) { PutError::Exists } else { PutError::Other(anyhow!("{e}")) })
+    up.finish().map(|_| ()).map_err(|e| {
+        if is_exists(e.code) {
+            PutError::Exists
+        } else {
+            PutError::Other(anyhow!("{e}"))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -746,10 +887,16 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_and_normalisation() {
-        assert_eq!(unescape_mountinfo("/home/user/Cloud\\040Store"), PathBuf::from("/home/user/Cloud Store"));
+        assert_eq!(
+            unescape_mountinfo("/home/user/Cloud\\040Store"),
+            PathBuf::from("/home/user/Cloud Store")
+        );
         assert_eq!(unescape_mountinfo("/a\\134b"), PathBuf::from("/a\\b"));
         assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
-        assert_eq!(normalise(Path::new("/a/./b/../c")).unwrap(), PathBuf::from("/a/c"));
+        assert_eq!(
+            normalise(Path::new("/a/./b/../c")).unwrap(),
+            PathBuf::from("/a/c")
+        );
         assert!(normalise(Path::new("rel")).is_err());
         assert_eq!(mount_type_at(Path::new("/proc")).as_deref(), Some("proc"));
     }

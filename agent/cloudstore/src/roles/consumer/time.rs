@@ -107,7 +107,15 @@ mod tests {
 
     #[test]
     fn refuses_malformed_times() {
-        for bad in ["", "yesterday", "2023-02-30", "2023-13-01", "2023-1-1", "2023-11-14 25:00", "@x"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2023-02-30",
+            "2023-13-01",
+            "2023-1-1",
+            "2023-11-14 25:00",
+            "@x",
+        ] {
             let e = parse_utc(bad).unwrap_err();
             assert!(e.contains("is not a time"), "{bad}: {e}");
         }

@@ -90,7 +90,8 @@ pub fn decrypt_path(client: &Client, vol: &Volume, cpath: &str) -> String {
             let iv = dir_iv(client, vol, &cdir)?;
             match classify(comp.as_bytes()) {
                 NameKind::LongContent => {
-                    let full = get_small(client, &join(&cdir, &format!("{comp}{LONGNAME_SUFFIX}")))?;
+                    let full =
+                        get_small(client, &join(&cdir, &format!("{comp}{LONGNAME_SUFFIX}")))?;
                     Ok(vol.names().decrypt_long_name(&iv, comp.as_bytes(), &full)?)
                 }
                 _ => Ok(vol.names().decrypt_name(&iv, comp.as_bytes())?),
@@ -114,15 +115,21 @@ fn reason(r: VersionReason) -> &'static str {
     }
 }
 
+/// A version list: the ciphertext path, each version (as storage sent it, and decrypted),
+/// newest first, and whether older ones were left out.
+pub type Listing = (String, Vec<(VersionInfo, VersionLine)>, bool);
+
 /// The versions storage keeps of plaintext `rel`, newest first.
 pub fn list(
     client: &Client,
     vol: &Volume,
     rel: &Path,
-) -> anyhow::Result<(String, Vec<(VersionInfo, VersionLine)>, bool)> {
+) -> anyhow::Result<Listing> {
     let cpath = encrypt_path(client, vol, rel)?;
     let resp = client
-        .call(Request::ListVersions { path: cpath.clone() })
+        .call(Request::ListVersions {
+            path: cpath.clone(),
+        })
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("listing the versions of {}", rel.display()))?;
     let Response::Versions(list) = resp else {
@@ -158,9 +165,15 @@ pub fn restore(
 ) -> anyhow::Result<VersionLine> {
     let (cpath, versions, _) = list(client, vol, rel)?;
     let chosen = match (id, at) {
-        (Some(id), _) => versions.into_iter().find(|(v, _)| v.id == id).ok_or_else(|| {
-            anyhow!("{} has no version {id} (see `cloudstore versions`)", rel.display())
-        })?,
+        (Some(id), _) => versions
+            .into_iter()
+            .find(|(v, _)| v.id == id)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} has no version {id} (see `cloudstore versions`)",
+                    rel.display()
+                )
+            })?,
         (None, Some(at)) => versions
             .into_iter()
             .find(|(v, _)| v.time.secs <= at)

@@ -62,22 +62,48 @@ pub struct WorkerArgs {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum WorkerRequest {
     Status,
-    Versions { rel: PathBuf },
-    Restore { rel: PathBuf, id: Option<u64>, at: Option<i64> },
-    Probe { open: Vec<PathBuf> },
+    Versions {
+        rel: PathBuf,
+    },
+    Restore {
+        rel: PathBuf,
+        id: Option<u64>,
+        at: Option<i64>,
+    },
+    Probe {
+        open: Vec<PathBuf>,
+    },
 }
 
 /// Worker → parent.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum WorkerReply {
-    Mounted { sandbox: String },
-    Failed { message: String },
-    Status { connected: bool, pending_writes: u64, last_error: Option<String> },
-    Versions { path: String, versions: Vec<VersionLine>, truncated: bool },
-    Restored { version: VersionLine },
-    Probe { results: Vec<String> },
-    Error { message: String },
+    Mounted {
+        sandbox: String,
+    },
+    Failed {
+        message: String,
+    },
+    Status {
+        connected: bool,
+        pending_writes: u64,
+        last_error: Option<String>,
+    },
+    Versions {
+        path: String,
+        versions: Vec<VersionLine>,
+        truncated: bool,
+    },
+    Restored {
+        version: VersionLine,
+    },
+    Probe {
+        results: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 fn send(mut s: &UnixStream, reply: &WorkerReply) -> std::io::Result<()> {
@@ -93,7 +119,9 @@ fn recv<T: for<'a> Deserialize<'a>, R: BufRead>(r: &mut R) -> anyhow::Result<Opt
     if n == 0 {
         return Ok(None);
     }
-    Ok(Some(serde_json::from_slice(&line).context("malformed message")?))
+    Ok(Some(
+        serde_json::from_slice(&line).context("malformed message")?,
+    ))
 }
 
 // ---------------------------------------------------------------- parent side
@@ -175,7 +203,8 @@ impl Worker {
         keys.send(&mut chan.0)
             .context("handing the key to the worker")?;
         chan.1.get_ref().set_read_timeout(Some(MOUNT_TIMEOUT))?;
-        let reply: Option<WorkerReply> = recv(&mut chan.1).context("waiting for the worker to mount")?;
+        let reply: Option<WorkerReply> =
+            recv(&mut chan.1).context("waiting for the worker to mount")?;
         match reply {
             Some(WorkerReply::Mounted { sandbox }) => Ok(sandbox),
             Some(WorkerReply::Failed { message }) => Err(anyhow!("{message}")),
@@ -195,9 +224,12 @@ impl Worker {
         let mut chan = self.chan.lock().unwrap_or_else(|p| p.into_inner());
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        chan.0
-            .write_all(&line)
-            .with_context(|| format!("asking the worker of volume {} (pid {})", self.volume, self.pid))?;
+        chan.0.write_all(&line).with_context(|| {
+            format!(
+                "asking the worker of volume {} (pid {})",
+                self.volume, self.pid
+            )
+        })?;
         chan.1.get_ref().set_read_timeout(Some(REQUEST_TIMEOUT))?;
         match recv::<WorkerReply, _>(&mut chan.1)? {
             Some(WorkerReply::Error { message }) => Err(anyhow!("{message}")),
@@ -254,7 +286,8 @@ impl Worker {
     pub fn kill_now(&self) -> ExitStatus {
         let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
         let _ = c.kill();
-        c.wait().unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9))
+        c.wait()
+            .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9))
     }
 }
 
@@ -379,7 +412,9 @@ fn control_loop(ctl: &Control, chan: UnixStream, status: Arc<fs::FsStatus>) {
             Ok(None) => {
                 // The parent is gone (or finished with us): it alone can unmount, so the
                 // keys have no further use here. Exiting aborts the FUSE connection.
-                warn!("the consumer agent closed the worker's channel; wiping the keys and exiting");
+                warn!(
+                    "the consumer agent closed the worker's channel; wiping the keys and exiting"
+                );
                 ctl.wipe();
                 std::process::exit(0);
             }
@@ -411,7 +446,9 @@ fn handle(ctl: &Control, status: &fs::FsStatus, req: WorkerRequest) -> anyhow::R
         }),
         WorkerRequest::Versions { rel } => {
             let guard = ctl.vol.lock().unwrap_or_else(|p| p.into_inner());
-            let vol = guard.as_ref().ok_or_else(|| anyhow!("the volume is being locked"))?;
+            let vol = guard
+                .as_ref()
+                .ok_or_else(|| anyhow!("the volume is being locked"))?;
             let conn = QrexecConnector::new(ctl.program.clone(), &ctl.volume);
             let client = conn.client(connect::client_config())?;
             let (_, list, truncated) = super::versions::list(&client, vol, &rel)?;
@@ -423,7 +460,9 @@ fn handle(ctl: &Control, status: &fs::FsStatus, req: WorkerRequest) -> anyhow::R
         }
         WorkerRequest::Restore { rel, id, at } => {
             let guard = ctl.vol.lock().unwrap_or_else(|p| p.into_inner());
-            let vol = guard.as_ref().ok_or_else(|| anyhow!("the volume is being locked"))?;
+            let vol = guard
+                .as_ref()
+                .ok_or_else(|| anyhow!("the volume is being locked"))?;
             let conn = QrexecConnector::new(ctl.program.clone(), &ctl.volume);
             let client = conn.client(connect::client_config())?;
             let version = super::versions::restore(&client, vol, &rel, id, at)?;
@@ -456,7 +495,10 @@ fn probe(paths: &[PathBuf]) -> Vec<String> {
         }
     }
     if pid < 0 {
-        out.push(format!("socket AF_INET: fork failed: {}", std::io::Error::last_os_error()));
+        out.push(format!(
+            "socket AF_INET: fork failed: {}",
+            std::io::Error::last_os_error()
+        ));
         return out;
     }
     let mut status = 0;
@@ -466,10 +508,16 @@ fn probe(paths: &[PathBuf]) -> Vec<String> {
         match libc::WEXITSTATUS(status) {
             0 => "socket AF_INET: allowed".to_owned(),
             1 => "socket AF_INET: refused with an error".to_owned(),
-            c => format!("socket AF_INET: child exited {c} (seccomp trap exits {})", cloudstore_sandbox::SECCOMP_VIOLATION_EXIT_CODE),
+            c => format!(
+                "socket AF_INET: child exited {c} (seccomp trap exits {})",
+                cloudstore_sandbox::SECCOMP_VIOLATION_EXIT_CODE
+            ),
         }
     } else {
-        format!("socket AF_INET: child ended by signal {}", libc::WTERMSIG(status))
+        format!(
+            "socket AF_INET: child ended by signal {}",
+            libc::WTERMSIG(status)
+        )
     });
     out
 }
