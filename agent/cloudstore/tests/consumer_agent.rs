@@ -105,9 +105,6 @@ impl Consumer {
             ],
         )
         .unwrap();
-        let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(WAIT)).unwrap();
         let mut c = Consumer {
             child: None,
             log: LogReader::start(
@@ -117,30 +114,60 @@ impl Consumer {
             dir,
             storage_socket: storage.volume_socket(),
         };
-        let mut child = c
+        c.spawn();
+        c
+    }
+
+    /// Starts the agent and waits for READY=1; returns the READY message.
+    fn spawn(&mut self) -> String {
+        let notify_path = self.dir.path().join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let mut child = self
             .command(&["agent"])
             .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        c.log = LogReader::start(&mut child);
-        c.child = Some(child);
+        self.log = LogReader::start(&mut child);
+        self.child = Some(child);
         let mut buf = [0u8; 4096];
         loop {
             let n = notify.recv(&mut buf).unwrap_or_else(|e| {
                 panic!(
                     "the consumer agent sent no READY=1 ({e}); log:\n{}",
-                    c.log.text()
+                    self.log.text()
                 )
             });
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             if msg.contains("READY=1") {
                 assert!(msg.contains("STATUS=consumer: control socket"), "{msg}");
-                break;
+                return msg;
             }
         }
-        c
+    }
+
+    /// SIGTERM and wait; returns the exit status and the whole log.
+    fn stop(&mut self) -> (Option<std::process::ExitStatus>, String) {
+        let Some(mut c) = self.child.take() else {
+            return (None, self.log.text());
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                return (Some(st), self.log.finish());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        (None, self.log.finish())
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -187,21 +214,7 @@ impl Drop for Consumer {
         if std::thread::panicking() {
             eprintln!("consumer agent log:\n{}", self.log.text());
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let end = Instant::now() + WAIT;
-            while Instant::now() < end {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -252,7 +265,7 @@ fn worker_pid(msg: &str) -> u32 {
 
 fn whole_life_cycle() {
     let storage = StorageAgent::start("work photos");
-    let qube = Consumer::start(&storage);
+    let mut qube = Consumer::start(&storage);
     let pass = qube.passfile("pass", PASS);
     let wrong = qube.passfile("wrong", "not the passphrase");
     let mp = qube.mountpoint("work");
@@ -506,6 +519,60 @@ fn whole_life_cycle() {
     assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
     ok(qube.run(&["lock", "work"]));
     assert_eq!(mount_type(&mp), None);
+
+    // What the volume holds on storage is a gocryptfs volume: gocryptfs itself reads it.
+    let gmnt = qube.dir.path().join("gocryptfs-view");
+    fs::create_dir(&gmnt).unwrap();
+    let o = Command::new("gocryptfs")
+        .args(["-ro", "-q", "-passfile"])
+        .arg(&pass)
+        .arg(storage.tree("work"))
+        .arg(&gmnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "gocryptfs: {}", text(&o));
+    let seen = fs::read(gmnt.join("hello.txt"));
+    let _ = Command::new("fusermount3").arg("-u").arg(&gmnt).status();
+    assert_eq!(seen.unwrap(), b"first");
+
+    // A keyfile: unlocked again at every start, until forgotten.
+    let out = ok(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "--keyfile",
+    ]));
+    assert!(out.contains("automatic unlock"), "{out}");
+    let kf = qube.dir.path().join("keys").join("work");
+    assert_eq!(
+        fs::metadata(&kf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (st, log) = qube.stop();
+    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{log}");
+    assert!(log.contains("locked for shutdown"), "{log}");
+    assert_eq!(mount_type(&mp), None, "the agent's stop left the mount");
+    let ready = qube.spawn();
+    assert!(ready.contains("unlocked at start: work"), "{ready}");
+    assert_eq!(mount_type(&mp).as_deref(), Some("cloudstore:work"));
+    assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
+    let out = ok(qube.run(&["lock", "work", "--forget-keyfile"]));
+    assert!(out.contains("keyfile") && out.contains("removed"), "{out}");
+    assert!(!kf.exists());
+    // A keyfile others could read is refused, and nothing is mounted.
+    fs::write(&kf, format!("{PASS}\n")).unwrap();
+    fs::set_permissions(&kf, fs::Permissions::from_mode(0o644)).unwrap();
+    qube.stop();
+    let ready = qube.spawn();
+    assert!(ready.contains("unlocked at start: none"), "{ready}");
+    assert!(
+        qube.log.text().contains("refusing the keyfile"),
+        "{}",
+        qube.log.text()
+    );
+    assert_eq!(mount_type(&mp), None);
+    fs::remove_file(&kf).unwrap();
 }
 
 fn main() {

@@ -14,6 +14,9 @@ use super::fs::Connector;
 
 /// Environment variable naming the qrexec client program (tests point it at a stand-in).
 pub const QREXEC_CLIENT_ENV: &str = "CLOUDSTORE_QREXEC_CLIENT";
+/// How long the storage may take to answer the protocol handshake: qrexec starts the call
+/// in well under a second; a storage qube that is still booting gets a generous margin.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The program that makes a qrexec call from a qube (qubes-core-qrexec `qrexec-client-vm`).
 pub const DEFAULT_QREXEC_CLIENT: &str = "qrexec-client-vm";
 
@@ -101,7 +104,25 @@ impl QrexecConnector {
         let (r, w) = self
             .connect()
             .with_context(|| format!("starting {} {}", self.program.display(), self.service()))?;
-        let (client, _pushes) = Client::connect(r, w, config).with_context(|| {
+        // The handshake has no time limit of its own: a storage qube that accepts the call
+        // and never answers would hold the caller (and the agent's lock) forever. Killing
+        // the qrexec client closes the pipes, so the handshake fails instead.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let pid = self.child_pid();
+        let watchdog = std::thread::spawn(move || {
+            if let (Err(std::sync::mpsc::RecvTimeoutError::Timeout), Some(pid)) =
+                (done_rx.recv_timeout(HANDSHAKE_TIMEOUT), pid)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        });
+        let res = Client::connect(r, w, config);
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        let (client, _pushes) = res.with_context(|| {
             format!(
                 "connecting to the storage qube through {} @default {}",
                 self.program.display(),
