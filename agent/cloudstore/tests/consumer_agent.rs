@@ -515,10 +515,27 @@ fn whole_life_cycle() {
         "--passphrase-file",
         pass.to_str().unwrap(),
     ]));
-    assert_ne!(worker_pid(&msg), pid1);
+    let pid2 = worker_pid(&msg);
+    assert_ne!(pid2, pid1);
     assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
-    ok(qube.run(&["lock", "work"]));
-    assert_eq!(mount_type(&mp), None);
+
+    // A worker that dies (here: killed) takes its keys with it; the parent notices, detaches
+    // the dead mount and reports the volume locked.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid2 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    support::wait_until("the parent to notice the dead worker", || {
+        mount_type(&mp).is_none() && ok(qube.run(&["status"])).contains("volume work: locked")
+    });
+    assert!(
+        qube.log
+            .text()
+            .contains("the worker of volume work ended on its own"),
+        "{}",
+        qube.log.text()
+    );
 
     // What the volume holds on storage is a gocryptfs volume: gocryptfs itself reads it.
     let gmnt = qube.dir.path().join("gocryptfs-view");
