@@ -361,7 +361,6 @@ fn losing_qubesdb_exits_1() {
 #[test]
 fn unimplemented_roles_say_so() {
     for (role, needle) in [
-        ("consumer", "the consumer role is not implemented yet"),
         ("transfer", "the transfer role is not implemented yet"),
     ] {
         let sim = Sim::new(&[("/cloudstore/role", role)]);
