@@ -83,15 +83,23 @@ fn volume_arg(v: &str) -> anyhow::Result<String> {
     Ok(validate_volume_name(v)?.as_str().to_owned())
 }
 
-/// An absolute form of a user-supplied path, without touching it (it may be deleted, and
-/// resolving it would go through the mount).
+/// An absolute form of a user-supplied path: its directory resolved (symlinks such as a
+/// linked home directory), its last name kept as given (the file may have been deleted, and
+/// it may itself be a symlink whose versions are wanted).
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    if p.is_absolute() {
-        Ok(p.to_owned())
+    let abs = if p.is_absolute() {
+        p.to_owned()
     } else {
-        Ok(std::env::current_dir()
+        std::env::current_dir()
             .context("reading the current directory")?
-            .join(p))
+            .join(p)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
+            Ok(d) => Ok(d.join(name)),
+            Err(_) => Ok(abs),
+        },
+        _ => Ok(abs),
     }
 }
 

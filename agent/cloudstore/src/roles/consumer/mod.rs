@@ -36,6 +36,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ use worker::{Worker, WorkerReply, WorkerRequest};
 /// How often the parent looks for workers that ended on their own (a crash, a seccomp
 /// trap): a dead mount is reported and cleaned up within this.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// Control connections served at once: a user runs one command at a time; 32 leaves room
+/// for scripts while a local process cannot make the agent start threads without bound.
+const MAX_CONNECTIONS: usize = 32;
 /// gocryptfs.conf mode on storage (config_file.go `WriteFile`: 0400).
 const CONFIG_MODE: u32 = 0o400;
 /// gocryptfs.diriv mode (diriv.go `dirivPerms`: 0444).
@@ -71,6 +75,7 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
         config: Mutex::new(ctx.config.clone()),
         workers: Mutex::new(BTreeMap::new()),
         ops: Mutex::new(()),
+        connections: AtomicUsize::new(0),
     });
     // Mounts left behind by an agent that died: their workers are gone with it.
     for v in &ctx.config.volumes.value {
@@ -138,11 +143,26 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
             loop {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        if agent.connections.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                            warn!("{MAX_CONNECTIONS} control connections already open; refusing one more");
+                            let _ = control::write_reply(
+                                &stream,
+                                &Reply::Error {
+                                    message: "the consumer agent is busy; try again".into(),
+                                },
+                            );
+                            continue;
+                        }
+                        agent.connections.fetch_add(1, Ordering::Relaxed);
                         let a = agent.clone();
                         let spawned = std::thread::Builder::new()
                             .name("consumer-control".into())
-                            .spawn(move || a.serve_connection(stream));
+                            .spawn(move || {
+                                a.serve_connection(stream);
+                                a.connections.fetch_sub(1, Ordering::Relaxed);
+                            });
                         if let Err(e) = spawned {
+                            agent.connections.fetch_sub(1, Ordering::Relaxed);
                             error!("cannot start a thread for a control connection: {e}");
                         }
                     }
@@ -315,6 +335,8 @@ struct Agent {
     workers: Mutex<BTreeMap<String, Arc<Worker>>>,
     /// Serialises unlock, lock and init: each changes mounts or storage as a whole.
     ops: Mutex<()>,
+    /// Control connections being served (one thread each).
+    connections: AtomicUsize,
 }
 
 impl Agent {

@@ -269,11 +269,15 @@ impl Worker {
     /// After the mount is gone: waits for the worker to wipe its keys and exit; kills it
     /// if it does not within the grace period (the kernel frees its memory either way).
     pub fn finish(&self) -> ExitStatus {
-        // Closing our end tells the worker's control thread the parent is done with it.
+        // The worker sees its mount end and exits by itself (keys wiped on the way).
+        if let Some(s) = self.wait_timeout(EXIT_GRACE) {
+            return s;
+        }
+        // Closing our end makes its control thread wipe the keys and exit.
         if let Ok(chan) = self.chan.lock() {
             let _ = chan.0.shutdown(std::net::Shutdown::Both);
         }
-        match self.wait_timeout(EXIT_GRACE) {
+        match self.wait_timeout(Duration::from_secs(2)) {
             Some(s) => s,
             None => {
                 warn!(volume = %self.volume, pid = self.pid, "the worker did not exit within {EXIT_GRACE:?} of the unmount; killing it");
@@ -412,10 +416,8 @@ fn control_loop(ctl: &Control, chan: UnixStream, status: Arc<fs::FsStatus>) {
             Ok(None) => {
                 // The parent is gone (or finished with us): it alone can unmount, so the
                 // keys have no further use here. Exiting aborts the FUSE connection.
-                warn!(
-                    "the consumer agent closed the worker's channel; wiping the keys and exiting"
-                );
                 ctl.wipe();
+                warn!("the consumer agent closed the worker's channel; keys wiped; worker exiting");
                 std::process::exit(0);
             }
             Err(e) => {
