@@ -385,6 +385,17 @@ fn whole_life_cycle() {
     let pid1 = worker_pid(&msg);
     fs::write(mp.join("hello.txt"), b"first").unwrap();
     assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
+    // The qube's user, not only root, works in the mount.
+    let o = Command::new("setpriv")
+        .args(["--reuid", "1", "--regid", "1", "--clear-groups", "sh", "-c"])
+        .arg("echo mine > \"$1\"/by-user && cat \"$1\"/hello.txt")
+        .arg("sh")
+        .arg(&mp)
+        .output()
+        .unwrap();
+    assert_eq!(ok(o), "first");
+    assert_eq!(fs::read(mp.join("by-user")).unwrap(), b"mine\n");
+    fs::remove_file(mp.join("by-user")).unwrap();
     let names: Vec<_> = fs::read_dir(&mp)
         .unwrap()
         .map(|e| e.unwrap().file_name())
