@@ -3,20 +3,19 @@
 //! mounting real FUSE filesystems, against a real storage agent reached the way qrexec
 //! connects them. Run as root (mounts, user switches).
 //!
-//! This test binary is also the qrexec client stand-in the agent runs
-//! (`CLOUDSTORE_QREXEC_CLIENT` points at it): started as `<exe> @default SERVICE+ARG`, it
-//! connects to the storage's socket service, writes the descriptor as qrexec-agent does
-//! (QubesOS/qubes-core-qrexec doc/execution.rst) and pumps stdin/stdout. So it runs inside
-//! the worker's sandbox, like the real `qrexec-client-vm` would. That is why the harness is
-//! our own `main` (harness = false in Cargo.toml).
+//! This test binary is also the `qrexec-client-vm` the agent runs (`CLOUDSTORE_QREXEC_CLIENT`
+//! points at it): started as `<exe> @default SERVICE+ARG`, it runs the Qubes stand-in's client
+//! (`qubes_sim::qrexec::client_main`, direct mode), which connects to the storage's socket
+//! service, writes the descriptor as qrexec-agent does (QubesOS/qubes-core-qrexec
+//! doc/execution.rst) and pumps stdin/stdout. So the client runs inside the worker's
+//! sandbox, as the real one would. That is why the harness is our own `main`
+//! (harness = false in Cargo.toml).
 
 mod support;
 
 use std::fs;
-use std::io::Write;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -33,54 +32,6 @@ const OTHER_UID: &str = "65534";
 
 // ------------------------------------------------------------ qrexec client stand-in
 
-/// Copies with plain read/write: std's io::copy splices between a pipe and a socket, and a
-/// splice into a socket can sit waiting for more pipe data while the peer waits for us.
-fn pump(from: &mut impl std::io::Read, to: &mut impl Write) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-    }
-}
-
-/// `<exe> @default cloudstore.Volume+work`: the storage's socket comes from
-/// `CONSUMER_TEST_VOLUME_SOCKET`, the calling qube's name from `CONSUMER_TEST_QUBE`.
-fn qrexec_client(args: &[String]) -> ! {
-    let code = (|| -> std::io::Result<()> {
-        let service = args
-            .get(2)
-            .ok_or_else(|| std::io::Error::other("no service"))?;
-        let socket = std::env::var("CONSUMER_TEST_VOLUME_SOCKET").map_err(std::io::Error::other)?;
-        let source = std::env::var("CONSUMER_TEST_QUBE").unwrap_or_else(|_| "my-work".into());
-        let mut s = UnixStream::connect(&socket)?;
-        s.write_all(format!("{service} {source}\0").as_bytes())?;
-        let mut up = s.try_clone()?;
-        // Raw descriptors: std's stdout is line-buffered and would hold binary frames back.
-        // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
-        let (mut stdin, mut stdout) =
-            unsafe { (fs::File::from_raw_fd(0), fs::File::from_raw_fd(1)) };
-        let t = std::thread::spawn(move || {
-            let _ = pump(&mut stdin, &mut up);
-            let _ = up.shutdown(std::net::Shutdown::Write);
-        });
-        pump(&mut s, &mut stdout)?;
-        drop(t);
-        Ok(())
-    })();
-    match code {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("qrexec-client stand-in: {e}");
-            std::process::exit(125)
-        }
-    }
-}
-
 // ------------------------------------------------------------ the consumer qube
 
 struct Consumer {
@@ -88,7 +39,6 @@ struct Consumer {
     log: LogReader,
     _db: QubesDbDaemon,
     dir: tempfile::TempDir,
-    storage_socket: PathBuf,
 }
 
 impl Consumer {
@@ -105,6 +55,12 @@ impl Consumer {
             ],
         )
         .unwrap();
+        // The storage qube's services as the stand-in's qrexec finds them: the socket
+        // service cloudstore.Volume of qube `storage` (the @default target).
+        let services = dir.path().join("qrexec").join("storage");
+        fs::create_dir_all(&services).unwrap();
+        std::os::unix::fs::symlink(storage.volume_socket(), services.join("cloudstore.Volume"))
+            .unwrap();
         let mut c = Consumer {
             child: None,
             log: LogReader::start(
@@ -112,7 +68,6 @@ impl Consumer {
             ),
             _db: db,
             dir,
-            storage_socket: storage.volume_socket(),
         };
         c.spawn();
         c
@@ -180,7 +135,8 @@ impl Consumer {
             .env("CLOUDSTORE_RUNTIME_DIR", self.dir.path().join("run"))
             .env("CLOUDSTORE_KEYFILE_DIR", self.dir.path().join("keys"))
             .env("CLOUDSTORE_QREXEC_CLIENT", std::env::current_exe().unwrap())
-            .env("CONSUMER_TEST_VOLUME_SOCKET", &self.storage_socket)
+            .env("QUBES_SIM_QREXEC_DIR", self.dir.path().join("qrexec"))
+            .env("QUBES_SIM_QUBE", "my-work")
             .env("CLOUDSTORE_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
@@ -599,7 +555,9 @@ fn whole_life_cycle() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("@default") {
-        qrexec_client(&args);
+        // The stand-in's qrexec-client-vm, in direct mode (see Consumer::command).
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        std::process::exit(qubes_sim::qrexec::client_main(&args));
     }
     if args.iter().any(|a| a == "--list") {
         println!("whole_life_cycle: test");
