@@ -382,7 +382,14 @@ fn whole_life_cycle() {
     let hello = mp.join("hello.txt");
     let vs = ok(qube.run(&["versions", hello.to_str().unwrap()]));
     assert!(vs.contains("hello.txt") && vs.contains("UTC"), "{vs}");
-    let out = ok(qube.run(&["restore", hello.to_str().unwrap()]));
+    let e = fails(qube.run(&["restore", hello.to_str().unwrap(), "--at", "1999-12-31"]));
+    assert!(
+        e.contains("no version kept at or before 1999-12-31 23:59:59 UTC"),
+        "{e}"
+    );
+    let e = fails(qube.run(&["restore", hello.to_str().unwrap(), "--at", "yesterday"]));
+    assert!(e.contains("is not a time"), "{e}");
+    let out = ok(qube.run(&["restore", hello.to_str().unwrap(), "--at", "2999-01-01"]));
     assert!(out.contains("restored"), "{out}");
     let restored = (0..100).find_map(|_| {
         let c = fs::read(&hello).unwrap();
