@@ -27,6 +27,8 @@ use support::{LogReader, StorageAgent, BIN, WAIT};
 const PASS: &str = "correct horse battery staple";
 /// The consumer qube's configured user: an account every Debian has, not root.
 const USER: &str = "daemon";
+/// The capability bounding set of units/cloudstore-consumer.service, in setpriv's syntax.
+const UNIT_CAPS: &str = "-all,+sys_admin,+setuid,+setgid,+ipc_lock";
 /// A local account that is neither root nor the configured user.
 const OTHER_UID: &str = "65534";
 
@@ -61,6 +63,12 @@ impl Consumer {
         fs::create_dir_all(&services).unwrap();
         std::os::unix::fs::symlink(storage.volume_socket(), services.join("cloudstore.Volume"))
             .unwrap();
+        // In a qube, qrexec-agent (root with every capability) connects to the service
+        // socket; here the stand-in client does it directly from the consumer agent, which
+        // runs with the unit's reduced capabilities (no CAP_DAC_OVERRIDE). The socket is
+        // opened up for that, as qrexec-agent's own privilege would.
+        fs::set_permissions(storage.runtime_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(storage.volume_socket(), fs::Permissions::from_mode(0o666)).unwrap();
         let mut c = Consumer {
             child: None,
             log: LogReader::start(
@@ -79,8 +87,18 @@ impl Consumer {
         let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(WAIT)).unwrap();
-        let mut child = self
-            .command(&["agent"])
+        // With the capability bounding set of units/cloudstore-consumer.service, so the
+        // agent is tested with only what the unit lets it have.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--bounding-set", UNIT_CAPS, "--"])
+            .arg(BIN)
+            .arg("agent")
+            .envs(
+                self.command(&[])
+                    .get_envs()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+            );
+        let mut child = cmd
             .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -446,7 +464,10 @@ fn whole_life_cycle() {
     assert_eq!(fs::read(&hello).unwrap(), b"first");
 
     // Lock while a process holds a file open: refused, naming it.
-    let mut holder = Command::new("sh")
+    // The holder is the qube's user's process, which the agent (without CAP_SYS_PTRACE, as
+    // under its unit) finds through a scan of /proc made as that user.
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid", "1", "--regid", "1", "--clear-groups", "sh"])
         .arg("-c")
         .arg("exec 3<\"$1\"; exec sleep 60")
         .arg("sh")

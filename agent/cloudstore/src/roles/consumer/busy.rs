@@ -100,6 +100,65 @@ pub fn holders(mount: &Path, skip: &[u32]) -> Vec<Holder> {
     out
 }
 
+/// Environment variable by which the parent hands the mountpoint to the scan it runs as the
+/// qube's user (`cloudstore consumer-holders`).
+const SCAN_ENV: &str = "CLOUDSTORE_HOLDERS_OF";
+
+/// [`holders`] as seen by `uid:gid`: the `cloudstore` binary re-executed with the hidden
+/// subcommand `consumer-holders`, running as that user, prints one line per holder.
+pub fn holders_as(mount: &Path, skip: u32, uid: u32, gid: u32) -> anyhow::Result<Vec<Holder>> {
+    use anyhow::Context;
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the cloudstore binary")?;
+    let out = std::process::Command::new(exe)
+        .arg("consumer-holders")
+        .arg(skip.to_string())
+        .env(SCAN_ENV, mount)
+        .uid(uid)
+        .gid(gid)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the scan of /proc as the qube's user")?;
+    if !out.status.success() {
+        anyhow::bail!("the scan of /proc as uid {uid} ended with {}", out.status);
+    }
+    let mut v = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut parts = line.splitn(3, '\t');
+        let (Some(pid), Some(name), Some(what)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse() else { continue };
+        v.push(Holder {
+            pid,
+            name: name.to_owned(),
+            what: what.split('\t').map(str::to_owned).collect(),
+        });
+    }
+    Ok(v)
+}
+
+/// Arguments of the hidden `cloudstore consumer-holders` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct HoldersArgs {
+    /// A pid to leave out (the FUSE server).
+    pub skip: u32,
+}
+
+/// `cloudstore consumer-holders SKIP`: prints `pid\tname\twhat…` for each holder of the
+/// mount named by the environment (set by the consumer agent; never run by hand).
+pub fn holders_main(args: HoldersArgs) -> anyhow::Result<std::process::ExitCode> {
+    let Some(mount) = std::env::var_os(SCAN_ENV) else {
+        anyhow::bail!("consumer-holders is run by the consumer agent only");
+    };
+    for h in holders(Path::new(&mount), &[args.skip]) {
+        // Tabs cannot be told apart from a tab in a path; the text is for a message only.
+        println!("{}\t{}\t{}", h.pid, h.name, h.what.join("\t"));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

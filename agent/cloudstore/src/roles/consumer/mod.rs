@@ -301,8 +301,16 @@ fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("creating {}", dir.display()))?;
-            nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))
-                .with_context(|| format!("giving {} to uid {uid}", dir.display()))?;
+            match nix::unistd::chown(dir, Some(uid.into()), Some(gid.into())) {
+                Ok(()) => {}
+                // The unit's bounding set has no CAP_CHOWN: the directory stays root's,
+                // open to the user for reading and entering (a mount covers it anyway).
+                Err(nix::errno::Errno::EPERM) => {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                        .with_context(|| format!("setting the mode of {}", dir.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("giving {} to uid {uid}", dir.display())),
+            }
             Ok(())
         }
         Err(e) => Err(e).with_context(|| format!("checking {}", dir.display())),
@@ -516,7 +524,7 @@ impl Agent {
             bail!("volume {volume} is not unlocked");
         };
         let mp = w.mountpoint.clone();
-        let holders = busy::holders(&mp, &[w.pid]);
+        let holders = self.holders(&mp, w.pid);
         if !holders.is_empty() {
             bail!(
                 "cannot lock {volume}: {} is in use by {}; close these and try again",
@@ -532,7 +540,7 @@ impl Agent {
             match nix::mount::umount2(&mp, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EBUSY) => {
-                    let again = busy::holders(&mp, &[w.pid]);
+                    let again = self.holders(&mp, w.pid);
                     bail!(
                         "cannot lock {volume}: {} is busy{}",
                         mp.display(),
@@ -578,13 +586,39 @@ impl Agent {
         Ok(msg)
     }
 
+    /// The processes keeping `mp` busy: what root sees in /proc, and what the qube's user
+    /// sees there. Without CAP_SYS_PTRACE (the unit does not grant it) root may not read
+    /// another user's /proc/PID/fd, but the user may read its own, and those are the
+    /// processes that normally hold the mount.
+    fn holders(&self, mp: &Path, worker: u32) -> Vec<busy::Holder> {
+        let mut all = busy::holders(mp, &[worker]);
+        if let Ok(user) = user_entry(&self.config().user.value) {
+            match busy::holders_as(mp, worker, user.uid.as_raw(), user.gid.as_raw()) {
+                Ok(more) => {
+                    for h in more {
+                        if !all.iter().any(|a| a.pid == h.pid) {
+                            all.push(h);
+                        }
+                    }
+                }
+                Err(e) => warn!(
+                    "listing the processes of user {} that hold {}: {e:#}",
+                    user.name,
+                    mp.display()
+                ),
+            }
+        }
+        all.sort_by_key(|h| h.pid);
+        all
+    }
+
     fn lock_all_for_shutdown(&self) {
         let ws: Vec<(String, Arc<Worker>)> =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
         for (v, w) in ws {
-            let holders = busy::holders(&w.mountpoint, &[w.pid]);
+            let holders = self.holders(&w.mountpoint, w.pid);
             if !holders.is_empty() {
                 warn!(volume = %v, "stopping: {} still in use by {}; detaching it", w.mountpoint.display(),
                     holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; "));

@@ -288,10 +288,17 @@ impl Worker {
 
     /// SIGKILL and reap.
     pub fn kill_now(&self) -> ExitStatus {
-        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = c.kill();
-        c.wait()
-            .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9))
+        let killed = self.child.lock().unwrap_or_else(|p| p.into_inner()).kill();
+        if let Err(e) = &killed {
+            // Without CAP_KILL (not in the unit's bounding set) root cannot signal a worker
+            // running as another user; closing the channel makes it exit by itself.
+            warn!(volume = %self.volume, pid = self.pid, "cannot kill the worker ({e}); closing its channel");
+            if let Ok(chan) = self.chan.lock() {
+                let _ = chan.0.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        self.wait_timeout(EXIT_GRACE)
+            .unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9))
     }
 }
 
