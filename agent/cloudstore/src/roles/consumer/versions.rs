@@ -120,11 +120,7 @@ fn reason(r: VersionReason) -> &'static str {
 pub type Listing = (String, Vec<(VersionInfo, VersionLine)>, bool);
 
 /// The versions storage keeps of plaintext `rel`, newest first.
-pub fn list(
-    client: &Client,
-    vol: &Volume,
-    rel: &Path,
-) -> anyhow::Result<Listing> {
+pub fn list(client: &Client, vol: &Volume, rel: &Path) -> anyhow::Result<Listing> {
     let cpath = encrypt_path(client, vol, rel)?;
     let resp = client
         .call(Request::ListVersions {
