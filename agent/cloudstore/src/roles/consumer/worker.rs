@@ -43,6 +43,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Uid of `nobody` (Debian, Fedora): the worker's user when the `cloudstore` system user
 /// of the policy does not exist (a qube without the sysusers snippet applied).
 const NOBODY: u32 = 65534;
+/// The group of the qrexec client's sockets and devices in a Qubes qube.
+const QUBES_GROUP: &str = "qubes";
 
 /// Arguments of the hidden `cloudstore consumer-worker` subcommand.
 #[derive(Debug, clap::Args)]
@@ -390,6 +392,13 @@ fn prepare(args: &WorkerArgs, chan: &UnixStream) -> anyhow::Result<(fs::MountedF
             );
             policy.set_credentials(Some(Id::Number(NOBODY)), Some(Id::Number(NOBODY)));
         }
+    }
+    // In a qube, qrexec-client-vm needs group `qubes` (the qrexec agent's socket and the
+    // /dev/xen devices it opens are root:qubes 0660), so the worker runs with it as its
+    // group where it exists; the sandbox leaves no supplementary groups.
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(QUBES_GROUP) {
+        let user = policy.user().cloned();
+        policy.set_credentials(user, Some(Id::Number(g.gid.as_raw())));
     }
     let vars = Vars::new().with("connector", &program);
     let report = Sandbox::apply(&policy, &vars)
