@@ -8,6 +8,7 @@ packages=(
     fuse3                                   # fusermount3 for the consumer mounts
     gocryptfs                               # the format oracle
     rclone                                  # the cloud engine
+    encfs fio                               # scripts/bench.sh: the EncFS mount, random I/O
     git sqlite3                             # consumer mount tests: git clone/fsck, sqlite integrity
     python3-pytest python3-setuptools rpm cpio  # dom0 package: tests, RPM build (dom0/)
     procps passwd                           # qubes-sim: ps/kill in its tests, useradd/groupadd for the qubes' users
