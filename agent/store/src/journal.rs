@@ -390,6 +390,15 @@ impl Journal {
         if seq <= *acked {
             return Ok(*acked);
         }
+        // What is acknowledged must be on disk first: a lazily appended record (see
+        // `append_lazy`) lost in a crash would otherwise leave an acknowledgement past the
+        // journal's end.
+        {
+            let st = self.state.lock().unwrap();
+            sys::fdatasync(st.file.as_fd()).map_err(|e| {
+                StoreError::fs("flush journal before acknowledgement", &self.fname(), e)
+            })?;
+        }
         let tname = format!("{}/{ACK_TMP_NAME}", self.label);
         let mut b = seq.to_le_bytes().to_vec();
         b.extend_from_slice(&crc32(&b).to_le_bytes());
@@ -442,6 +451,35 @@ impl Journal {
         mtime: Timespec,
         time: Timespec,
     ) -> Result<ChangeEntry> {
+        self.append_with(kind, path, new_path, size, mtime, time, true)
+    }
+
+    /// [`Journal::append`] without waiting for the disk, for a record that a crash may lose
+    /// because the next start writes it again: the `ModifyEnd` of a session (the volume's
+    /// `close_crashed_sessions` ends every session whose end is missing). The next durable
+    /// append or [`Journal::ack`] flushes it with everything before it (one file).
+    pub(crate) fn append_lazy(
+        &self,
+        kind: ChangeKind,
+        path: &str,
+        size: u64,
+        mtime: Timespec,
+        time: Timespec,
+    ) -> Result<ChangeEntry> {
+        self.append_with(kind, path, None, size, mtime, time, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_with(
+        &self,
+        kind: ChangeKind,
+        path: &str,
+        new_path: Option<&str>,
+        size: u64,
+        mtime: Timespec,
+        time: Timespec,
+        durable: bool,
+    ) -> Result<ChangeEntry> {
         let mut st = self.state.lock().unwrap();
         let e = ChangeEntry {
             seq: st.next,
@@ -454,10 +492,13 @@ impl Journal {
         };
         let rec = encode(&e);
         let off = st.len;
-        let r = st
-            .file
-            .write_all_at(&rec, off)
-            .and_then(|_| sys::fdatasync(st.file.as_fd()));
+        let r = st.file.write_all_at(&rec, off).and_then(|_| {
+            if durable {
+                sys::fdatasync(st.file.as_fd())
+            } else {
+                Ok(())
+            }
+        });
         if let Err(err) = r {
             let _ = st.file.set_len(off);
             return Err(StoreError::fs("append to journal", &self.fname(), err));

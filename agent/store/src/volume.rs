@@ -470,10 +470,12 @@ impl Volume {
 
     fn journal_end(&self, s: &Session) -> Result<()> {
         let st = sys::fstat(s.file.as_fd()).ctx("end modification of", &s.path)?;
-        self.journal.append(
+        // Not waited for: a crash that loses it leaves the session open in the journal,
+        // and the next start ends it (`close_crashed_sessions`). Saves one disk flush per
+        // written file, on the consumer's close.
+        self.journal.append_lazy(
             ChangeKind::ModifyEnd,
             &s.path,
-            None,
             st.st_size as u64,
             ts_mtime(&st),
             self.now(),

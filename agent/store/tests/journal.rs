@@ -348,6 +348,42 @@ fn a_session_open_at_a_crash_is_closed_on_reopen() {
 }
 
 #[test]
+fn a_session_end_lost_in_a_crash_is_written_again_on_reopen() {
+    // A session's ModifyEnd is appended without waiting for the disk; a crash that loses it
+    // (cut here by hand, as the disk would) must leave the next start to end the session.
+    let f = Fixture::new();
+    put_bytes(&f.vol, "f", b"before");
+    f.vol.write(&p("f"), 0, b"AFTER!!").unwrap();
+    let head = f.vol.journal_head();
+    let jf = journal_file(&f);
+    let before_end = std::fs::metadata(&jf).unwrap().len();
+    f.vol.release(&p("f")).unwrap();
+    assert!(std::fs::metadata(&jf).unwrap().len() > before_end);
+    let Fixture {
+        dir,
+        store,
+        vol,
+        clock,
+    } = f;
+    let cfg = store.config().clone();
+    std::mem::forget(vol.clone());
+    std::mem::forget(vol);
+    drop(store);
+    OpenOptions::new()
+        .write(true)
+        .open(&jf)
+        .unwrap()
+        .set_len(before_end)
+        .unwrap();
+    let store = Store::open(dir.path().join("data"), cfg).unwrap();
+    let vol = store.volume("work").unwrap();
+    let e = all_changes(&vol, head);
+    assert_eq!(kinds(&e), vec![(ChangeKind::ModifyEnd, "f".into(), None)]);
+    assert_eq!(e[0].size, 7);
+    drop((clock, dir));
+}
+
+#[test]
 fn journal_append_is_the_only_writer_and_file_is_exact() {
     // The journal on disk holds exactly the header and the records: appending a garbage byte
     // by hand makes the next open cut it, proving the length checks run.
