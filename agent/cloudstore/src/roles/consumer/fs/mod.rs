@@ -226,11 +226,31 @@ impl MountedFs {
 
 /// Mounts `volume` (unlocked) at `opts.mountpoint`. Starts no thread and touches no
 /// network: the storage connection is made by [`MountedFs::serve`].
+/// Buffers at least this big get their own mapping, returned to the kernel when freed.
+/// glibc raises its threshold to the largest block freed so far (up to 32 MiB), so after
+/// the first 1 MiB FUSE request every worker thread's arena keeps its 1 MiB buffers (the
+/// request, its ciphertext, the protocol frame) resident: about 35 MiB of the consumer's
+/// 50 MiB peak in scripts/bench.sh. 128 KiB is glibc's own starting value (mallopt(3)).
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Pins glibc's mmap threshold (the worker process serves one volume; this is its heap).
+fn limit_heap_retention() {
+    // SAFETY: mallopt only changes allocator parameters; it is called before the serving
+    // threads start, and glibc serialises it against allocations anyway.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if ok != 1 {
+        tracing::warn!(
+            "mallopt(M_MMAP_THRESHOLD) refused; peak memory may grow with large requests"
+        );
+    }
+}
+
 pub fn mount(
     opts: FsOptions,
     volume: cloudstore_format::Volume,
     connector: Arc<dyn Connector>,
 ) -> anyhow::Result<MountedFs> {
+    limit_heap_retention();
     let status = Arc::new(FsStatus::default());
     let mountpoint = opts.mountpoint.clone();
     let mut mount_opts = vec![
