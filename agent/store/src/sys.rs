@@ -1,13 +1,15 @@
 //! Thin wrappers over the Linux `*at` syscalls the store is built on. Every `name` argument is
 //! a single, already validated component (no '/'); multi-component paths go only through
 //! [`open_beneath`], which is `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-//! RESOLVE_NO_MAGICLINKS`. Nothing here follows a symlink.
+//! RESOLVE_NO_MAGICLINKS`, or the same rules walked one component at a time where `openat2`
+//! is missing. Nothing here follows a symlink.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How many times to retry `openat2` when the kernel reports EAGAIN: it does so when a
 /// concurrent rename might have let a resolution escape, and asks the caller to retry.
@@ -34,9 +36,75 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     }
 }
 
+/// Set once `openat2` has answered ENOSYS: kernels before 5.6, and seccomp filters that do not
+/// know the syscall (systemd-nspawn's container filter answers ENOSYS for it even when the
+/// unit inside allows it), so that later calls go straight to the component walk.
+static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+
 /// Opens `path` (relative, may have several components; "." is the directory itself) beneath
 /// `dir`, refusing to cross any symlink, magic link or the boundary of `dir`.
 pub fn open_beneath(dir: BorrowedFd<'_>, path: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    if !OPENAT2_MISSING.load(Ordering::Relaxed) {
+        match openat2_beneath(dir, path, flags, mode) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                OPENAT2_MISSING.store(true, Ordering::Relaxed)
+            }
+            r => return r,
+        }
+    }
+    walk_beneath(dir, path, flags, mode)
+}
+
+/// [`open_beneath`] without `openat2`: each component is opened with `O_NOFOLLOW` from the
+/// descriptor of the one before, so nothing is resolved by the kernel beyond a single name.
+/// The errors are those `openat2` gives for the same refusals: `..` → EXDEV (our paths never
+/// need it, and RESOLVE_BENEATH would refuse any that climbs out), a symlink → ELOOP.
+pub(crate) fn walk_beneath(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    flags: i32,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    if path.starts_with('/') {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let components: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if components.contains(&"..") {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let Some((last, parents)) = components.split_last() else {
+        return open_at(dir, ".", flags, mode);
+    };
+    let mut held: Option<OwnedFd> = None;
+    for name in parents {
+        let at = held.as_ref().map_or(dir, |fd| fd.as_fd());
+        let next = open_at(at, name, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| symlink_is_eloop(at, name, e))?;
+        held = Some(next);
+    }
+    let at = held.as_ref().map_or(dir, |fd| fd.as_fd());
+    // The last component keeps openat's own answers, which are openat2's too: ELOOP for a
+    // symlink opened with O_NOFOLLOW, ENOTDIR when O_DIRECTORY meets one.
+    open_at(at, last, flags, mode)
+}
+
+/// O_NOFOLLOW|O_DIRECTORY on a symlink in the middle of a path says ENOTDIR; openat2 with
+/// RESOLVE_NO_SYMLINKS says ELOOP there, which is what the store's error mapping expects.
+fn symlink_is_eloop(dir: BorrowedFd<'_>, name: &str, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ENOTDIR) {
+        if let Ok(st) = stat_at(dir, name) {
+            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                return io::Error::from_raw_os_error(libc::ELOOP);
+            }
+        }
+    }
+    e
+}
+
+fn openat2_beneath(dir: BorrowedFd<'_>, path: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstr(if path.is_empty() { "." } else { path })?;
     // SAFETY: open_how is a plain C struct of integers; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
