@@ -394,15 +394,25 @@ impl Sandbox {
         // 4. Capabilities: inheritable empty (nothing passes through execve), permitted and
         //    effective exactly the kept ones. Order matters: effective must stay a subset of
         //    permitted at each capset.
-        caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
-            .map_err(caps_err("clearing the inheritable set"))?;
-        let effective_now =
-            caps::read(None, CapSet::Effective).map_err(caps_err("reading the effective set"))?;
-        let shrink: CapsHashSet = effective_now.intersection(&keep).copied().collect();
-        caps::set(None, CapSet::Effective, &shrink)
-            .map_err(caps_err("shrinking the effective set"))?;
-        caps::set(None, CapSet::Permitted, &keep).map_err(caps_err("setting the permitted set"))?;
-        caps::set(None, CapSet::Effective, &keep).map_err(caps_err("setting the effective set"))?;
+        //    Sets that are already right are left alone: under a unit with
+        //    CapabilityBoundingSet= empty and SystemCallFilter=~@privileged, capset itself is
+        //    refused, and there is nothing to change.
+        let read = |set, what| caps::read(None, set).map_err(caps_err(what));
+        let effective_now = read(CapSet::Effective, "reading the effective set")?;
+        let already_right = read(CapSet::Inheritable, "reading the inheritable set")?.is_empty()
+            && read(CapSet::Permitted, "reading the permitted set")? == keep
+            && effective_now == keep;
+        if !already_right {
+            caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+                .map_err(caps_err("clearing the inheritable set"))?;
+            let shrink: CapsHashSet = effective_now.intersection(&keep).copied().collect();
+            caps::set(None, CapSet::Effective, &shrink)
+                .map_err(caps_err("shrinking the effective set"))?;
+            caps::set(None, CapSet::Permitted, &keep)
+                .map_err(caps_err("setting the permitted set"))?;
+            caps::set(None, CapSet::Effective, &keep)
+                .map_err(caps_err("setting the effective set"))?;
+        }
         for (set, name, expected) in [
             (CapSet::Effective, "effective", &keep),
             (CapSet::Permitted, "permitted", &keep),

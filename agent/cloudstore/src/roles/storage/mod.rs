@@ -21,7 +21,7 @@ mod tree;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,8 +153,16 @@ fn bind(
         .ok()
         .flatten()
         .map(|g| g.gid);
-    if owner.is_some() || qubes.is_some() {
-        nix::unistd::chown(&path, owner.map(|o| o.0), qubes.or(owner.map(|o| o.1)))
+    let want_uid = owner.map(|o| o.0);
+    let want_gid = qubes.or(owner.map(|o| o.1));
+    // Under the shipped unit the socket is born right (User=cloudstore, Group=qubes) and
+    // chown is not even allowed (SystemCallFilter=~@privileged), so only fix what differs.
+    let meta =
+        std::fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+    let uid_differs = want_uid.is_some_and(|u| u.as_raw() != meta.uid());
+    let gid_differs = want_gid.is_some_and(|g| g.as_raw() != meta.gid());
+    if uid_differs || gid_differs {
+        nix::unistd::chown(&path, want_uid, want_gid)
             .with_context(|| format!("chown {}", path.display()))?;
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
