@@ -49,6 +49,15 @@ pub enum Command {
     Decrypt(crate::offline::DecryptArgs),
     /// Change the passphrase of the volume DIR (the master key stays the same).
     Passwd(crate::offline::PasswdArgs),
+    /// Transfer qube: act on the running sync (e.g. let a mass deletion go ahead).
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Let a sync stopped by the deletion limit delete what it found deleted on the other side.
+    #[arg(long, required = true)]
+    pub confirm_deletes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +86,10 @@ pub fn main() -> ExitCode {
         Command::Encrypt(args) => crate::offline::encrypt(args),
         Command::Decrypt(args) => crate::offline::decrypt(args),
         Command::Passwd(args) => crate::offline::passwd(args),
+        Command::Sync(_) => crate::roles::transfer::confirm_deletes().map(|()| {
+            println!("deletions confirmed; the transfer agent goes on within a second");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

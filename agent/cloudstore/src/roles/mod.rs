@@ -602,6 +602,9 @@ pub fn status_main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if current.role.value == Role::Consumer {
         consumer::commands::print_volume_status(&mut out)?;
     }
+    if current.role.value == Role::Transfer {
+        transfer::print_status(&mut out)?;
+    }
 
     out.flush()?;
     drop(out);

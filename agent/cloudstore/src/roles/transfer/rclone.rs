@@ -1,0 +1,773 @@
+//! rclone as the cloud engine: one `rclone rcd` child (the remote-control server, rclone
+//! `cmd/rcd`) on 127.0.0.1 with a random user and password passed through its environment,
+//! driven over plain HTTP/1.1. Its `operations/*` calls (rclone `fs/operations/rc.go`) list,
+//! stat, move and delete; `operations/uploadfile` streams a multipart body into `Rcat`; and
+//! `--rc-serve` streams an object back with `GET /[remote]/path`. So nothing is staged on the
+//! transfer qube's disk, and one long-lived process serves thousands of small files without a
+//! process start each.
+//!
+//! Uploads go to `<remote>/.cloudstore-partial/` under a fresh name and are moved into place
+//! server-side only once rclone reports them complete: a cut upload (rclone killed, network
+//! lost) is never visible under the real name on backends whose own uploads are not atomic
+//! (the local backend and `rclone serve webdav` write in place).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// Where uploads are streamed before they are moved into place, beside the volume folders.
+/// Its name is not valid base64url ciphertext, so gocryptfs would never mistake it for a file.
+pub const PARTIAL_DIR: &str = ".cloudstore-partial";
+
+/// How long rclone gets to start serving; a cold start on a loaded machine takes ~1 s.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// rc calls that fail at the transport level (rclone restarting, a dropped connection) are
+/// retried this many times with exponential backoff from 200 ms before the error reaches the
+/// sync engine, which then retries the whole path in a later pass.
+const CALL_ATTEMPTS: u32 = 4;
+
+/// Largest rc answer we read into memory (a listing of 100 000 entries is ~25 MB of JSON
+/// without hashes); more means something is wrong with the remote or with rclone.
+const MAX_JSON_ANSWER: u64 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// the rclone program could not be started
+    #[error("starting {program}: {source}")]
+    Start {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    /// rclone did not come up
+    #[error("rclone rcd did not start serving: {0}")]
+    NotServing(String),
+    /// talking to rclone failed
+    #[error("{op} {path:?}: talking to rclone failed: {source}")]
+    Transport {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// rclone reported an error
+    #[error("{op} {path:?}: rclone: {message}")]
+    Remote {
+        op: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    /// the object does not exist in the cloud
+    #[error("{op} {path:?}: not found in the cloud")]
+    NotFound { op: &'static str, path: String },
+}
+
+impl CloudError {
+    /// rclone unreachable or restarting: worth retrying the same call at once. Errors
+    /// rclone reports have already been through its own retries.
+    fn transient(&self) -> bool {
+        matches!(self, CloudError::Transport { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CloudError>;
+
+/// One object of a cloud listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEntry {
+    /// Relative to the listed directory, `/`-separated.
+    pub path: String,
+    pub is_dir: bool,
+    pub size: u64,
+    /// As rclone reports it (RFC 3339 with nanoseconds): compared as text, never parsed, so
+    /// nothing is lost to rounding.
+    pub modtime: String,
+}
+
+/// How to run rclone.
+#[derive(Clone, Debug)]
+pub struct RcloneOptions {
+    /// The rclone program.
+    pub program: PathBuf,
+    /// `remote:path` or a local directory: each volume lives in `<remote>/<volume>`.
+    pub remote: String,
+    /// Extra flags for `rclone rcd` (e.g. `--tpslimit 10`, `--config FILE`).
+    pub extra_args: Vec<String>,
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// A running `rclone rcd`, restarted on demand when it dies.
+pub struct Rclone {
+    opts: RcloneOptions,
+    auth: String,
+    server: Mutex<Option<Server>>,
+    counter: AtomicU64,
+    /// rclone is started by one long-lived thread: its death signal (`PR_SET_PDEATHSIG`)
+    /// follows the thread that forked it, and the sync workers come and go.
+    spawner: Mutex<std::sync::mpsc::Sender<std::sync::mpsc::Sender<Result<Server>>>>,
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 18];
+    let _ = openssl::rand::rand_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+fn encode_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for b in p.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn encode_component(p: &str) -> String {
+    encode_path(p).replace('/', "%2F")
+}
+
+impl Rclone {
+    /// Starts `rclone rcd`; fails if it does not serve within a few seconds.
+    pub fn start(opts: RcloneOptions) -> Result<Rclone> {
+        let user = random_token();
+        let pass = random_token();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<Result<Server>>>();
+        let (o, u, p) = (opts.clone(), user, pass);
+        std::thread::Builder::new()
+            .name("rclone-spawner".into())
+            .spawn(move || {
+                for reply in rx {
+                    let _ = reply.send(spawn(&o, &u, &p));
+                }
+            })
+            .map_err(|source| CloudError::Start {
+                program: opts.program.display().to_string(),
+                source,
+            })?;
+        let r = Rclone {
+            opts,
+            auth,
+            server: Mutex::new(None),
+            counter: AtomicU64::new(0),
+            spawner: Mutex::new(tx),
+        };
+        r.ensure()?;
+        Ok(r)
+    }
+
+    pub fn remote(&self) -> &str {
+        &self.opts.remote
+    }
+
+    /// The rclone process id (tests kill it).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.lock().unwrap().as_ref().map(|s| s.child.id())
+    }
+
+    fn spawn(&self) -> Result<Server> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gone = || CloudError::NotServing("the rclone spawner thread is gone".into());
+        self.spawner.lock().unwrap().send(tx).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+
+    /// The address of a live server, (re)starting rclone if it is gone.
+    fn ensure(&self) -> Result<SocketAddr> {
+        let mut g = self.server.lock().unwrap();
+        if let Some(s) = g.as_mut() {
+            match s.child.try_wait() {
+                Ok(None) => return Ok(s.addr),
+                Ok(Some(st)) => tracing::warn!("rclone rcd exited ({st}); starting it again"),
+                Err(e) => tracing::warn!("rclone rcd: {e}; starting it again"),
+            }
+            *g = None;
+        }
+        let s = self.spawn()?;
+        let addr = s.addr;
+        *g = Some(s);
+        Ok(addr)
+    }
+
+    fn with_retries<T>(&self, mut f: impl FnMut(SocketAddr) -> Result<T>) -> Result<T> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            let r = self.ensure().and_then(&mut f);
+            match r {
+                Err(e) if e.transient() && attempt < CALL_ATTEMPTS => {
+                    tracing::debug!("rclone call failed ({e}); retrying in {delay:?}");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn connect(&self, addr: SocketAddr, op: &'static str, path: &str) -> Result<TcpStream> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|source| {
+            CloudError::Transport {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+
+    /// One rc call with a JSON body; the JSON answer.
+    fn rc(&self, op: &'static str, method: &str, path: &str, args: Value) -> Result<Value> {
+        self.with_retries(|addr| {
+            let tp = |source| CloudError::Transport {
+                op,
+                path: path.to_owned(),
+                source,
+            };
+            let mut s = self.connect(addr, op, path)?;
+            let body = serde_json::to_vec(&args).expect("JSON");
+            let head = format!(
+                "POST /{method} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                self.auth,
+                body.len()
+            );
+            s.write_all(head.as_bytes()).map_err(tp)?;
+            s.write_all(&body).map_err(tp)?;
+            let mut resp = Response::read(s).map_err(tp)?;
+            let mut text = Vec::new();
+            (&mut resp)
+                .take(MAX_JSON_ANSWER)
+                .read_to_end(&mut text)
+                .map_err(tp)?;
+            let v: Value = serde_json::from_slice(&text).map_err(|e| tp(io::Error::other(e)))?;
+            if resp.status != 200 {
+                let message = v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_owned();
+                if message.contains("not found") {
+                    return Err(CloudError::NotFound {
+                        op,
+                        path: path.to_owned(),
+                    });
+                }
+                return Err(CloudError::Remote {
+                    op,
+                    path: path.to_owned(),
+                    status: resp.status,
+                    message,
+                });
+            }
+            Ok(v)
+        })
+    }
+
+    /// Everything beneath `dir` (relative to the remote), recursively. A missing `dir` is an
+    /// empty listing.
+    pub fn list(&self, dir: &str) -> Result<Vec<CloudEntry>> {
+        let v = match self.rc(
+            "list",
+            "operations/list",
+            dir,
+            json!({"fs": self.opts.remote, "remote": dir,
+                   "opt": {"recurse": true, "noMimeType": true, "noModTime": false}}),
+        ) {
+            Ok(v) => v,
+            Err(CloudError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let items = v
+            .get("list")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        Ok(items.iter().filter_map(|i| entry(i, &prefix)).collect())
+    }
+
+    /// One object's state, `None` if absent.
+    pub fn stat(&self, path: &str) -> Result<Option<CloudEntry>> {
+        match self.rc(
+            "stat",
+            "operations/stat",
+            path,
+            json!({"fs": self.opts.remote, "remote": path, "opt": {"noMimeType": true}}),
+        ) {
+            Ok(v) => Ok(v.get("item").and_then(|i| entry(i, ""))),
+            Err(CloudError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams the object at `path`.
+    pub fn download(&self, path: &str) -> Result<Response> {
+        self.with_retries(|addr| {
+            let tp = |source| CloudError::Transport {
+                op: "download",
+                path: path.to_owned(),
+                source,
+            };
+            let mut s = self.connect(addr, "download", path)?;
+            let head = format!(
+                "GET /{}/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+                encode_component(&format!("[{}]", self.opts.remote)),
+                encode_path(path),
+                self.auth
+            );
+            s.write_all(head.as_bytes()).map_err(tp)?;
+            let mut resp = Response::read(s).map_err(tp)?;
+            match resp.status {
+                200 => Ok(resp),
+                404 => Err(CloudError::NotFound {
+                    op: "download",
+                    path: path.to_owned(),
+                }),
+                st => {
+                    let mut text = String::new();
+                    let _ = (&mut resp).take(8192).read_to_string(&mut text);
+                    Err(CloudError::Remote {
+                        op: "download",
+                        path: path.to_owned(),
+                        status: st,
+                        message: text.trim().to_owned(),
+                    })
+                }
+            }
+        })
+    }
+
+    /// Streams `content` (meant for `path`) into a fresh object in the partial directory
+    /// and returns its name there; [`Rclone::commit`] moves it into place. Not retried here
+    /// (the content is a stream): the engine retries the whole file.
+    pub fn upload_partial(&self, path: &str, content: &mut dyn Read) -> Result<String> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp_name = format!("{}-{}-{n}", std::process::id(), random_token());
+        let tmp = format!("{PARTIAL_DIR}/{tmp_name}");
+        let addr = self.ensure()?;
+        let tp = |source| CloudError::Transport {
+            op: "upload",
+            path: path.to_owned(),
+            source,
+        };
+        let mut s = self.connect(addr, "upload", path)?;
+        let boundary = format!("cloudstore{}", random_token());
+        let head = format!(
+            "POST /operations/uploadfile?fs={}&remote={} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            encode_component(&self.opts.remote),
+            PARTIAL_DIR,
+            self.auth
+        );
+        let part_head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{tmp_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        );
+        let part_tail = format!("\r\n--{boundary}--\r\n");
+        let sent = (|| -> io::Result<()> {
+            let mut w = io::BufWriter::with_capacity(256 * 1024, &mut s);
+            w.write_all(head.as_bytes())?;
+            write_chunk(&mut w, part_head.as_bytes())?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = match content.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("reading the content from storage: {e}"),
+                        ))
+                    }
+                };
+                write_chunk(&mut w, &buf[..k])?;
+            }
+            write_chunk(&mut w, part_tail.as_bytes())?;
+            w.write_all(b"0\r\n\r\n")?;
+            w.flush()
+        })();
+        if let Err(e) = sent {
+            // The cut request leaves at most a partial object under the temporary name.
+            return Err(tp(e));
+        }
+        let mut resp = Response::read(s).map_err(tp)?;
+        let mut text = Vec::new();
+        let _ = (&mut resp).take(1 << 20).read_to_end(&mut text);
+        if resp.status != 200 {
+            let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+            return Err(CloudError::Remote {
+                op: "upload",
+                path: path.to_owned(),
+                status: resp.status,
+                message: v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned()),
+            });
+        }
+        Ok(tmp)
+    }
+
+    /// Moves a completed upload into place and returns the stored object's state.
+    pub fn commit(&self, tmp: &str, path: &str) -> Result<CloudEntry> {
+        self.move_file(tmp, path)?;
+        self.stat(path)?.ok_or_else(|| CloudError::NotFound {
+            op: "upload (stat after move)",
+            path: path.to_owned(),
+        })
+    }
+
+    /// Server-side move of one object (replacing the destination).
+    pub fn move_file(&self, from: &str, to: &str) -> Result<()> {
+        self.rc(
+            "move",
+            "operations/movefile",
+            to,
+            json!({"srcFs": self.opts.remote, "srcRemote": from,
+                   "dstFs": self.opts.remote, "dstRemote": to}),
+        )
+        .map(drop)
+    }
+
+    /// Deletes one object; an absent one is not an error.
+    pub fn delete_file(&self, path: &str) -> Result<()> {
+        match self.rc(
+            "delete",
+            "operations/deletefile",
+            path,
+            json!({"fs": self.opts.remote, "remote": path}),
+        ) {
+            Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        self.rc(
+            "mkdir",
+            "operations/mkdir",
+            path,
+            json!({"fs": self.opts.remote, "remote": path}),
+        )
+        .map(drop)
+    }
+
+    /// Removes an empty directory; an absent one is not an error.
+    pub fn rmdir(&self, path: &str) -> Result<()> {
+        match self.rc(
+            "rmdir",
+            "operations/rmdir",
+            path,
+            json!({"fs": self.opts.remote, "remote": path}),
+        ) {
+            Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes what cut uploads left in the partial directory.
+    pub fn clean_partial(&self) -> Result<()> {
+        match self.rc(
+            "purge",
+            "operations/purge",
+            PARTIAL_DIR,
+            json!({"fs": self.opts.remote, "remote": PARTIAL_DIR}),
+        ) {
+            Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
+            Err(CloudError::Remote { message, .. }) if message.contains("directory not found") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops rclone (also done on drop).
+    pub fn stop(&self) {
+        if let Some(mut s) = self.server.lock().unwrap().take() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+}
+
+impl Drop for Rclone {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
+    let program = opts.program.display().to_string();
+    let mut cmd = Command::new(&opts.program);
+    // SAFETY: prctl in the child between fork and exec touches no memory of the parent;
+    // rclone then dies with the agent instead of serving on as an orphan.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.arg("rcd")
+        .arg("--rc-addr=127.0.0.1:0")
+        .arg("--rc-serve")
+        // rclone's own retry of low-level failures and its pacer (rate-limit answers such
+        // as HTTP 429 back off there) stay on; a whole failed call is retried by us.
+        .arg("--low-level-retries=10")
+        .args(&opts.extra_args)
+        .env("RCLONE_RC_USER", user)
+        .env("RCLONE_RC_PASS", pass)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| CloudError::Start {
+        program: program.clone(),
+        source,
+    })?;
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("rclone-log".into())
+        .spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(io::Result::ok) {
+                if let Some(t) = &tx {
+                    if let Some(rest) = line.split("Serving remote control on http://").nth(1) {
+                        let addr = rest.trim_end_matches('/').to_owned();
+                        let _ = t.send(Ok(addr));
+                        tx = None;
+                        continue;
+                    }
+                }
+                if line.contains("ERROR") || line.contains("Failed") {
+                    tracing::warn!(target: "rclone", "rclone: {line}");
+                    if let Some(t) = &tx {
+                        let _ = t.send(Err(line.clone()));
+                    }
+                } else {
+                    tracing::debug!(target: "rclone", "rclone: {line}");
+                }
+            }
+        })
+        .map_err(|source| CloudError::Start {
+            program: program.clone(),
+            source,
+        })?;
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(addr)) => {
+            let addr = addr
+                .parse()
+                .map_err(|_| CloudError::NotServing(format!("unexpected rc address {addr:?}")))?;
+            tracing::info!(pid = child.id(), %addr, "rclone rcd serving");
+            Ok(Server { child, addr })
+        }
+        Ok(Err(line)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(CloudError::NotServing(line))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(CloudError::NotServing(format!(
+                "{program} rcd printed no address within {START_TIMEOUT:?}"
+            )))
+        }
+    }
+}
+
+fn write_chunk(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    write!(w, "{:x}\r\n", data.len())?;
+    w.write_all(data)?;
+    w.write_all(b"\r\n")
+}
+
+fn entry(i: &Value, prefix: &str) -> Option<CloudEntry> {
+    let path = i.get("Path")?.as_str()?;
+    let rel = path.strip_prefix(prefix).unwrap_or(path).to_owned();
+    let is_dir = i.get("IsDir").and_then(Value::as_bool).unwrap_or(false);
+    Some(CloudEntry {
+        path: rel,
+        is_dir,
+        size: if is_dir {
+            0
+        } else {
+            i.get("Size").and_then(Value::as_i64).unwrap_or(0).max(0) as u64
+        },
+        modtime: if is_dir {
+            String::new()
+        } else {
+            i.get("ModTime")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        },
+    })
+}
+
+/// An HTTP/1.1 response whose body is read as it arrives (Content-Length, chunked, or up to
+/// the end of the connection).
+pub struct Response {
+    pub status: u16,
+    body: BufReader<TcpStream>,
+    mode: BodyMode,
+}
+
+enum BodyMode {
+    Length(u64),
+    Chunked { left: u64, done: bool },
+    UntilClose,
+}
+
+/// Largest response header block we accept from rclone.
+const MAX_HEADER: usize = 64 * 1024;
+
+impl Response {
+    fn read(s: TcpStream) -> io::Result<Response> {
+        // rclone answers after the whole body is handled; a stalled server must not hang a
+        // sync pass for ever.
+        s.set_read_timeout(Some(Duration::from_secs(300)))?;
+        let mut r = BufReader::with_capacity(256 * 1024, s);
+        let mut line = String::new();
+        let mut total = 0;
+        r.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad HTTP status line {line:?}")))?;
+        let mut mode = BodyMode::UntilClose;
+        loop {
+            line.clear();
+            let n = r.read_line(&mut line)?;
+            total += n;
+            if n == 0 || total > MAX_HEADER {
+                return Err(io::Error::other("truncated or oversized HTTP header"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    if let Ok(n) = v.parse() {
+                        mode = BodyMode::Length(n);
+                    }
+                } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                    mode = BodyMode::Chunked {
+                        left: 0,
+                        done: false,
+                    };
+                }
+            }
+        }
+        Ok(Response {
+            status,
+            body: r,
+            mode,
+        })
+    }
+
+    /// The announced length, if any.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.mode {
+            BodyMode::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl Read for Response {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match &mut self.mode {
+            BodyMode::UntilClose => self.body.read(out),
+            BodyMode::Length(left) => {
+                if *left == 0 {
+                    return Ok(0);
+                }
+                let k = (*left).min(out.len() as u64) as usize;
+                let n = self.body.read(&mut out[..k])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the body ended {left} bytes early"),
+                    ));
+                }
+                *left -= n as u64;
+                Ok(n)
+            }
+            BodyMode::Chunked { left, done } => loop {
+                if *done {
+                    return Ok(0);
+                }
+                if *left == 0 {
+                    let mut line = String::new();
+                    self.body.read_line(&mut line)?;
+                    if line.trim().is_empty() {
+                        // The CRLF after a chunk's data.
+                        line.clear();
+                        self.body.read_line(&mut line)?;
+                    }
+                    let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                        .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
+                    if size == 0 {
+                        *done = true;
+                        return Ok(0);
+                    }
+                    *left = size;
+                }
+                let k = (*left).min(out.len() as u64) as usize;
+                let n = self.body.read(&mut out[..k])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the chunked body ended early",
+                    ));
+                }
+                *left -= n as u64;
+                return Ok(n);
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_percent_encoded_except_slashes() {
+        assert_eq!(encode_path("a b/c+d"), "a%20b/c%2Bd");
+        assert_eq!(encode_component("[/tmp/x]"), "%5B%2Ftmp%2Fx%5D");
+        assert_eq!(encode_path("Zm9v-_.~"), "Zm9v-_.~");
+    }
+}

@@ -1,0 +1,659 @@
+//! The transfer role end to end: the real storage agent (confined, behind its qrexec
+//! socket), the real `cloudstore agent` in the transfer role, real rclone against the local
+//! backend and against `rclone serve webdav` on 127.0.0.1.
+//!
+//! This test binary is also the qrexec client stand-in the transfer agent runs
+//! (`CLOUDSTORE_QREXEC_CLIENT` points at it): started as `<exe> @default SERVICE[+ARG]`, it
+//! connects to `TRANSFER_TEST_SYNC_SOCKET` the way qrexec-agent does (descriptor, then the
+//! bytes) and pumps stdin/stdout.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloudstore_protocol::{Client, Expect, Request, Response};
+use qubes_sim::qubesdb::QubesDbDaemon;
+use support::*;
+
+// ------------------------------------------------------------ qrexec client stand-in
+
+fn qrexec_client(args: &[String]) -> ! {
+    let code = (|| -> std::io::Result<()> {
+        let service = args
+            .get(2)
+            .ok_or_else(|| std::io::Error::other("no service"))?;
+        let socket = std::env::var("TRANSFER_TEST_SYNC_SOCKET").map_err(std::io::Error::other)?;
+        let mut s = UnixStream::connect(&socket)?;
+        s.write_all(format!("{service} transfer\0").as_bytes())?;
+        let mut up = s.try_clone()?;
+        // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
+        let (mut stdin, mut stdout) =
+            unsafe { (fs::File::from_raw_fd(0), fs::File::from_raw_fd(1)) };
+        std::thread::spawn(move || {
+            let _ = pump(&mut stdin, &mut up);
+            let _ = up.shutdown(std::net::Shutdown::Write);
+        });
+        pump(&mut s, &mut stdout)
+    })();
+    match code {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("qrexec-client stand-in: {e}");
+            std::process::exit(125)
+        }
+    }
+}
+
+/// A plain read/write loop: `std::io::copy` picks splice(2) between a socket and a pipe,
+/// which here held the storage's first reply back from the agent.
+fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
+}
+
+// ------------------------------------------------------------ the rig
+
+/// The transfer qube: qubesdb stand-in, state and runtime directories, the running agent.
+struct Transfer {
+    child: Option<Child>,
+    log: Option<LogReader>,
+    db: QubesDbDaemon,
+    dir: tempfile::TempDir,
+    sync_socket: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Transfer {
+    fn start(storage: &StorageAgent, remote: &str, env: &[(&str, &str)]) -> Transfer {
+        let dir = shared_tempdir();
+        let db = QubesDbDaemon::start(
+            &dir.path().join("qubesdb.sock"),
+            [
+                ("/cloudstore/role", b"transfer".as_slice()),
+                ("/cloudstore/remote", remote.as_bytes()),
+            ],
+        )
+        .unwrap();
+        let mut t = Transfer {
+            child: None,
+            log: None,
+            db,
+            dir,
+            sync_socket: storage.sync_socket(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        t.spawn();
+        t
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CLOUDSTORE_QUBESDB_SOCKET", self.db.socket())
+            .env("CLOUDSTORE_DATA_DIR", self.state_dir())
+            .env("CLOUDSTORE_RUNTIME_DIR", self.runtime_dir())
+            .env("CLOUDSTORE_QREXEC_CLIENT", std::env::current_exe().unwrap())
+            .env("TRANSFER_TEST_SYNC_SOCKET", &self.sync_socket)
+            .env("CLOUDSTORE_TRANSFER_POLL_SECS", "0.5")
+            .env("CLOUDSTORE_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn spawn(&mut self) {
+        let notify_path = self.dir.path().join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777)).unwrap();
+        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let mut child = self
+            .command(&["agent"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.log = Some(LogReader::start(&mut child));
+        self.child = Some(child);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "the transfer agent sent no READY=1 ({e}); log:\n{}",
+                    self.log_text()
+                )
+            });
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break;
+            }
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        self.log.as_ref().map(LogReader::text).unwrap_or_default()
+    }
+
+    fn status(&self) -> String {
+        let out = self.command(&["status"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cloudstore status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("transfer agent log:\n{}", self.log_text());
+        }
+    }
+}
+
+fn sync_client(storage: &StorageAgent) -> Client {
+    storage
+        .client("cloudstore.Sync", "work", "transfer")
+        .unwrap()
+        .0
+}
+
+fn put(c: &Client, path: &str, content: &[u8]) {
+    if let Some((parent, _)) = path.rsplit_once('/') {
+        let mut acc = String::new();
+        for comp in parent.split('/') {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(comp);
+            let _ = c.call(Request::Mkdir {
+                path: acc.clone(),
+                mode: 0o700,
+            });
+        }
+    }
+    let mut up = c
+        .upload(Request::Put {
+            path: path.into(),
+            expect: Expect::Any,
+            mode: None,
+            mtime: None,
+        })
+        .unwrap();
+    up.write_all(content).unwrap();
+    match up.finish().unwrap() {
+        Response::Attr(_) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+fn delete(c: &Client, path: &str) {
+    c.call(Request::Delete {
+        path: path.into(),
+        expect: Expect::Any,
+    })
+    .unwrap();
+}
+
+/// Every regular file beneath `root`, relative path → content.
+fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                walk(root, &p, out);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                if let Ok(b) = fs::read(&p) {
+                    out.insert(rel, b);
+                }
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn parked_conflicts(storage: &StorageAgent) -> Vec<(String, Vec<u8>)> {
+    let c = sync_client(storage);
+    let list = match c.call(Request::ListConflicts).unwrap() {
+        Response::Versions(v) => v.versions,
+        other => panic!("{other:?}"),
+    };
+    let dir = storage
+        .data_dir()
+        .join("volumes")
+        .join("work")
+        .join("conflicts");
+    list.into_iter()
+        .map(|v| {
+            let data = fs::read(dir.join(format!("{:016x}.data", v.id)))
+                .or_else(|_| fs::read(dir.join(format!("{}.data", v.id))))
+                .unwrap_or_default();
+            (v.path, data)
+        })
+        .collect()
+}
+
+#[track_caller]
+fn wait_converged(storage: &StorageAgent, cloud: &Path, what: &str) -> BTreeMap<String, Vec<u8>> {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = files(&storage.tree("work"));
+        let c = files(cloud);
+        if s == c {
+            return s;
+        }
+        if Instant::now() > end {
+            let sk: Vec<_> = s.keys().collect();
+            let ck: Vec<_> = c.keys().collect();
+            panic!("{what}: storage and cloud never converged\nstorage: {sk:?}\ncloud: {ck:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[track_caller]
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn cloud_dir() -> (tempfile::TempDir, PathBuf) {
+    let d = shared_tempdir();
+    let vol = d.path().join("cloud").join("work");
+    fs::create_dir_all(&vol).unwrap();
+    (d, vol)
+}
+
+fn write_cloud(vol: &Path, rel: &str, content: &[u8]) {
+    let p = vol.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+// ------------------------------------------------------------ tests
+
+/// First sync merges; then changes each way, conflicts, renames, delete-vs-edit.
+fn two_way_sync() {
+    let storage = StorageAgent::start("work");
+    let (_cd, cloud) = cloud_dir();
+    let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
+    let c = sync_client(&storage);
+    put(&c, "gocryptfs.conf", b"conf");
+    put(&c, "only-storage", b"from storage");
+    put(&c, "dir/deep/s", b"deep storage");
+    put(&c, "both-same", b"same bytes");
+    put(&c, "both-differ", b"storage side");
+    write_cloud(&cloud, "gocryptfs.conf", b"conf");
+    write_cloud(&cloud, "only-cloud", b"from the cloud");
+    write_cloud(&cloud, "cdir/x", b"cloud deep");
+    write_cloud(&cloud, "both-same", b"same bytes");
+    write_cloud(&cloud, "both-differ", b"cloud side, longer");
+
+    let t = Transfer::start(&storage, &remote, &[]);
+    let got = wait_converged(&storage, &cloud, "first sync");
+    assert_eq!(got["only-cloud"], b"from the cloud");
+    assert_eq!(got["cdir/x"], b"cloud deep");
+    assert_eq!(got["dir/deep/s"], b"deep storage");
+    assert_eq!(
+        got["both-differ"], b"storage side",
+        "storage keeps the name"
+    );
+    let parked = parked_conflicts(&storage);
+    assert_eq!(
+        parked,
+        vec![("both-differ".to_owned(), b"cloud side, longer".to_vec())],
+        "only the differing pair is a conflict, its cloud side parked"
+    );
+
+    // Storage → cloud, through the journal and its push.
+    put(&c, "only-storage", b"changed in storage");
+    wait_for("the storage change in the cloud", 20, || {
+        fs::read(cloud.join("only-storage")).ok().as_deref() == Some(b"changed in storage")
+    });
+    // Cloud → storage, through the poll.
+    write_cloud(&cloud, "only-cloud", b"changed in the cloud");
+    wait_for("the cloud change in storage", 20, || {
+        fs::read(storage.tree("work").join("only-cloud"))
+            .ok()
+            .as_deref()
+            == Some(b"changed in the cloud")
+    });
+
+    // Both sides change while the agent is stopped: both kept.
+    t.signal(nix::sys::signal::Signal::SIGSTOP);
+    put(&c, "only-storage", b"storage edit 2");
+    write_cloud(&cloud, "only-storage", b"cloud edit 2!");
+    // Deleted in the cloud while edited in storage: the edit wins.
+    fs::remove_file(cloud.join("dir/deep/s")).unwrap();
+    put(&c, "dir/deep/s", b"edited while deleted");
+    // Deleted in storage while edited in the cloud: the cloud's edit is parked.
+    delete(&c, "cdir/x");
+    write_cloud(&cloud, "cdir/x", b"cloud edit of a deleted file");
+    // Renames, one on each side.
+    c.call(Request::Delete {
+        path: "both-same".into(),
+        expect: Expect::Any,
+    })
+    .unwrap();
+    put(&c, "renamed-in-storage", b"same bytes");
+    fs::rename(cloud.join("only-cloud"), cloud.join("renamed-in-cloud")).unwrap();
+    t.signal(nix::sys::signal::Signal::SIGCONT);
+
+    let got = wait_converged(&storage, &cloud, "after the two-sided changes");
+    assert_eq!(got["only-storage"], b"storage edit 2");
+    assert_eq!(got["dir/deep/s"], b"edited while deleted");
+    assert!(!got.contains_key("cdir/x"), "{:?}", got.keys());
+    assert!(!got.contains_key("both-same") && !got.contains_key("only-cloud"));
+    assert_eq!(got["renamed-in-storage"], b"same bytes");
+    assert_eq!(got["renamed-in-cloud"], b"changed in the cloud");
+    wait_for("the conflicts parked", 20, || {
+        parked_conflicts(&storage).len() == 3
+    });
+    let parked = parked_conflicts(&storage);
+    assert!(
+        parked.contains(&("only-storage".into(), b"cloud edit 2!".to_vec())),
+        "{parked:?}"
+    );
+    assert!(parked.contains(&("cdir/x".into(), b"cloud edit of a deleted file".to_vec())));
+
+    let st = t.status();
+    assert!(st.contains("volume work:"), "{st}");
+    assert!(st.contains("conflicts:    "), "{st}");
+    assert!(st.contains("last error:   none"), "{st}");
+}
+
+/// A pass deleting more than the limit stops until confirmed.
+fn deletion_threshold() {
+    let storage = StorageAgent::start("work");
+    let (_cd, cloud) = cloud_dir();
+    let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
+    let c = sync_client(&storage);
+    for i in 0..30 {
+        put(&c, &format!("f{i:02}"), format!("file {i}").as_bytes());
+    }
+    let t = Transfer::start(&storage, &remote, &[]);
+    wait_converged(&storage, &cloud, "first sync");
+    for i in 0..20 {
+        fs::remove_file(cloud.join(format!("f{i:02}"))).unwrap();
+    }
+    wait_for("the blocked status", 20, || {
+        t.status().contains("BLOCKED:      20 deletions")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        files(&storage.tree("work")).len(),
+        30,
+        "nothing deleted before confirmation"
+    );
+    let out = t.command(&["sync", "--confirm-deletes"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = wait_converged(&storage, &cloud, "after confirmation");
+    assert_eq!(got.len(), 10);
+    wait_for("the flag consumed", 10, || {
+        !t.state_dir().join("confirm-deletes").exists()
+    });
+    assert!(!t.status().contains("BLOCKED"));
+    // Versions keep what was deleted.
+    let v = match c
+        .call(Request::ListVersions { path: "f00".into() })
+        .unwrap()
+    {
+        Response::Versions(v) => v.versions,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        v.len(),
+        1,
+        "the deleted file is kept as a version in storage"
+    );
+}
+
+/// kill -9 of the agent (and with it rclone) mid-sync: a restart converges, no conflict is
+/// made of the repeated work, and no cut upload shows under a real name.
+fn agent_killed_mid_sync_resumes() {
+    let storage = StorageAgent::start("work");
+    let (_cd, cloud) = cloud_dir();
+    let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
+    let c = sync_client(&storage);
+    let big = vec![7u8; 512 * 1024];
+    for i in 0..120 {
+        let mut b = big.clone();
+        b[0] = i as u8;
+        put(&c, &format!("d{}/f{i:03}", i % 4), &b);
+    }
+    for i in 0..40 {
+        write_cloud(&cloud, &format!("down/g{i:02}"), &vec![i as u8; 300 * 1024]);
+    }
+    let mut t = Transfer::start(&storage, &remote, &[("CLOUDSTORE_RCLONE_FLAGS_TEST", "1")]);
+    for round in 0..3 {
+        wait_for("some progress", 30, || {
+            let n = files(&cloud).len();
+            n > 45 + round * 30
+        });
+        t.kill();
+        // A cut upload may sit in the partial directory, never under a real name.
+        for (p, b) in files(&cloud) {
+            if p.starts_with("d") {
+                assert_eq!(b.len(), 512 * 1024, "{p} is cut");
+            }
+        }
+        t.spawn();
+    }
+    let got = wait_converged(&storage, &cloud, "after three kills");
+    assert_eq!(got.len(), 160);
+    assert!(
+        parked_conflicts(&storage).is_empty(),
+        "repeated work made conflicts"
+    );
+}
+
+/// rclone serve webdav as the cloud: slowed down, stopped mid-transfer, back on: converges.
+fn webdav_server_stopped_mid_transfer() {
+    let storage = StorageAgent::start("work");
+    let served = shared_tempdir();
+    let cloud = served.path().join("CloudStore").join("work");
+    fs::create_dir_all(&cloud).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let serve = |dir: &Path| -> Child {
+        let c = Command::new("rclone")
+            .args(["serve", "webdav", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--bwlimit", "4M"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the webdav server", 20, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        c
+    };
+    let mut server = serve(served.path());
+    let conf_dir = shared_tempdir();
+    let conf = conf_dir.path().join("rclone.conf");
+    fs::write(
+        &conf,
+        format!("[dav]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n"),
+    )
+    .unwrap();
+    let c = sync_client(&storage);
+    for i in 0..30 {
+        put(&c, &format!("f{i:02}"), &vec![i as u8; 256 * 1024]);
+    }
+    let t = Transfer::start(
+        &storage,
+        "dav:CloudStore",
+        &[("CLOUDSTORE_RCLONE_CONFIG", conf.to_str().unwrap())],
+    );
+    wait_for("some uploads", 30, || files(&cloud).len() >= 3);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    wait_for("the error in the status", 30, || {
+        let s = t.status();
+        s.contains("last error:") && !s.contains("last error:   none")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut server = serve(served.path());
+    let got = wait_converged(&storage, &cloud, "after the server came back");
+    assert_eq!(got.len(), 30);
+    for (p, b) in &got {
+        assert_eq!(b.len(), 256 * 1024, "{p}");
+    }
+    // And back down: a cloud-side change arrives over webdav too.
+    fs::write(cloud.join("f00"), b"edited on the server").unwrap();
+    wait_for("the webdav change in storage", 30, || {
+        fs::read(storage.tree("work").join("f00")).ok().as_deref() == Some(b"edited on the server")
+    });
+    assert!(
+        !files(&served.path().join(".cloudstore-partial"))
+            .keys()
+            .any(|_| false),
+        "partial directory listing works"
+    );
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
+/// 10 000 small files, first sync.
+fn ten_thousand_files_initial_sync() {
+    let mut storage = StorageAgent::start("work");
+    // Written straight into the tree while storage is down: the first sync lists the tree.
+    storage.stop();
+    let tree = storage.tree("work");
+    for d in 0..100 {
+        let dir = tree.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    storage.spawn();
+    let (_cd, cloud) = cloud_dir();
+    let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
+    let t0 = Instant::now();
+    let t = Transfer::start(&storage, &remote, &[("CLOUDSTORE_TRANSFER_WORKERS", "8")]);
+    wait_for("10 000 files in the cloud", 100, || {
+        files(&cloud).len() == 10_000
+    });
+    eprintln!("10 000-file initial upload: {:.1?}", t0.elapsed());
+    let got = wait_converged(&storage, &cloud, "10 000 files");
+    assert_eq!(got["d42/f17"], b"42/17");
+    drop(t);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("@default") {
+        qrexec_client(&args);
+    }
+    let cases: &[(&str, fn())] = &[
+        ("two_way_sync", two_way_sync),
+        ("deletion_threshold", deletion_threshold),
+        (
+            "agent_killed_mid_sync_resumes",
+            agent_killed_mid_sync_resumes,
+        ),
+        (
+            "webdav_server_stopped_mid_transfer",
+            webdav_server_stopped_mid_transfer,
+        ),
+        (
+            "ten_thousand_files_initial_sync",
+            ten_thousand_files_initial_sync,
+        ),
+    ];
+    if args.iter().any(|a| a == "--list") {
+        for (n, _) in cases {
+            println!("{n}: test");
+        }
+        return;
+    }
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    let mut failed = 0;
+    for (name, f) in cases {
+        if filter.is_some_and(|flt| !name.contains(flt.as_str())) {
+            continue;
+        }
+        let t = Instant::now();
+        match std::panic::catch_unwind(f) {
+            Ok(()) => println!("test {name} ... ok ({:.1?})", t.elapsed()),
+            Err(_) => {
+                println!("test {name} ... FAILED ({:.1?})", t.elapsed());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
