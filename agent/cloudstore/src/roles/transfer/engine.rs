@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,6 +80,10 @@ pub enum SyncError {
 }
 
 type Result<T> = std::result::Result<T, SyncError>;
+
+/// Cloud errors in a row after which a pass stops (see `execute`): a few, so one bad file
+/// does not stop the others, while a dead server stops the pass within seconds.
+const CLOUD_FAILURES_TO_STOP: usize = 3;
 
 /// What a pass did.
 #[derive(Debug, Default, Clone)]
@@ -675,14 +680,29 @@ impl VolumeSync {
         dirs_last.sort_by(|a, b| b.path().cmp(a.path()));
         let report_m = Mutex::new(std::mem::take(report));
         let made_dirs = Mutex::new(BTreeSet::new());
+        // Cloud failures in a row: past CLOUD_FAILURES_TO_STOP the cloud is taken to be down
+        // and the rest of the plan waits for the next pass (the journal position does not
+        // move, so nothing is forgotten) instead of each file sitting through rclone's
+        // retries against a server that is gone.
+        let cloud_failures = AtomicUsize::new(0);
         let run = |a: Action| {
             let what = format!("{:?}", a.path());
             let r = self.apply(a, &made_dirs, &report_m);
-            if let Err(e) = r {
-                warn!(volume = %self.volume, path = %what, "{e}");
-                report_m.lock().unwrap().errors.push(e.to_string());
+            match r {
+                Ok(()) => cloud_failures.store(0, Ordering::Relaxed),
+                Err(e) => {
+                    warn!(volume = %self.volume, path = %what, "{e}");
+                    if matches!(&e, SyncError::Cloud(c) if !matches!(c, super::rclone::CloudError::NotFound { .. }))
+                    {
+                        cloud_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Shown at once: a pass against an unreachable cloud can take a while.
+                    self.status.lock().unwrap().last_error = Some(e.to_string());
+                    report_m.lock().unwrap().errors.push(e.to_string());
+                }
             }
         };
+        let cloud_down = || cloud_failures.load(Ordering::Relaxed) >= CLOUD_FAILURES_TO_STOP;
         for a in dirs_first {
             run(a);
         }
@@ -690,6 +710,9 @@ impl VolumeSync {
         std::thread::scope(|sc| {
             for _ in 0..self.workers {
                 sc.spawn(|| loop {
+                    if cloud_down() {
+                        break;
+                    }
                     let next = queue.lock().unwrap().pop_front();
                     match next {
                         Some(a) => run(a),
@@ -698,8 +721,17 @@ impl VolumeSync {
                 });
             }
         });
-        for a in dirs_last {
-            run(a);
+        let left = queue.into_inner().unwrap().len();
+        if left > 0 {
+            let msg = format!(
+                "the cloud failed {CLOUD_FAILURES_TO_STOP} times in a row; {left} transfers wait for the next attempt"
+            );
+            warn!(volume = %self.volume, PENDING = left, "{msg}");
+            report_m.lock().unwrap().errors.push(msg);
+        } else {
+            for a in dirs_last {
+                run(a);
+            }
         }
         *report = report_m.into_inner().unwrap();
     }

@@ -266,7 +266,9 @@ impl Rclone {
                     .and_then(Value::as_str)
                     .unwrap_or("unknown error")
                     .to_owned();
-                if message.contains("not found") {
+                // rclone's wording varies by backend: "object not found", "directory not
+                // found", webdav's "Not Found: 404 Not Found".
+                if message.to_ascii_lowercase().contains("not found") {
                     return Err(CloudError::NotFound {
                         op,
                         path: path.to_owned(),
@@ -537,8 +539,10 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
         .arg("--rc-addr=127.0.0.1:0")
         .arg("--rc-serve")
         // rclone's own retry of low-level failures and its pacer (rate-limit answers such
-        // as HTTP 429 back off there) stay on; a whole failed call is retried by us.
-        .arg("--low-level-retries=10")
+        // as HTTP 429 back off there, honouring Retry-After) stay on, but short: with its
+        // default of 10 a call against a server that is gone blocks for minutes, and the
+        // pass-level backoff (engine::backoff) is the retry that keeps going.
+        .arg("--low-level-retries=3")
         .args(&opts.extra_args)
         .env("RCLONE_RC_USER", user)
         .env("RCLONE_RC_PASS", pass)
