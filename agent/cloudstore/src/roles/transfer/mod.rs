@@ -261,7 +261,10 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
         }
         if Instant::now() >= next_discovery {
             let r = (|| -> anyhow::Result<Vec<String>> {
-                if discovery.as_ref().is_none_or(|d| d.client.lost().is_some()) {
+                if !discovery
+                    .as_ref()
+                    .is_some_and(|d| d.client.lost().is_none())
+                {
                     discovery = None;
                     discovery = Some(StorageLink::connect(&settings.qrexec_client, "")?);
                 }

@@ -729,7 +729,7 @@ impl Read for Response {
                 *left -= n as u64;
                 Ok(n)
             }
-            BodyMode::Chunked { left, done } => loop {
+            BodyMode::Chunked { left, done } => {
                 if *done {
                     return Ok(0);
                 }
@@ -758,8 +758,8 @@ impl Read for Response {
                     ));
                 }
                 *left -= n as u64;
-                return Ok(n);
-            },
+                Ok(n)
+            }
         }
     }
 }
