@@ -11,7 +11,9 @@
 //!
 //! Per qube: `netvm` (`true`, `false` or a qube name; default none, as a qube whose
 //! netvm property is empty), `features` (name → string, like `qvm-features`), `tags`
-//! (like `qvm-tags`, for `@tag:` policy rules).
+//! (like `qvm-tags`, for `@tag:` policy rules), `env` (name → string: extra environment of
+//! the qube's cloudstore agent, as a unit drop-in's `Environment=` gives it, e.g.
+//! `env = { "CLOUDSTORE_TRANSFER_POLL_SECS" = "1" }`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -46,6 +48,8 @@ pub struct QubeConfig {
     pub features: BTreeMap<String, String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 impl QubeConfig {
@@ -100,6 +104,14 @@ impl SimConfig {
                 if !n.is_empty() {
                     validate_qube_name(n)
                         .map_err(|e| anyhow::anyhow!("qube {name}: netvm: {e}"))?;
+                }
+            }
+            for k in q.env.keys() {
+                if k.is_empty()
+                    || k.starts_with(|c: char| c.is_ascii_digit())
+                    || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    bail!("qube {name}: invalid environment variable name {k:?} (letters, digits and '_', not starting with a digit)");
                 }
             }
             for t in &q.tags {
@@ -187,6 +199,11 @@ features = { "cloudstore.role" = "consumer", "cloudstore.volumes" = "photos" }
             ("[qube.a]\ncolour = \"red\"\n", "not a valid"),
             ("[qube.a]\ntags = [\"a b\"]\n", "invalid tag"),
             ("[qube.a]\nnetvm = \"-x\"\n", "netvm"),
+            (
+                "[qube.a]\nenv = { \"A=B\" = \"1\" }\n",
+                "invalid environment",
+            ),
+            ("[qube.a]\nenv = { X = 1 }\n", "not a valid"),
         ] {
             let e = format!("{:#}", SimConfig::parse(text).unwrap_err());
             assert!(e.contains(want), "{text:?}: {e}");

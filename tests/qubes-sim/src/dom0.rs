@@ -625,6 +625,7 @@ pub fn up(opts: &UpOptions) -> Result<bool> {
             ready_timeout_ms: opts.ready_timeout.as_millis() as u64,
             restart_ms: opts.restart_delay.as_millis() as u64,
             binds: qube_binds(&cloudstore, &qrexec_client, q),
+            unit_env: q.env.clone(),
         };
         prepare_qube(&s)?;
         if q.role() == Some("transfer") {

@@ -69,6 +69,10 @@ pub struct QubeState {
     /// of the binaries it runs and, for the transfer qube, a local cloud folder.
     #[serde(default)]
     pub binds: Vec<PathBuf>,
+    /// The agent's extra environment (the configuration's `env`, a unit drop-in's
+    /// `Environment=`); the qube's other processes do not get it.
+    #[serde(default)]
+    pub unit_env: std::collections::BTreeMap<String, String>,
 }
 
 /// The unit files' stop timeout (TimeoutStopSec=30s).
@@ -606,6 +610,7 @@ impl Init {
     fn env(&self) -> Vec<(String, String)> {
         let mut env = self.state.base_env();
         env.push(("HOME".into(), "/root".into()));
+        env.extend(self.state.unit_env.clone());
         env
     }
 

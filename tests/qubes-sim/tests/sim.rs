@@ -692,5 +692,6 @@ features = {{ "cloudstore.role" = "transfer", "cloudstore.remote" = "{}" }}
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(std::fs::metadata(&cloud).unwrap().uid(), 0);
+    // What the transfer agent then does with the folder is the role's business (it hands
+    // a local remote below the top level to its sandbox user).
 }
