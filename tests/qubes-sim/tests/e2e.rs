@@ -553,26 +553,34 @@ fn walkthrough() {
         b"",
     );
     assert!(!out.status.success(), "my-photos unlocked work");
-    // Searched as root inside my-photos, everything it can see: no trace of work's files.
-    let out = w.exec(
-        "root",
+    // Searched as root inside my-photos, everything it can see: no trace of work's files
+    // (while the same search does find my-photos' own note).
+    let d = w.d().display().to_string();
+    let search = |marker: &str| {
+        w.exec(
+            "root",
+            "my-photos",
+            &[
+                "grep", "-r", "-l", "-s", "-F", "-e", marker, "/home", "/tmp", "/var/tmp", "/root",
+                &d,
+            ],
+            b"",
+        )
+    };
+    let own: String = tok.chars().rev().collect();
+    w.sh_in(
         "my-photos",
-        &[
-            "grep",
-            "-r",
-            "-l",
-            "-s",
-            "-F",
-            "-e",
-            &tok,
-            "/home",
-            "/tmp",
-            "/var/tmp",
-            "/root",
-            &w.d().display().to_string(),
-        ],
-        b"",
+        "cat > ~/own-note",
+        format!("own {own}\n").as_bytes(),
     );
+    let out = search(&own);
+    assert!(
+        text(&out.stdout).starts_with("/home/user/own-note\n"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = search(&tok);
     assert!(
         out.stdout.is_empty() && out.status.code() != Some(0),
         "my-photos sees work's plaintext: {}",
