@@ -9,8 +9,9 @@
 //!   no plaintext byte or name is anywhere in storage, transfer, the cloud or dom0.
 //! - [`nothing_is_lost`]: while a writer in my-work keeps creating files (each fsynced
 //!   before it counts), storage and transfer are shut down and started again, and every
-//!   role's agent is killed with SIGKILL at random moments; afterwards every counted file
-//!   is intact in my-work and in the cloud.
+//!   role's agent is killed with SIGKILL at random moments, and another machine adds files
+//!   to the cloud; afterwards every counted file is intact in my-work and in the cloud, and
+//!   every file added to the cloud is in my-work.
 //!
 //! The random moments come from a seed printed at the start (`E2E_SEED=N` repeats a run).
 
@@ -373,19 +374,39 @@ impl Drop for GocryptfsMount {
             self.mnt.display()
         );
         if let Some(cloud) = &self.cloud {
-            let st = Command::new("chown")
-                .arg("-R")
-                .arg(format!("--reference={}", cloud.display()))
-                .arg(cloud)
-                .status()
-                .unwrap();
-            assert!(
-                st.success() || std::thread::panicking(),
-                "chown -R {}",
-                cloud.display()
-            );
+            give_to_owner_of(cloud);
         }
     }
+}
+
+/// Gives everything under the cloud folder to the folder's owner; files the transfer agent
+/// renames or removes meanwhile are skipped.
+fn give_to_owner_of(cloud: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, uid: u32, gid: u32) {
+        let m = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => panic!("stat {}: {e}", p.display()),
+        };
+        if m.uid() != uid || m.gid() != gid {
+            match std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) => panic!("chown {}: {e}", p.display()),
+            }
+        }
+        if m.is_dir() {
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return;
+            };
+            for e in rd.flatten() {
+                walk(&e.path(), uid, gid);
+            }
+        }
+    }
+    let m = std::fs::metadata(cloud).unwrap();
+    walk(cloud, m.uid(), m.gid());
 }
 
 /// Every place under ROOTS where a needle occurs, in a name or in a regular file's bytes.
@@ -736,16 +757,22 @@ fn walkthrough() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// The size of the writer's file number `i`, as a shell arithmetic expression: mostly a
+/// few KiB, every 40th 1.5 MB (long enough that a kill may come in the middle of its
+/// upload).
+const LOAD_SIZE: &str = "(i % 40 == 0 ? 1500000 : (i % 7) * 3000 + 100)";
+
 /// The writer that runs in my-work: creates load/f1, f2, … with content from
 /// [`load_content`], each through `dd conv=fsync`; the number of each file whose fsync
 /// succeeded goes to /tmp/acked. Failures (while a mount is being replaced) are counted,
 /// not fatal. Stops when /tmp/stop exists, then writes /tmp/writer.done.
 const WRITER: &str = r#"
 tok=$1
+size=$2
 i=0
 while [ ! -e /tmp/stop ]; do
     i=$((i+1))
-    if yes "file $i $tok" 2>/dev/null | head -c $(( (i % 7) * 3000 + 100 )) |
+    if yes "file $i $tok" 2>/dev/null | head -c $(( $size )) |
         dd of="$HOME/CloudStore/work/load/f$i" conv=fsync status=none 2>/dev/null; then
         echo $i >> /tmp/acked
     else
@@ -758,7 +785,11 @@ touch /tmp/writer.done
 
 fn load_content(i: u64, tok: &str) -> Vec<u8> {
     let line = format!("file {i} {tok}\n");
-    let len = ((i % 7) * 3000 + 100) as usize;
+    let len = if i % 40 == 0 {
+        1_500_000
+    } else {
+        ((i % 7) * 3000 + 100) as usize
+    };
     line.bytes().cycle().take(len).collect()
 }
 
@@ -773,7 +804,7 @@ fn nothing_is_lost() {
     w.sh("my-work", "mkdir ~/CloudStore/work/load");
     w.sh_in(
         "my-work",
-        &format!("cat > /tmp/writer.sh && : > /tmp/acked && : > /tmp/failed || exit 1; setsid sh /tmp/writer.sh {tok} </dev/null >/dev/null 2>&1 &"),
+        &format!("cat > /tmp/writer.sh && : > /tmp/acked && : > /tmp/failed || exit 1; setsid sh /tmp/writer.sh {tok} '{LOAD_SIZE}' </dev/null >/dev/null 2>&1 &"),
         WRITER.as_bytes(),
     );
     let acked = |w: &World| -> Vec<u64> {
@@ -814,7 +845,19 @@ fn nothing_is_lost() {
     for i in (1..kills.len()).rev() {
         kills.swap(i, w.rng.below(i as u64 + 1) as usize);
     }
-    for q in kills {
+    // Meanwhile another machine adds a file to the cloud before each kill.
+    let mut from_cloud: Vec<(String, Vec<u8>)> = Vec::new();
+    for (k, q) in kills.into_iter().enumerate() {
+        let name = format!("from-cloud/c{k}.txt");
+        let content = format!("cloud file {k} {tok}\n")
+            .repeat(k * 500 + 1)
+            .into_bytes();
+        {
+            let view = w.cloud_view(true);
+            std::fs::create_dir_all(view.path("from-cloud")).unwrap();
+            std::fs::write(view.path(&name), &content).unwrap();
+        }
+        from_cloud.push((name, content));
         std::thread::sleep(Duration::from_millis(w.rng.below(1500)));
         let before = w.restarts(q);
         let pid = std::fs::read_to_string(w.qube_dir(q).join("run/agent.pid")).unwrap();
@@ -856,20 +899,42 @@ fn nothing_is_lost() {
         "my-work",
         &format!(
             "cd ~/CloudStore/work/load && for i in $(cat /tmp/acked); do \
-               yes \"file $i {tok}\" 2>/dev/null | head -c $(( (i % 7) * 3000 + 100 )) | cmp -s - f$i || echo \"f$i\"; \
+               yes \"file $i {tok}\" 2>/dev/null | head -c $(( {LOAD_SIZE} )) | cmp -s - f$i || echo \"f$i\"; \
              done"
         ),
     );
     assert!(bad.is_empty(), "files lost or damaged in my-work: {bad}");
     // ... and in the cloud.
-    let files: Vec<(String, Vec<u8>)> = done
+    let mut files: Vec<(String, Vec<u8>)> = done
         .iter()
         .map(|i| (format!("load/f{i}"), load_content(*i, &tok)))
         .collect();
     w.wait_in_cloud("every counted file in the cloud", &files);
+    // The files added to the cloud meanwhile reached my-work, and are still in the cloud.
+    wait_for("the cloud's files in my-work", || {
+        for (name, content) in &from_cloud {
+            let out = w.exec(
+                "user",
+                "my-work",
+                &["cat", &format!("/home/user/CloudStore/work/{name}")],
+                b"",
+            );
+            if &out.stdout != content {
+                return Err(format!("{name}: {}", text(&out.stderr)));
+            }
+        }
+        Ok(())
+    });
+    files.extend(from_cloud);
+    w.wait_in_cloud("all files still in the cloud", &files);
 
     let needles = vec![("the run's marker".to_owned(), tok.clone().into_bytes())];
-    let roots = [w.qube_dir("storage"), w.qube_dir("transfer"), w.cloud()];
+    let roots = [
+        w.qube_dir("storage"),
+        w.qube_dir("transfer"),
+        w.cloud(),
+        w.d().join("dom0"),
+    ];
     let hits = find_plaintext(&roots, &needles);
     assert!(hits.is_empty(), "plaintext found: {hits:#?}");
 }
