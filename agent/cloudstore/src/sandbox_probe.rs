@@ -8,6 +8,11 @@
 //! - `socket:inet` — create an AF_INET socket; seccomp must stop it. The allowlist's
 //!   mismatch action is a trap, so the process ends (exit 159, naming the syscall): the
 //!   probe's proof is that death.
+//! - `socket:netlink` — create an AF_NETLINK socket: the same proof for a role whose
+//!   allowlist admits AF_INET (transfer).
+//! - `exec:PATH` — run PATH; landlock must refuse it for a role that runs programs (transfer
+//!   may execute only rclone, the qrexec client and their libraries). A role that never
+//!   runs one has no execve in its allowlist, so its trap ends the process instead.
 //!
 //! Used by the confinement tests of each role; an administrator can run the same check on a
 //! qube with `systemctl edit` or by hand.
@@ -29,7 +34,34 @@ pub fn run_if_asked() {
             Some(("socket", "inet")) => {
                 describe(std::net::UdpSocket::bind("127.0.0.1:0").map(drop))
             }
-            _ => "unknown probe (kinds: open:PATH, write:PATH, socket:inet)".to_owned(),
+            Some(("socket", "netlink")) => {
+                // SAFETY: socket(2) with integer arguments; the descriptor is closed at once.
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_NETLINK,
+                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                        libc::NETLINK_ROUTE,
+                    )
+                };
+                describe(if fd < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+                    unsafe { libc::close(fd) };
+                    Ok(())
+                })
+            }
+            Some(("exec", path)) => describe(
+                std::process::Command::new(path)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map(drop),
+            ),
+            _ => "unknown probe (kinds: open:PATH, write:PATH, exec:PATH, socket:inet, \
+                  socket:netlink)"
+                .to_owned(),
         };
         tracing::warn!(probe = %probe, "sandbox probe {probe}: {outcome}");
     }

@@ -634,6 +634,136 @@ fn ten_thousand_files_initial_sync() {
     drop(t);
 }
 
+/// The running transfer agent is confined by roles/transfer/sandbox.json: forbidden accesses
+/// fail inside it, /proc shows the sandbox on the agent and on its rclone child, and sync
+/// still runs both ways through the confined rclone.
+fn transfer_sandbox_holds() {
+    let storage = StorageAgent::start("work");
+    let (_cd, cloud) = cloud_dir();
+    let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
+    // Outside every path the policy grants, yet open to any user: only landlock refuses.
+    let decoy = shared_tempdir();
+    fs::set_permissions(decoy.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = decoy.path().join("secret");
+    fs::write(&secret, "outside the sandbox").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+    let planted = decoy.path().join("planted");
+    let probes = [
+        format!("open:{}", secret.display()),
+        format!("write:{}", planted.display()),
+        "write:/etc/cloudstore-probe".to_owned(),
+        "exec:/bin/sh".to_owned(),
+    ];
+    let probe_env = probes.join(",");
+    let t = Transfer::start(
+        &storage,
+        &remote,
+        &[("CLOUDSTORE_SANDBOX_PROBE", probe_env.as_str())],
+    );
+    wait_for("the probe results in the log", 10, || {
+        probes
+            .iter()
+            .all(|p| t.log_text().contains(&format!("sandbox probe {p}:")))
+    });
+    let log = t.log_text();
+    for p in &probes {
+        assert!(
+            log.contains(&format!("sandbox probe {p}: refused")),
+            "{p} was not refused:\n{log}"
+        );
+    }
+    assert!(!log.contains("ALLOWED"), "{log}");
+    assert!(!planted.exists() && !Path::new("/etc/cloudstore-probe").exists());
+    assert!(log.contains("transfer role confined"), "{log}");
+
+    // /proc: the sandbox user, no capabilities, no_new_privs and seccomp, on the agent and
+    // inherited by rclone.
+    let uid = nix::unistd::User::from_name("cloudstore")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+        .to_string();
+    let field = |pid: i32, name: &str| -> String {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let rclone = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            stat.contains("(rclone)")
+                && stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(t.pid().to_string().as_str())
+        })
+        .expect("the agent's rclone child");
+    for (what, pid) in [("agent", t.pid()), ("rclone", rclone)] {
+        assert_eq!(field(pid, "Uid:"), uid, "{what}");
+        assert_eq!(field(pid, "CapEff:"), "0000000000000000", "{what}");
+        assert_eq!(field(pid, "CapPrm:"), "0000000000000000", "{what}");
+        assert_eq!(field(pid, "NoNewPrivs:"), "1", "{what}");
+        assert_eq!(field(pid, "Seccomp:"), "2", "{what}");
+    }
+
+    // Sync both ways through the confined rclone, with the status file in the runtime dir.
+    let c = sync_client(&storage);
+    put(&c, "from-storage", b"up through the sandbox");
+    wait_for("the storage file in the cloud", 20, || {
+        fs::read(cloud.join("from-storage")).ok().as_deref() == Some(b"up through the sandbox")
+    });
+    write_cloud(&cloud, "from-cloud", b"down through the sandbox");
+    wait_for("the cloud file in storage", 20, || {
+        fs::read(storage.tree("work").join("from-cloud"))
+            .ok()
+            .as_deref()
+            == Some(b"down through the sandbox")
+    });
+    assert!(t.status().contains("volume work:"));
+    let log = t.log_text();
+    assert!(
+        !log.contains("seccomp refused") && !log.contains("SIGSYS"),
+        "{log}"
+    );
+    assert_eq!(field(t.pid(), "Seccomp:"), "2");
+    drop(t);
+
+    // A syscall outside the allowlist (a netlink socket) ends the agent by seccomp's trap,
+    // naming the syscall.
+    let t = Transfer {
+        child: None,
+        log: None,
+        db: QubesDbDaemon::start(
+            &decoy.path().join("qubesdb.sock"),
+            [
+                ("/cloudstore/role", b"transfer".as_slice()),
+                ("/cloudstore/remote", remote.as_bytes()),
+            ],
+        )
+        .unwrap(),
+        dir: shared_tempdir(),
+        sync_socket: storage.sync_socket(),
+        env: vec![("CLOUDSTORE_SANDBOX_PROBE".into(), "socket:netlink".into())],
+    };
+    let out = t.command(&["agent"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(159), "{err}");
+    // 41 is socket(2) on x86_64, the one architecture the policy is written for.
+    assert!(err.contains("seccomp refused syscall 41"), "{err}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("@default") {
@@ -654,6 +784,7 @@ fn main() {
             "ten_thousand_files_initial_sync",
             ten_thousand_files_initial_sync,
         ),
+        ("transfer_sandbox_holds", transfer_sandbox_holds),
     ];
     if args.iter().any(|a| a == "--list") {
         for (n, _) in cases {

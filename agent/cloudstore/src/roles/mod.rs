@@ -279,6 +279,21 @@ pub fn agent_main(_args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let mut transfer_prepared = None;
+    if role == Role::Transfer {
+        notify::status("setting up and confining the transfer role");
+        match transfer::prepare(&config) {
+            Ok(p) => transfer_prepared = Some(p),
+            Err(e) => {
+                error!(
+                    exit_code = exit_code::FAILURE,
+                    "cannot set up the transfer role: {e:#}"
+                );
+                notify::status(&format!("transfer set-up failed: {e:#}"));
+                return Ok(ExitCode::from(exit_code::FAILURE));
+            }
+        }
+    }
 
     let shutdown = Shutdown::new().context("creating the shutdown pipe")?;
     let finished = Shutdown::new().context("creating the role-finished pipe")?;
@@ -299,7 +314,10 @@ pub fn agent_main(_args: AgentArgs) -> anyhow::Result<ExitCode> {
                     Some(p) => storage::run(p, ctx),
                     None => Err(anyhow::anyhow!("the storage role was not set up")),
                 },
-                Role::Transfer => transfer::run(ctx),
+                Role::Transfer => match transfer_prepared {
+                    Some(p) => transfer::run(p, ctx),
+                    None => Err(anyhow::anyhow!("the transfer role was not set up")),
+                },
                 Role::Consumer => consumer::run(ctx),
             };
             role_done.trigger();

@@ -12,7 +12,8 @@
 //! Settings: the remote from qubesdb (`cloudstore.remote`, default `onedrive:CloudStore`);
 //! from the environment (the unit's `Environment=`, tests):
 //! - `CLOUDSTORE_RCLONE`: the rclone program (default `rclone`);
-//! - `CLOUDSTORE_RCLONE_CONFIG`: rclone's config file (default `<state>/rclone.conf`, where
+//! - `CLOUDSTORE_RCLONE_CONFIG`, else `RCLONE_CONFIG` (the unit's): rclone's config file
+//!   (default `<state>/rclone.conf`, where
 //!   `sudo -u cloudstore rclone config --config /var/lib/cloudstore/rclone.conf` puts it);
 //! - `CLOUDSTORE_TRANSFER_POLL_SECS`: cloud poll interval (default 60);
 //! - `CLOUDSTORE_TRANSFER_WORKERS`: files moved at once (default 4, rclone's `--transfers`);
@@ -22,6 +23,11 @@
 //! A pass that would delete more than the limits allow stops the volume's sync; `cloudstore
 //! sync --confirm-deletes` creates the flag file `<state>/confirm-deletes`, which the agent
 //! notices within a second, and removes once the deletions are done.
+//!
+//! Two phases, as for storage. [`prepare`] runs while the agent is still single-threaded:
+//! it resolves the programs the role runs, creates its directories (handing them to the
+//! sandbox user when started as root) and confines the process for good (`sandbox.json`
+//! beside this file), so rclone and every qrexec client inherit the sandbox. [`run`] syncs.
 
 pub mod engine;
 pub mod rclone;
@@ -39,13 +45,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cloudstore_protocol::{Client, ClientConfig, Hello, Push, Request, Response, Role};
+use cloudstore_sandbox::{Policy, Sandbox, Vars};
 use tracing::{error, info, warn};
 
 use super::{RoleContext, Shutdown};
-use crate::config;
+use crate::config::{self, Config};
 use engine::{DeleteLimits, VolumeSync};
 use rclone::{Rclone, RcloneOptions};
 use status::{TransferStatus, VolumeStatus};
+
+/// The transfer role's sandbox, compiled in so the binary and its policy never disagree.
+pub const SANDBOX_POLICY: &str = include_str!("sandbox.json");
+const POLICY_ORIGIN: &str = "roles/transfer/sandbox.json";
+
+/// rclone's spool directory in the state directory (`--temp-dir`): backends that cannot
+/// stream an upload of unknown size (OneDrive among them) have rclone spool each file above
+/// `--streaming-upload-cutoff` there first (rclone fs/operations Rcat), and the sandbox
+/// reaches no other writable place. Emptied at every start.
+pub const RCLONE_TEMP_DIR: &str = "rclone-tmp";
 
 /// The qrexec service storage serves the transfer qube on.
 pub const SYNC_SERVICE: &str = "cloudstore.Sync";
@@ -105,8 +122,9 @@ impl Settings {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "rclone".into()),
-            rclone_config: std::env::var_os("CLOUDSTORE_RCLONE_CONFIG")
-                .filter(|v| !v.is_empty())
+            rclone_config: ["CLOUDSTORE_RCLONE_CONFIG", "RCLONE_CONFIG"]
+                .into_iter()
+                .find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
                 .map(PathBuf::from)
                 .unwrap_or_else(|| state_dir.join("rclone.conf")),
             poll: Duration::from_secs_f64(poll),
@@ -120,7 +138,13 @@ impl Settings {
     }
 
     pub fn rclone_options(&self) -> RcloneOptions {
-        let mut extra = vec![format!("--config={}", self.rclone_config.display())];
+        let mut extra = vec![
+            format!("--config={}", self.rclone_config.display()),
+            format!(
+                "--temp-dir={}",
+                self.state_dir.join(RCLONE_TEMP_DIR).display()
+            ),
+        ];
         if let Some(t) = self.tpslimit {
             extra.push(format!("--tpslimit={t}"));
         }
@@ -216,15 +240,219 @@ pub fn discover(link: &StorageLink) -> anyhow::Result<Vec<String>> {
     }
 }
 
+/// Everything [`prepare`] set up for [`run`].
+#[derive(Debug)]
+pub struct Prepared {
+    settings: Settings,
+    /// The sandbox report, as logged.
+    pub confinement: String,
+}
+
+/// The directory of a remote that is a local path: `/abs/path`, `:local:/abs/path` (rclone's
+/// on-the-fly backend) or `local:/abs/path` (a configured remote named `local`). Its
+/// volumes and rclone's partial directory live beneath it, so the sandbox must reach it.
+pub fn local_remote_dir(remote: &str) -> Option<PathBuf> {
+    let path = if remote.starts_with('/') {
+        remote
+    } else {
+        remote
+            .strip_prefix(":local:")
+            .or_else(|| remote.strip_prefix("local:"))?
+    };
+    let p = Path::new(path);
+    p.is_absolute().then(|| p.to_path_buf())
+}
+
+/// The absolute, symlink-free path of `program`, looked up in `$PATH` like `execvp` would:
+/// the sandbox grants execute on exactly that file, so it is resolved before the sandbox.
+fn resolve_program(program: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    if program.components().count() > 1 {
+        return std::fs::canonicalize(program)
+            .with_context(|| format!("{what} {}", program.display()));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(program);
+        if std::fs::metadata(&cand).is_ok_and(|m| m.is_file()) {
+            return std::fs::canonicalize(&cand)
+                .with_context(|| format!("{what} {}", cand.display()));
+        }
+    }
+    anyhow::bail!(
+        "{what} {} is not in PATH ({})",
+        program.display(),
+        path.to_string_lossy()
+    )
+}
+
+fn ensure_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+type Owner = (nix::unistd::Uid, nix::unistd::Gid);
+
+/// The sandbox user's ids, when we run as root and must hand our directories over to it (as
+/// systemd's `StateDirectory=` does for `User=`).
+fn sandbox_owner(policy: &Policy) -> anyhow::Result<Option<Owner>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let Some(cloudstore_sandbox::Id::Name(name)) = policy.user() else {
+        return Ok(None);
+    };
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("looking up the sandbox user {name:?}"))?
+        .with_context(|| {
+            format!(
+                "the sandbox user {name:?} does not exist (the package creates it with sysusers.d)"
+            )
+        })?;
+    Ok(Some((user.uid, user.gid)))
+}
+
+/// Gives `path` and everything beneath it to `owner`, leaving alone what it already owns;
+/// symlinks are changed themselves, never followed.
+fn hand_over(path: &Path, owner: Owner) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    if meta.uid() != owner.0.as_raw() || meta.gid() != owner.1.as_raw() {
+        nix::unistd::fchownat(
+            None,
+            path,
+            Some(owner.0),
+            Some(owner.1),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("chown {}", path.display()))?;
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+            let e = e.with_context(|| format!("listing {}", path.display()))?;
+            hand_over(&e.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// The policy of `sandbox.json` plus landlock rules for paths known only at start.
+fn policy_with(extra: &[(&Path, &str, &str)]) -> anyhow::Result<Policy> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(SANDBOX_POLICY).with_context(|| format!("parsing {POLICY_ORIGIN}"))?;
+    let rules = doc
+        .pointer_mut("/landlock/rules")
+        .and_then(serde_json::Value::as_array_mut)
+        .with_context(|| format!("{POLICY_ORIGIN}: no landlock.rules list"))?;
+    for (path, access, why) in extra {
+        let path = path.to_str().with_context(|| {
+            format!(
+                "{}: not UTF-8, cannot name it in the sandbox",
+                path.display()
+            )
+        })?;
+        rules.push(serde_json::json!({"path": path, "access": access, "why": why}));
+    }
+    Policy::from_json_str(&doc.to_string(), POLICY_ORIGIN)
+        .context("loading the transfer sandbox policy")
+}
+
+/// Set-up, then confinement. Must run before the agent starts any thread: rclone and the
+/// qrexec clients started later inherit the sandbox.
+pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let mut settings = Settings::load(&config.remote.value)?;
+    settings.rclone = resolve_program(&settings.rclone, "the rclone program")?;
+    let connector = resolve_program(Path::new(&settings.qrexec_client), "the qrexec client")?;
+    settings.qrexec_client = connector.clone().into_os_string();
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    settings.rclone_config = cwd.join(&settings.rclone_config);
+    let config_dir = settings
+        .rclone_config
+        .parent()
+        .context("rclone's config file has no directory")?
+        .to_path_buf();
+    let remote_dir = local_remote_dir(&settings.remote);
+
+    let base = Policy::from_json_str(SANDBOX_POLICY, POLICY_ORIGIN)
+        .context("loading the transfer sandbox policy")?;
+    let owner = sandbox_owner(&base)?;
+    ensure_dir(&settings.state_dir, 0o700)?;
+    // `cloudstore status` reads the status file as the qube's user.
+    ensure_dir(&settings.runtime_dir, 0o755)?;
+    let temp = settings.state_dir.join(RCLONE_TEMP_DIR);
+    match std::fs::remove_dir_all(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("emptying {}", temp.display())),
+    }
+    ensure_dir(&temp, 0o700)?;
+    let config_dir_existed = config_dir.is_dir();
+    ensure_dir(&config_dir, 0o700)?;
+    if let Some(dir) = &remote_dir {
+        ensure_dir(dir, 0o700)?;
+    }
+    if let Some(owner) = owner {
+        hand_over(&settings.state_dir, owner)?;
+        nix::unistd::chown(&settings.runtime_dir, Some(owner.0), Some(owner.1))
+            .with_context(|| format!("chown {}", settings.runtime_dir.display()))?;
+        if !config_dir_existed {
+            nix::unistd::chown(&config_dir, Some(owner.0), Some(owner.1))
+                .with_context(|| format!("chown {}", config_dir.display()))?;
+        }
+        // A local "cloud" is the role's own directory: rclone writes it as the sandbox user.
+        // Never a top-level directory such as /home or /srv, which are not ours to give.
+        if let Some(dir) = &remote_dir {
+            if dir.components().count() > 2 {
+                hand_over(dir, owner)?;
+            } else {
+                warn!(
+                    "the local remote {} is a top-level directory: not handing it to the sandbox user",
+                    dir.display()
+                );
+            }
+        }
+    }
+
+    let mut extra: Vec<(&Path, &str, &str)> = vec![(
+        &settings.rclone,
+        "execute",
+        "the rclone program, resolved at start",
+    )];
+    if let Some(dir) = &remote_dir {
+        extra.push((
+            dir,
+            "read-write",
+            "the remote is a local directory (tests, demo): rclone's local backend writes the volumes there",
+        ));
+    }
+    let policy = policy_with(&extra)?;
+    let vars = Vars::new()
+        .with("data_dir", &settings.state_dir)
+        .with("runtime_dir", &settings.runtime_dir)
+        .with("config_dir", &config_dir)
+        .with("connector", &connector);
+    let report = Sandbox::apply(&policy, &vars).context("confining the transfer role")?;
+    for w in &report.warnings {
+        warn!("sandbox: {w}");
+    }
+    let confinement = report.to_string();
+    info!(sandbox = %confinement, "transfer role confined");
+    crate::sandbox_probe::run_if_asked();
+    Ok(Prepared {
+        settings,
+        confinement,
+    })
+}
+
 type SharedStatus = Arc<Mutex<BTreeMap<String, Arc<Mutex<VolumeStatus>>>>>;
 
-/// The transfer role's entry point (see `roles` for the contract).
-pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
-    let settings = Settings::load(&ctx.config.remote.value)?;
-    std::fs::create_dir_all(&settings.state_dir)
-        .with_context(|| format!("creating {}", settings.state_dir.display()))?;
-    std::fs::create_dir_all(&settings.runtime_dir)
-        .with_context(|| format!("creating {}", settings.runtime_dir.display()))?;
+/// The transfer role's entry point (see `roles` for the contract), after [`prepare`].
+pub fn run(prepared: Prepared, ctx: RoleContext) -> anyhow::Result<()> {
+    let settings = prepared.settings;
     let _lock = lock_state_dir(&settings.state_dir)?;
     let cloud = Arc::new(
         Rclone::start(settings.rclone_options())

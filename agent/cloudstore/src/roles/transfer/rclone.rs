@@ -546,6 +546,10 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
         .args(&opts.extra_args)
         .env("RCLONE_RC_USER", user)
         .env("RCLONE_RC_PASS", pass)
+        // `rclone rcd` sends its own READY=1 to $NOTIFY_SOCKET and exits 1 when that fails
+        // (rclone v1.60 cmd/rcd/rcd.go: log.Fatalf after sysdnotify.Ready): the agent alone
+        // speaks to systemd.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
