@@ -109,8 +109,11 @@ const SCAN_ENV: &str = "CLOUDSTORE_HOLDERS_OF";
 pub fn holders_as(mount: &Path, skip: u32, uid: u32, gid: u32) -> anyhow::Result<Vec<Holder>> {
     use anyhow::Context;
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().context("finding the cloudstore binary")?;
+    // The running image itself: after a package upgrade or rebuild the path
+    // current_exe() names is "…/cloudstore (deleted)" and cannot be started.
+    let exe = std::path::Path::new("/proc/self/exe");
     let out = std::process::Command::new(exe)
+        .arg0("cloudstore")
         .arg("consumer-holders")
         .arg(skip.to_string())
         .env(SCAN_ENV, mount)

@@ -148,10 +148,13 @@ impl Worker {
         keys: &KeyMaterial,
     ) -> anyhow::Result<Worker> {
         let (ours, theirs) = UnixStream::pair().context("creating the worker's socketpair")?;
-        let exe = std::env::current_exe().context("finding the cloudstore binary")?;
+        // The running image itself: after a package upgrade or rebuild the path
+        // current_exe() names is "…/cloudstore (deleted)" and cannot be started.
+        let exe = std::path::Path::new("/proc/self/exe");
         let theirs_fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&exe);
-        cmd.arg("consumer-worker")
+        let mut cmd = Command::new(exe);
+        cmd.arg0("cloudstore")
+            .arg("consumer-worker")
             .arg("--volume")
             .arg(volume)
             .arg("--mountpoint")

@@ -572,7 +572,11 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
                         continue;
                     }
                 }
-                if line.contains("ERROR") || line.contains("Failed") {
+                // rclone logs every answer it gives as an error, including the "not found"
+                // the engine expects (a volume whose cloud folder does not exist yet, a
+                // partial directory already clean); those would repeat every poll.
+                let expected = line.to_ascii_lowercase().contains("not found");
+                if (line.contains("ERROR") || line.contains("Failed")) && !expected {
                     tracing::warn!(target: "rclone", "rclone: {line}");
                     if let Some(t) = &tx {
                         let _ = t.send(Err(line.clone()));

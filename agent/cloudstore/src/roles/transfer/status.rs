@@ -119,6 +119,9 @@ pub fn write(runtime: &Path, st: &TransferStatus) -> io::Result<()> {
     let path = status_path(runtime);
     let tmp = runtime.join(format!(".{STATUS_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
+    // Readable by the qube's user, who runs `cloudstore status` (the agent's umask is 077);
+    // it holds counts, volume names and error messages, never a key or a plaintext name.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     serde_json::to_writer_pretty(&mut f, st)?;
     f.write_all(b"\n")?;
     drop(f);
