@@ -740,6 +740,36 @@ fn transfer_sandbox_holds() {
     assert_eq!(field(t.pid(), "Seccomp:"), "2");
     drop(t);
 
+    // The network path of the confined rclone: `rclone serve webdav` reached by the name
+    // localhost (resolved inside the sandbox) through an on-the-fly webdav remote.
+    let served = shared_tempdir();
+    let dav_vol = served.path().join("CloudStore").join("work");
+    fs::create_dir_all(&dav_vol).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Command::new("rclone")
+        .args(["serve", "webdav", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(served.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the webdav server", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let dav_remote = format!(":webdav,url='http://localhost:{port}/':CloudStore");
+    let t = Transfer::start(&storage, &dav_remote, &[]);
+    wait_for("the storage files over webdav", 30, || {
+        fs::read(dav_vol.join("from-storage")).ok().as_deref() == Some(b"up through the sandbox")
+    });
+    assert!(!t.log_text().contains("seccomp refused"));
+    drop(t);
+    server.kill().unwrap();
+    let _ = server.wait();
+
     // A syscall outside the allowlist (a netlink socket) ends the agent by seccomp's trap,
     // naming the syscall.
     let t = Transfer {
