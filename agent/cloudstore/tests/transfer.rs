@@ -68,6 +68,23 @@ fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> std::io:
     }
 }
 
+/// `rclone` for a server the test runs: it dies with the test process, so a failed test
+/// leaves no server behind.
+fn rclone_server() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("rclone");
+    // SAFETY: prctl with integer arguments only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 // ------------------------------------------------------------ the rig
 
 /// The transfer qube: qubesdb stand-in, state and runtime directories, the running agent.
@@ -494,11 +511,19 @@ fn agent_killed_mid_sync_resumes() {
         write_cloud(&cloud, &format!("down/g{i:02}"), &vec![i as u8; 300 * 1024]);
     }
     let mut t = Transfer::start(&storage, &remote, &[("CLOUDSTORE_RCLONE_FLAGS_TEST", "1")]);
+    // Killed at a random moment after each step of progress (the seed is printed).
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    eprintln!("kill delays from seed {seed}");
     for round in 0..3 {
         wait_for("some progress", 30, || {
             let n = files(&cloud).len();
             n > 45 + round * 30
         });
+        let jitter = (seed >> (round * 8)) % 300;
+        std::thread::sleep(Duration::from_millis(u64::from(jitter)));
         t.kill();
         // A cut upload may sit in the partial directory, never under a real name.
         for (p, b) in files(&cloud) {
@@ -527,7 +552,7 @@ fn webdav_server_stopped_mid_transfer() {
         l.local_addr().unwrap().port()
     };
     let serve = |dir: &Path| -> Child {
-        let c = Command::new("rclone")
+        let c = rclone_server()
             .args(["serve", "webdav", "--addr"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--bwlimit", "4M"])
@@ -573,6 +598,12 @@ fn webdav_server_stopped_mid_transfer() {
         assert_eq!(b.len(), 256 * 1024, "{p}");
     }
     // And back down: a cloud-side change arrives over webdav too.
+    // The trees can match before the agent has recorded them (an upload cut by the server's
+    // death may have landed; without a record, a change now would be a both-sides conflict):
+    // wait for a pass without errors.
+    wait_for("a clean pass", 30, || {
+        t.status().contains("last error:   none")
+    });
     // Through the server, as a cloud client would: `rclone serve` caches its listing, so a
     // write behind its back would be served with the old size.
     let mut rcat = Command::new("rclone")
@@ -602,6 +633,146 @@ fn webdav_server_stopped_mid_transfer() {
     wait_for("the partial directory cleared", 20, || {
         files(&partial).is_empty()
     });
+    drop(t);
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
+/// A flaky cloud in front of `rclone serve webdav`: every third connection is answered
+/// 503 with Retry-After (a throttling cloud), the others are cut after a random time (a
+/// network that drops). Returns the proxy's port and how many requests it refused; it runs
+/// until the test process ends.
+fn flaky_proxy(upstream: u16, seed: u64) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = refused.clone();
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut rng = seed | 1;
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(mut client) = conn else { continue };
+            // xorshift: reproducible from the seed the test prints.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if n % 3 == 2 {
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = client.shutdown(Shutdown::Both);
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let life = Duration::from_millis(300 + rng % 2000);
+            let ends = [client.try_clone().unwrap(), server.try_clone().unwrap()];
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = pump(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+            std::thread::spawn(move || {
+                std::thread::sleep(life);
+                for e in ends {
+                    let _ = e.shutdown(Shutdown::Both);
+                }
+            });
+        }
+    });
+    (port, refused)
+}
+
+/// The cloud throttles and drops connections, and storage shuts down mid-sync: everything
+/// converges, nothing is cut, nothing is doubled as a conflict.
+fn flaky_cloud_and_storage_restart() {
+    let mut storage = StorageAgent::start("work");
+    let served = shared_tempdir();
+    let cloud = served.path().join("CloudStore").join("work");
+    fs::create_dir_all(&cloud).unwrap();
+    let upstream = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = rclone_server()
+        .args(["serve", "webdav", "--dir-cache-time", "0s", "--addr"])
+        .arg(format!("127.0.0.1:{upstream}"))
+        .arg(served.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the webdav server", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", upstream)).is_ok()
+    });
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("flaky proxy seed {seed}");
+    let (port, refused) = flaky_proxy(upstream, seed);
+    let conf_dir = shared_tempdir();
+    let conf = conf_dir.path().join("rclone.conf");
+    fs::write(
+        &conf,
+        format!("[dav]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n"),
+    )
+    .unwrap();
+    {
+        let c = sync_client(&storage);
+        for i in 0..40 {
+            put(&c, &format!("s/f{i:02}"), &vec![i as u8; 96 * 1024]);
+        }
+    }
+    for i in 0..20 {
+        write_cloud(
+            &cloud,
+            &format!("c/g{i:02}"),
+            &vec![100 + i as u8; 64 * 1024],
+        );
+    }
+    let t = Transfer::start(
+        &storage,
+        "dav:CloudStore",
+        &[("CLOUDSTORE_RCLONE_CONFIG", conf.to_str().unwrap())],
+    );
+    wait_for("some uploads through the flaky proxy", 60, || {
+        files(&cloud).keys().filter(|p| p.starts_with("s/")).count() >= 5
+    });
+    // Storage goes away mid-sync and comes back; more work is written meanwhile.
+    storage.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    storage.spawn();
+    {
+        let c = sync_client(&storage);
+        for i in 40..50 {
+            put(&c, &format!("s/f{i:02}"), &vec![i as u8; 96 * 1024]);
+        }
+    }
+    let got = wait_converged(
+        &storage,
+        &cloud,
+        "through the flaky cloud and a storage restart",
+    );
+    assert_eq!(got.len(), 70, "{:?}", got.keys());
+    for (p, b) in &got {
+        let want = if p.starts_with("s/") { 96 } else { 64 } * 1024;
+        assert_eq!(b.len(), want, "{p} is cut");
+    }
+    assert!(
+        parked_conflicts(&storage).is_empty(),
+        "retried work made conflicts"
+    );
+    assert!(
+        refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the proxy refused nothing: the faults were not injected"
+    );
     drop(t);
     server.kill().unwrap();
     let _ = server.wait();
@@ -749,7 +920,7 @@ fn transfer_sandbox_holds() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut server = Command::new("rclone")
+    let mut server = rclone_server()
         .args(["serve", "webdav", "--addr"])
         .arg(format!("127.0.0.1:{port}"))
         .arg(served.path())
@@ -809,6 +980,10 @@ fn main() {
         (
             "webdav_server_stopped_mid_transfer",
             webdav_server_stopped_mid_transfer,
+        ),
+        (
+            "flaky_cloud_and_storage_restart",
+            flaky_cloud_and_storage_restart,
         ),
         (
             "ten_thousand_files_initial_sync",
