@@ -60,7 +60,8 @@ const POLICY_ORIGIN: &str = "roles/transfer/sandbox.json";
 
 /// rclone's spool directory in the state directory (`--temp-dir`): backends that cannot
 /// stream an upload of unknown size (OneDrive among them) have rclone spool each file above
-/// `--streaming-upload-cutoff` there first (rclone fs/operations Rcat), and the sandbox
+/// `--streaming-upload-cutoff` there first (rclone fs/operations/operations.go Rcat, into
+/// `$TMPDIR`, which `--temp-dir` sets: fs/config/config.go SetTempDir), and the sandbox
 /// reaches no other writable place. Emptied at every start.
 pub const RCLONE_TEMP_DIR: &str = "rclone-tmp";
 
@@ -750,4 +751,43 @@ pub fn confirm_deletes() -> anyhow::Result<()> {
 /// The transfer part of `cloudstore status`.
 pub fn print_status(out: &mut impl std::io::Write) -> std::io::Result<()> {
     status::print(out, &config::runtime_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_remote_dir_only_for_absolute_local_paths() {
+        let p = |s: &str| local_remote_dir(s).map(|p| p.display().to_string());
+        assert_eq!(p("/srv/cloud").as_deref(), Some("/srv/cloud"));
+        assert_eq!(p(":local:/srv/cloud").as_deref(), Some("/srv/cloud"));
+        assert_eq!(p("local:/srv/cloud").as_deref(), Some("/srv/cloud"));
+        // A cloud remote, a relative local path and a remote merely named like a path are
+        // not given a landlock rule.
+        assert_eq!(p("onedrive:CloudStore"), None);
+        assert_eq!(p(":local:relative/dir"), None);
+        assert_eq!(p("local:"), None);
+        assert_eq!(p("cloud"), None);
+        assert_eq!(p(":webdav,url='http://localhost:8080/':/x"), None);
+    }
+
+    #[test]
+    fn the_policy_takes_the_rules_known_at_start() {
+        let prog = Path::new("/usr/bin/rclone");
+        let dir = Path::new("/srv/cloud");
+        let p = policy_with(&[(prog, "execute", "rclone"), (dir, "read-write", "cloud")]).unwrap();
+        let rules = &p.landlock().rules;
+        assert!(rules.iter().any(
+            |r| r.path == "/usr/bin/rclone" && r.access == cloudstore_sandbox::Access::Execute
+        ));
+        assert!(rules.iter().any(|r| r.path == "/srv/cloud"));
+        assert_eq!(p.role(), "transfer");
+        assert!(p.kept_capabilities().is_empty());
+        // A path the policy already lists is refused by name rather than silently merged.
+        let e = policy_with(&[(Path::new("/etc"), "read-write", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transfer sandbox policy"), "{e}");
+    }
 }
