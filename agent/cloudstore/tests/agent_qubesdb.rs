@@ -359,13 +359,15 @@ fn losing_qubesdb_exits_1() {
 }
 
 #[test]
-fn unimplemented_roles_say_so() {
-    let (role, needle) = ("transfer", "the transfer role is not implemented yet");
-    let sim = Sim::new(&[("/cloudstore/role", role)]);
-    let (st, log) = run_to_end(sim.command(&["agent"]));
+fn transfer_without_a_qrexec_client_says_so() {
+    let sim = Sim::new(&[("/cloudstore/role", "transfer")]);
+    let mut cmd = sim.command(&["agent"]);
+    cmd.env("PATH", "/usr/bin:/bin")
+        .env_remove("CLOUDSTORE_QREXEC_CLIENT");
+    let (st, log) = run_to_end(cmd);
     assert_eq!(st.code(), Some(1), "{log}");
-    assert!(log.contains(needle), "{log}");
-    assert!(log.contains(&format!("role={role}")), "{log}");
+    assert!(log.contains("qrexec-client-vm is not in PATH"), "{log}");
+    assert!(log.contains("role=transfer"), "{log}");
 }
 
 #[test]
@@ -430,9 +432,11 @@ fn status_prints_role_and_volumes() {
 #[test]
 fn status_watch_reports_changes() {
     let sim = Sim::new(&[("/cloudstore/role", "transfer")]);
+    let runtime = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["status", "--watch"])
         .env("CLOUDSTORE_QUBESDB_SOCKET", sim.db.socket())
+        .env("CLOUDSTORE_RUNTIME_DIR", runtime.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -440,6 +444,8 @@ fn status_watch_reports_changes() {
     let mut next = || lines.next().unwrap().unwrap();
     assert!(next().starts_with("role:       transfer"));
     while !next().starts_with("qubesdb:") {}
+    // The transfer qube's own part: no agent runs here.
+    assert!(next().starts_with("transfer:   not running"));
     sim.db.write("/cloudstore/remote", b"/srv/cloud").unwrap();
     assert_eq!(next(), "changed: remote onedrive:CloudStore -> /srv/cloud");
     let _ = child.kill();
