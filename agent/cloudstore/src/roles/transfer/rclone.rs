@@ -576,7 +576,10 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
                 // the engine expects (a volume whose cloud folder does not exist yet, a
                 // partial directory already clean); those would repeat every poll.
                 let expected = line.to_ascii_lowercase().contains("not found");
-                if (line.contains("ERROR") || line.contains("Failed")) && !expected {
+                let serious = ["ERROR", "Failed", "CRITICAL", "Fatal", "NOTICE"]
+                    .iter()
+                    .any(|w| line.contains(w));
+                if serious && !expected {
                     tracing::warn!(target: "rclone", "rclone: {line}");
                     if let Some(t) = &tx {
                         let _ = t.send(Err(line.clone()));
