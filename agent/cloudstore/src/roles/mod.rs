@@ -39,6 +39,7 @@ use crate::config::{self, Change, Config, ConfigError, KeySource, Role};
 use crate::{logging, notify};
 
 pub mod consumer;
+mod setup;
 pub mod storage;
 pub mod transfer;
 

@@ -21,7 +21,7 @@ mod tree;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +36,7 @@ use cloudstore_store::{Store, StoreConfig};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{error, info, warn};
 
+use super::setup::{ensure_dir, hand_over, sandbox_owner};
 use super::RoleContext;
 use crate::config::{self, Config};
 use crate::qrexec::{self, ServiceCall};
@@ -85,51 +86,6 @@ impl std::fmt::Debug for Prepared {
             .field("runtime_dir", &self.runtime_dir)
             .finish_non_exhaustive()
     }
-}
-
-fn ensure_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// The sandbox user's ids, when we run as root and must hand our directories over to it (as
-/// systemd's `StateDirectory=` does for `User=`).
-fn sandbox_owner(policy: &Policy) -> anyhow::Result<Option<(nix::unistd::Uid, nix::unistd::Gid)>> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    let Some(cloudstore_sandbox::Id::Name(name)) = policy.user() else {
-        return Ok(None);
-    };
-    let user = nix::unistd::User::from_name(name)
-        .with_context(|| format!("looking up the sandbox user {name:?}"))?
-        .with_context(|| {
-            format!(
-                "the sandbox user {name:?} does not exist (the package creates it with sysusers.d)"
-            )
-        })?;
-    Ok(Some((user.uid, user.gid)))
-}
-
-fn chown_tree(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> anyhow::Result<()> {
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
-    nix::unistd::fchownat(
-        None,
-        dir,
-        Some(uid),
-        Some(gid),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .with_context(|| format!("chown {}", dir.display()))?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            chown_tree(&e?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 fn bind(
@@ -182,7 +138,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     ensure_dir(&runtime_dir, 0o750)?;
     let owner = sandbox_owner(&policy)?;
     if let Some((uid, gid)) = owner {
-        chown_tree(&data_dir, uid, gid)?;
+        hand_over(&data_dir, (uid, gid))?;
         nix::unistd::chown(&runtime_dir, Some(uid), Some(gid))
             .with_context(|| format!("chown {}", runtime_dir.display()))?;
     }
@@ -195,7 +151,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     }
     if let Some((uid, gid)) = owner {
         // Volumes created just now belong to root.
-        chown_tree(&data_dir, uid, gid)?;
+        hand_over(&data_dir, (uid, gid))?;
     }
     let volume_listener = bind(&runtime_dir, VOLUME_SOCKET, owner)?;
     let sync_listener = bind(&runtime_dir, SYNC_SOCKET, owner)?;
