@@ -2,19 +2,23 @@
 # The file-system benchmark: the cloudstore consumer mount (the real storage agent on the
 # other end of a pipe pair, as qrexec connects them), gocryptfs, EncFS and the plain
 # directory, measured in one run on the same disk with the same workloads. Prints a table
-# of times, throughputs, ratios to gocryptfs and the agents' peak RSS.
+# of times, throughputs, ratios to gocryptfs and the agents' peak RSS. Then (`transfer`)
+# the transfer role: its first upload against plain `rclone copy`, and the time one changed
+# file takes to reach the cloud in a small and a large tree (agent/cloudstore/benches/
+# transfer_sync.rs prints its own tables).
 #
 #   scripts/bench.sh [--quick] [--only NAME[,NAME...]]
 #
-# --quick: smaller sizes (about two minutes). BENCH_DIR (default /var/tmp/cloudstore-bench)
-# is the scratch directory; it must be on the disk to measure, not a tmpfs. Needs root
-# (drop_caches, FUSE mounts) and scripts/install-deps.sh's packages. Not part of the tests.
+# --quick: smaller sizes (about two minutes, and two more for transfer). BENCH_DIR (default
+# /var/tmp/cloudstore-bench) is the scratch directory; it must be on the disk to measure, not
+# a tmpfs. Needs root (drop_caches, FUSE mounts) and scripts/install-deps.sh's packages. Not
+# part of the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 quick=0
-only="plain,gocryptfs,encfs,cloudstore"
+only="plain,gocryptfs,encfs,cloudstore,transfer"
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) quick=1 ;;
@@ -232,11 +236,20 @@ for fs in ${only//,/ }; do
         exec {cs_in}>&-
         wait "$CS_PID" || true
         ;;
+    transfer)
+        echo "bench: transfer: building (optimised)" >&2
+        cargo bench -p cloudstore --bench transfer_sync --no-run >&2
+        args=(); [ "$quick" = 1 ] && args=(--quick)
+        mkdir "$scratch/transfer"; chmod 755 "$scratch/transfer"
+        TMPDIR="$scratch/transfer" cargo bench -q -p cloudstore --bench transfer_sync -- "${args[@]}" \
+            >"$scratch/transfer.txt"
+        rm -rf "$scratch/transfer"
+        ;;
     *) echo "bench: unknown file system $fs" >&2; exit 2 ;;
     esac
 done
 
-python3 - "$results" <<'PY'
+[ ! -s "$results" ] || python3 - "$results" <<'PY'
 import sys, collections
 rows = collections.OrderedDict()
 for line in open(sys.argv[1]):
@@ -279,3 +292,4 @@ for r in table[1:]:
 print("\nRatios are speed relative to gocryptfs (above 1× is faster). Peak RSS is VmHWM;")
 print("cloudstore's is the consumer (the mount process) plus the storage agent.")
 PY
+[ ! -s "$scratch/transfer.txt" ] || { echo; cat "$scratch/transfer.txt"; }
