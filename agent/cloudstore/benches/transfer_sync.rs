@@ -1,4 +1,4 @@
-//! The transfer role's benchmark (issue 7), run by `scripts/bench.sh --transfer` or on its
+//! The transfer role's benchmark, run by `scripts/bench.sh` (`--only transfer`) or on its
 //! own (`cargo bench -p cloudstore --bench transfer_sync [-- --quick]`, as root). Not a
 //! test: it prints figures, it asserts only that every run ended with the right bytes in
 //! the cloud.
@@ -361,8 +361,9 @@ impl Cloud {
         }
     }
 
-    /// `rclone copy SRC <remote>/work` with rclone's defaults; returns its wall time.
-    fn rclone_copy(&self, src: &Path) -> Duration {
+    /// `rclone copy SRC <remote>/work` with rclone's defaults; returns its wall time and
+    /// the CPU time it used.
+    fn rclone_copy(&self, src: &Path) -> (Duration, Duration) {
         let mut c = Command::new("rclone");
         c.arg("copy")
             .arg(format!("--transfers={TRANSFERS}"))
@@ -372,6 +373,7 @@ impl Cloud {
             .arg(format!("{}/work", self.remote()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let cpu0 = children_cpu();
         let t0 = Instant::now();
         let out = c.output().expect("running rclone copy");
         let t = t0.elapsed();
@@ -380,7 +382,7 @@ impl Cloud {
             "rclone copy failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        t
+        (t, children_cpu().saturating_sub(cpu0))
     }
 }
 
@@ -505,10 +507,10 @@ impl Transfer {
         }
     }
 
-    /// Peak RSS in KiB of the agent and of its rclone child.
-    fn peak_rss(&self) -> (u64, u64) {
+    /// The agent's child processes: (pid, command name).
+    fn children(&self) -> Vec<(u32, String)> {
         let pid = self.child.id();
-        let children: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
@@ -518,15 +520,38 @@ impl Transfer {
                     .filter_map(|x| x.parse().ok())
                     .collect::<Vec<u32>>()
             })
-            .collect();
-        let rclone = children
-            .into_iter()
-            .find(|c| {
-                fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|s| s.trim() == "rclone")
+            .map(|c| {
+                let comm = fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                (c, comm.trim().to_owned())
             })
-            .map(vmhwm)
-            .unwrap_or(0);
-        (vmhwm(pid), rclone)
+            .collect()
+    }
+
+    /// Peak RSS in KiB of the agent and of its rclone child.
+    fn peak_rss(&self) -> (u64, u64) {
+        let rclone = self
+            .children()
+            .into_iter()
+            .find(|(_, comm)| comm == "rclone")
+            .map_or(0, |(c, _)| vmhwm(c));
+        (vmhwm(self.child.id()), rclone)
+    }
+
+    /// CPU time so far of the agent, of its rclone, and of its qrexec client stand-ins
+    /// (the relay a vchan would be in Qubes).
+    fn cpu(&self) -> Cpu {
+        let mut c = Cpu {
+            agent: proc_cpu(self.child.id()),
+            ..Cpu::default()
+        };
+        for (pid, comm) in self.children() {
+            if comm == "rclone" {
+                c.rclone += proc_cpu(pid);
+            } else {
+                c.relay += proc_cpu(pid);
+            }
+        }
+        c
     }
 }
 
@@ -535,6 +560,48 @@ impl Drop for Transfer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds (user + system) by process, for one run.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    agent: Duration,
+    rclone: Duration,
+    relay: Duration,
+    storage: Duration,
+}
+
+impl Cpu {
+    fn total(&self) -> Duration {
+        self.agent + self.rclone + self.relay + self.storage
+    }
+}
+
+/// User + system time of a live process, from /proc/PID/stat (fields 14 and 15).
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are plain numbers.
+    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// User + system time of every waited-for child of this process so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass and nothing else.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn vmhwm(pid: u32) -> u64 {
@@ -620,8 +687,10 @@ fn median(v: &mut [Duration]) -> Duration {
 struct UploadRow {
     cloud: &'static str,
     plain: Duration,
+    plain_cpu: Duration,
     agent: Duration,
     pass: Duration,
+    agent_cpu: Cpu,
 }
 
 /// Part 1: the first sync against plain `rclone copy`, on each kind of cloud.
@@ -652,13 +721,19 @@ fn initial_upload(files: usize, reps: usize) -> (TreeInfo, Vec<UploadRow>) {
         let mut plain = Vec::new();
         let mut agent = Vec::new();
         let mut pass = Vec::new();
+        // CPU of the run with the median wall time would be best; the last run's is close
+        // enough to show where the time goes.
+        let mut plain_cpu = Duration::ZERO;
+        let mut agent_cpu = Cpu::default();
         let mut name = "";
         for rep in 0..reps {
             let cloud = fresh();
             name = cloud.name();
             flush_disks();
             eprintln!("transfer bench: {name}: rclone copy ({}/{reps})", rep + 1);
-            plain.push(cloud.rclone_copy(&tree));
+            let (t, cpu) = cloud.rclone_copy(&tree);
+            plain.push(t);
+            plain_cpu = cpu;
             verify_same(&tree, &cloud.volume_dir(), "rclone copy");
             drop(cloud);
 
@@ -668,20 +743,25 @@ fn initial_upload(files: usize, reps: usize) -> (TreeInfo, Vec<UploadRow>) {
                 "transfer bench: {name}: transfer agent ({}/{reps})",
                 rep + 1
             );
+            let storage_cpu = proc_cpu(storage.pid() as u32);
             let t0 = Instant::now();
             let t = Transfer::start(&storage, &cloud);
             // Data files plus every diriv and the conf: all regular files.
             let p = t.wait_uploaded(info.files, Duration::from_secs(1800));
             agent.push(t0.elapsed());
             pass.push(p);
+            agent_cpu = t.cpu();
+            agent_cpu.storage = proc_cpu(storage.pid() as u32).saturating_sub(storage_cpu);
             drop(t);
             verify_same(&tree, &cloud.volume_dir(), "transfer agent");
         }
         rows.push(UploadRow {
             cloud: name,
             plain: median(&mut plain),
+            plain_cpu,
             agent: median(&mut agent),
             pass: median(&mut pass),
+            agent_cpu,
         });
     }
     (info, rows)
@@ -763,7 +843,7 @@ fn one_change(n: usize) -> ChangeRow {
         "transfer bench: one change in {} files: rclone copy",
         thousands(info.files)
     );
-    let plain_after_change = cloud.rclone_copy(&tree);
+    let (plain_after_change, _) = cloud.rclone_copy(&tree);
     assert_eq!(
         fs::read(cloud.volume_dir().join(rel)).unwrap(),
         fs::read(tree.join(rel)).unwrap()
@@ -841,6 +921,24 @@ fn main() {
             rate(r.agent),
             secs(r.pass),
             r.agent.as_secs_f64() / r.plain.as_secs_f64()
+        );
+    }
+    println!();
+    println!("CPU time of the last run of each (seconds, user + system):");
+    println!("| cloud | rclone copy | agent run: total | transfer agent | its rclone rcd | qrexec relay | storage agent |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let c = r.agent_cpu;
+        let s = |d: Duration| format!("{:.2}", d.as_secs_f64());
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.cloud,
+            s(r.plain_cpu),
+            s(c.total()),
+            s(c.agent),
+            s(c.rclone),
+            s(c.relay),
+            s(c.storage)
         );
     }
     println!();
