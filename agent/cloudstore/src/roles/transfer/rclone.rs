@@ -35,6 +35,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// sync engine, which then retries the whole path in a later pass.
 const CALL_ATTEMPTS: u32 = 4;
 
+/// Go's soft memory limit for the `rclone rcd` child: a collection target, not a cap (rclone
+/// goes past it rather than fail). 256 MiB holds a 100 000-entry listing several times over.
+const RCLONE_SOFT_MEMORY_LIMIT: &str = "256MiB";
+
 /// Largest rc answer we read into memory (a listing of 100 000 entries is ~25 MB of JSON
 /// without hashes); more means something is wrong with the remote or with rclone.
 const MAX_JSON_ANSWER: u64 = 512 << 20;
@@ -544,6 +548,12 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
         // pass-level backoff (engine::backoff) is the retry that keeps going.
         .arg("--low-level-retries=3")
         .args(&opts.extra_args)
+        // Each rc call leaves garbage (a 100 KiB upload buffer, a job record) that Go's
+        // collector, pacing itself on heap growth alone, let pile up to gigabytes over a
+        // 100 000-file first sync; a soft limit makes it collect as it goes (Go >= 1.19),
+        // and finished jobs are forgotten after 5 s instead of 60.
+        .env("GOMEMLIMIT", RCLONE_SOFT_MEMORY_LIMIT)
+        .arg("--rc-job-expire-duration=5s")
         .env("RCLONE_RC_USER", user)
         .env("RCLONE_RC_PASS", pass)
         // `rclone rcd` sends its own READY=1 to $NOTIFY_SOCKET and exits 1 when that fails
