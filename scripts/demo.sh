@@ -119,16 +119,16 @@ echo "    (exit status $rc: 126 is Qubes' \"refused by policy\")"
 [ "$rc" -eq 126 ] || fail "my-photos was not refused the work volume (exit status $rc)"
 grep -F "cloudstore.Volume+work: my-photos" "$sim_dir/dom0/dom0.log" | tail -1 | sed 's/^/    dom0 log: /'
 
-say "The transfer qube's view: sudo cloudstore status"
-in_qube -u root transfer cloudstore status | indent
+say "The transfer qube's view: cloudstore status"
+in_qube transfer cloudstore status | indent
 
 say "The qubes keep running. Look around:"
 cat <<EOF
   # a shell in my-work (the volume is at ~/CloudStore/work; try writing a file there)
   $sim exec --dir $sim_dir my-work -- sh
-  # each role's own status (the transfer qube's needs root, as sudo in a qube)
+  # each role's own status
   $sim exec --dir $sim_dir my-work -- cloudstore status
-  $sim exec --dir $sim_dir -u root transfer -- cloudstore status
+  $sim exec --dir $sim_dir transfer -- cloudstore status
   # the qubes and their agents; each agent's log; the cloud folder (ciphertext)
   $sim ls --dir $sim_dir
   tail $sim_dir/qubes/*/log/agent.log

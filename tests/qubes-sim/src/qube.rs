@@ -676,11 +676,10 @@ impl Init {
         // RuntimeDirectory=cloudstore: created afresh for each start, removed at stop.
         let rt = state.runtime_dir();
         let _ = fs::remove_dir_all(&rt);
-        let mode = if unit.role == "consumer" {
-            0o755
-        } else {
-            0o750
-        };
+        // The units' RuntimeDirectoryMode=: storage's sockets are for qrexec (group qubes)
+        // only; the consumer's control socket and the transfer's status file are for the
+        // qube's user.
+        let mode = if unit.role == "storage" { 0o750 } else { 0o755 };
         if let Err(e) = fs::DirBuilder::new().mode(mode).create(&rt) {
             let msg = format!("creating the runtime directory {}: {e}", rt.display());
             unit.phase = Phase::Stopped;

@@ -634,8 +634,8 @@ fn walkthrough() {
     let env = w.sh("transfer", "env");
     assert!(!env.contains("CLOUDSTORE_TRANSFER_POLL_SECS"), "{env}");
 
-    // The transfer qube's status (root in the qube, as `sudo cloudstore status`).
-    let out = w.exec("root", "transfer", &["cloudstore", "status"], b"");
+    // The transfer qube's status, as the qube's own user reads it.
+    let out = w.exec("user", "transfer", &["cloudstore", "status"], b"");
     let st = text(&out.stdout);
     assert!(out.status.success(), "{st}{}", text(&out.stderr));
     assert!(st.contains("role:       transfer"), "{st}");
