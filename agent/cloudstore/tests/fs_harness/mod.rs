@@ -336,6 +336,22 @@ pub fn hex(b: &[u8]) -> String {
 /// threads: what the filesystem sees is exactly a qrexec-client-vm child's stdin/stdout.
 struct PipeRelay(UnixSocketConnector);
 
+/// A plain read/write loop, as qrexec-client-vm relays: `std::io::copy` picks splice(2)
+/// between a socket and a pipe, which was seen holding small replies back (requests then
+/// ran into their timeout).
+fn pump(from: &mut dyn std::io::Read, to: &mut dyn Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
 impl Connector for PipeRelay {
     fn connect(&self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {
         let (mut sock_r, mut sock_w) = self.0.connect()?;
@@ -344,10 +360,10 @@ impl Connector for PipeRelay {
         let mut down_w = std::fs::File::from(down_w);
         let mut up_r = std::fs::File::from(up_r);
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut sock_r, &mut down_w);
+            let _ = pump(&mut sock_r, &mut down_w);
         });
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut up_r, &mut sock_w);
+            let _ = pump(&mut up_r, &mut sock_w);
         });
         Ok((
             Box::new(std::fs::File::from(down_r)),
