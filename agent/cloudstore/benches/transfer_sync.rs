@@ -29,10 +29,9 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,50 +56,6 @@ const CHANGES: usize = 7;
 const FILES_PER_DIR: usize = 1000;
 
 // ------------------------------------------------------------ qrexec client stand-in
-
-fn qrexec_client(args: &[String]) -> ! {
-    let r = (|| -> std::io::Result<()> {
-        let service = args
-            .get(2)
-            .ok_or_else(|| std::io::Error::other("no service argument"))?;
-        let socket = std::env::var(SOCKET_ENV)
-            .map_err(|_| std::io::Error::other(format!("{SOCKET_ENV} is not set")))?;
-        let mut s = UnixStream::connect(&socket)?;
-        s.write_all(format!("{service} transfer\0").as_bytes())?;
-        let mut up = s.try_clone()?;
-        // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
-        let (mut stdin, mut stdout) =
-            unsafe { (fs::File::from_raw_fd(0), fs::File::from_raw_fd(1)) };
-        std::thread::spawn(move || {
-            let _ = pump(&mut stdin, &mut up);
-            let _ = up.shutdown(std::net::Shutdown::Write);
-        });
-        pump(&mut s, &mut stdout)
-    })();
-    match r {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("qrexec-client stand-in: {e}");
-            std::process::exit(125)
-        }
-    }
-}
-
-/// A plain read/write loop: `std::io::copy` picks splice(2) between a socket and a pipe,
-/// which held storage's replies back from the agent.
-fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        to.flush()?;
-    }
-}
 
 // ------------------------------------------------------------ the ciphertext tree
 
@@ -860,7 +815,7 @@ fn one_change(n: usize) -> ChangeRow {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("@default") {
-        qrexec_client(&args);
+        qrexec_client_stand_in(&args, SOCKET_ENV);
     }
     let mut quick = false;
     for a in &args[1..] {

@@ -12,9 +12,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,49 +23,6 @@ use qubes_sim::qubesdb::QubesDbDaemon;
 use support::*;
 
 // ------------------------------------------------------------ qrexec client stand-in
-
-fn qrexec_client(args: &[String]) -> ! {
-    let code = (|| -> std::io::Result<()> {
-        let service = args
-            .get(2)
-            .ok_or_else(|| std::io::Error::other("no service"))?;
-        let socket = std::env::var("TRANSFER_TEST_SYNC_SOCKET").map_err(std::io::Error::other)?;
-        let mut s = UnixStream::connect(&socket)?;
-        s.write_all(format!("{service} transfer\0").as_bytes())?;
-        let mut up = s.try_clone()?;
-        // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
-        let (mut stdin, mut stdout) =
-            unsafe { (fs::File::from_raw_fd(0), fs::File::from_raw_fd(1)) };
-        std::thread::spawn(move || {
-            let _ = pump(&mut stdin, &mut up);
-            let _ = up.shutdown(std::net::Shutdown::Write);
-        });
-        pump(&mut s, &mut stdout)
-    })();
-    match code {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("qrexec-client stand-in: {e}");
-            std::process::exit(125)
-        }
-    }
-}
-
-/// A plain read/write loop: `std::io::copy` picks splice(2) between a socket and a pipe,
-/// which here held the storage's first reply back from the agent.
-fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        to.flush()?;
-    }
-}
 
 /// `rclone` for a server the test runs: it dies with the test process, so a failed test
 /// leaves no server behind.
@@ -968,7 +924,7 @@ fn transfer_sandbox_holds() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("@default") {
-        qrexec_client(&args);
+        qrexec_client_stand_in(&args, "TRANSFER_TEST_SYNC_SOCKET");
     }
     let cases: &[(&str, fn())] = &[
         ("two_way_sync", two_way_sync),

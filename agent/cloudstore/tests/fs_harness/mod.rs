@@ -14,7 +14,7 @@ use cloudstore::roles::consumer::fs::{mount, Connector, FsOptions, FsStatus, Uni
 use cloudstore_format::{Config, CreateOptions, DirIv, MasterKey};
 use cloudstore_protocol::{Client, ClientConfig, Expect, Hello, Request, Role};
 
-use super::support::StorageAgent;
+use super::support::{pump, StorageAgent};
 
 pub const VOLUME: &str = "work";
 
@@ -335,22 +335,6 @@ pub fn hex(b: &[u8]) -> String {
 /// A connector whose streams are two pipes, pumped to and from the socket service by two
 /// threads: what the filesystem sees is exactly a qrexec-client-vm child's stdin/stdout.
 struct PipeRelay(UnixSocketConnector);
-
-/// A plain read/write loop, as qrexec-client-vm relays: `std::io::copy` picks splice(2)
-/// between a socket and a pipe, which was seen holding small replies back (requests then
-/// ran into their timeout).
-fn pump(from: &mut dyn std::io::Read, to: &mut dyn Write) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-    }
-}
 
 impl Connector for PipeRelay {
     fn connect(&self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {

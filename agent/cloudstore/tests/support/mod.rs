@@ -284,3 +284,54 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 pub fn path_exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
+
+/// Copies `from` to `to` until end of stream with plain reads and writes, as qrexec's relays
+/// do. Not `std::io::copy`: between a socket and a pipe it picks splice(2), which was seen
+/// holding small replies back (the transfer agent's handshake never completed).
+pub fn pump(from: &mut dyn std::io::Read, to: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
+}
+
+/// The qrexec client stand-in the transfer agent runs (`CLOUDSTORE_QREXEC_CLIENT` names a
+/// test or bench binary, started as `<exe> @default SERVICE[+ARG]`): connects to the sync
+/// socket named by `socket_env` the way qrexec-agent does (descriptor, then the bytes) and
+/// relays stdin/stdout. Exits 0 at end of stream, 125 on an error.
+pub fn qrexec_client_stand_in(args: &[String], socket_env: &str) -> ! {
+    let r = (|| -> std::io::Result<()> {
+        let service = args
+            .get(2)
+            .ok_or_else(|| std::io::Error::other("no service argument"))?;
+        let socket = std::env::var(socket_env)
+            .map_err(|_| std::io::Error::other(format!("{socket_env} is not set")))?;
+        let mut s = UnixStream::connect(&socket)?;
+        std::io::Write::write_all(&mut s, format!("{service} transfer\0").as_bytes())?;
+        let mut up = s.try_clone()?;
+        // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned by nothing else here.
+        let (mut stdin, mut stdout) = unsafe {
+            use std::os::fd::FromRawFd;
+            (std::fs::File::from_raw_fd(0), std::fs::File::from_raw_fd(1))
+        };
+        thread::spawn(move || {
+            let _ = pump(&mut stdin, &mut up);
+            let _ = up.shutdown(std::net::Shutdown::Write);
+        });
+        pump(&mut s, &mut stdout)
+    })();
+    match r {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("qrexec-client stand-in: {e}");
+            std::process::exit(125)
+        }
+    }
+}
