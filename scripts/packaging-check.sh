@@ -19,11 +19,14 @@ repo="$PWD"
 out="$repo/target/packaging"
 cache="${CLOUDSTORE_CI_CACHE:-/var/cache/cloudstore-ci}"
 version="$(sed -n 's/^Version:[[:space:]]*//p' rpm/cloudstore.spec)"
-units=(cloudstore-storage cloudstore-transfer cloudstore-consumer)
-# Exposure gates, in systemd-analyze's tenths (20 = 2.0). The consumer's 3.5: its FUSE
-# mounts must reach the host's mount namespace, so it can have none of its own
-# (units/README.md, "Hardening, and why the consumer scores 3.5").
-declare -A gate=([cloudstore-storage]=20 [cloudstore-transfer]=30 [cloudstore-consumer]=35)
+# The role units (enabled by the preset) and the consumer's mount helper (static: the
+# consumer unit requires it).
+role_units=(cloudstore-storage cloudstore-transfer cloudstore-consumer)
+units=("${role_units[@]}" cloudstore-consumer-mounts)
+# Exposure gates, in systemd-analyze's tenths (20 = 2.0). The mount helper's 3.5: its FUSE
+# mounts must reach the qube's mount namespace, so it can have none of its own
+# (units/README.md, "Hardening, and the consumer's mount helper").
+declare -A gate=([cloudstore-storage]=20 [cloudstore-transfer]=30 [cloudstore-consumer]=20 [cloudstore-consumer-mounts]=35)
 
 passed=0
 failed=0
@@ -140,7 +143,7 @@ check "user cloudstore exists, home /var/lib/cloudstore, no login shell" \
     sh -c "chroot '$root' getent passwd cloudstore | grep -E '^cloudstore:x:[0-9]+:[0-9]+:[^:]*:/var/lib/cloudstore:/(usr/)?s?bin/nologin$'"
 check "cloudstore is in group qubes (sysusers m line)" \
     sh -c "chroot '$root' id -nG cloudstore | grep -qw qubes"
-for u in "${units[@]}"; do
+for u in "${role_units[@]}"; do
     check "$u.service enabled by the postinst" test -L "$root/etc/systemd/system/multi-user.target.wants/$u.service"
 done
 check "/etc/qubes-rpc/cloudstore.Volume -> /run/cloudstore/volume.sock" \
@@ -206,8 +209,12 @@ ln -sf ../cloudstore-ci-test.service "$root/etc/systemd/system/multi-user.target
 # The in-container script powers the container off when done; the timeout only guards
 # against a hang. nspawn's own seccomp filter predates landlock and openat2 and answers
 # ENOSYS for them; a Qubes VM has no such filter, so the container is given them too.
+# Likewise CAP_IPC_LOCK, which nspawn keeps from its containers by default and the consumer
+# unit needs (mlockall: keys and plaintext never reach swap), and /dev/fuse, which a qube
+# has and the consumer's mount helper opens.
 if timeout 240 systemd-nspawn --register=no --keep-unit --console=pipe -D "$root" --boot \
     --system-call-filter="openat2 landlock_create_ruleset landlock_add_rule landlock_restrict_self" \
+    --capability=CAP_IPC_LOCK --bind=/dev/fuse \
     </dev/null >"$out/nspawn.log" 2>&1; then
     ok "systemd-nspawn booted the root to multi-user.target and powered off"
 else

@@ -133,3 +133,41 @@ else
 fi
 journalctl -u "$unit" -o json --no-pager >"$out/journal-all.json"
 set_role storage
+
+# --- 3. The consumer pair as shipped: cloudstore-consumer.service (its own mount
+#        namespace, no CAP_SYS_ADMIN) starts the mount helper it requires, which runs in
+#        the qube's namespace and is the only one that may mount.
+set_role consumer
+unit=cloudstore-consumer.service
+if start_unit && [ "$(prop ActiveState)" = active ]; then
+    ok "role=consumer: the consumer unit is active: $(prop StatusText)"
+else
+    fail "role=consumer: the consumer unit is not active: $(state)"
+    journalctl -u "$unit" -u cloudstore-consumer-mounts.service --no-pager -o cat | tail -25 | while IFS= read -r l; do note "$l"; done
+fi
+helper_state="$(systemctl show -P ActiveState cloudstore-consumer-mounts.service)"
+[ "$helper_state" = active ] && ok "the mount helper started with it (Requires=): $(systemctl show -P StatusText cloudstore-consumer-mounts.service)" || fail "mount helper is $helper_state"
+pid="$(prop MainPID)"
+hpid="$(systemctl show -P MainPID cloudstore-consumer-mounts.service)"
+if [ "${pid:-0}" -gt 0 ] && [ "${hpid:-0}" -gt 0 ]; then
+    [ "$(readlink /proc/"$pid"/ns/mnt)" != "$(readlink /proc/1/ns/mnt)" ] && ok "consumer agent has its own mount namespace" || fail "consumer agent shares the system's mount namespace"
+    [ "$(readlink /proc/"$hpid"/ns/mnt)" = "$(readlink /proc/1/ns/mnt)" ] && ok "mount helper is in the system's mount namespace" || fail "mount helper has a namespace of its own: its mounts would be invisible"
+    # CAP_SYS_ADMIN is bit 21.
+    bnd="$(awk '/^CapBnd:/{print $2}' /proc/"$pid"/status)"
+    [ $(((0x$bnd >> 21) & 1)) -eq 0 ] && ok "consumer agent lacks CAP_SYS_ADMIN (CapBnd $bnd)" || fail "consumer agent holds CAP_SYS_ADMIN (CapBnd $bnd)"
+    awk '/^NoNewPrivs:/{exit !($2==1)}' /proc/"$pid"/status && ok "consumer agent has NoNewPrivs=1" || fail "consumer agent NoNewPrivs not set"
+    if test -c /dev/fuse; then
+        nsenter -t "$pid" -m test -e /dev/fuse && fail "the consumer agent sees /dev/fuse" || ok "the consumer agent has no /dev/fuse (PrivateDevices=yes), the system has"
+    else
+        fail "no /dev/fuse in the container: the PrivateDevices= check would prove nothing"
+    fi
+    nsenter -t "$pid" -m sh -c 'touch /usr/cloudstore-ci-probe' 2>/dev/null && fail "/usr is writable in the consumer's namespace" || ok "/usr is read-only in the consumer's namespace (ProtectSystem=strict)"
+else
+    fail "no main PID for the consumer ($pid) or the helper ($hpid)"
+fi
+m="$(stat -c '%a' /run/cloudstore-mounts/mounts.sock 2>/dev/null)"
+[ "$m" = 600 ] && ok "/run/cloudstore-mounts/mounts.sock is 0600" || fail "/run/cloudstore-mounts/mounts.sock mode '$m'"
+journalctl -u "$unit" --no-pager | grep -q "mounts made by the helper on /run/cloudstore-mounts/mounts.sock" && ok "journal: the consumer agent mounts through the helper" || fail "journal: the consumer agent does not name the helper"
+systemctl stop cloudstore-consumer-mounts.service
+[ "$(prop ActiveState)" = inactive ] && ok "stopping the helper stops the consumer (Requires=)" || fail "consumer after the helper stopped: $(state)"
+set_role storage

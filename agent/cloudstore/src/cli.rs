@@ -40,6 +40,9 @@ pub enum Command {
     /// Internal: one volume's sandboxed FUSE server, started by the consumer agent.
     #[command(hide = true)]
     ConsumerWorker(crate::roles::consumer::worker::WorkerArgs),
+    /// Internal: the consumer role's mount helper (cloudstore-consumer-mounts.service).
+    #[command(hide = true)]
+    ConsumerMounts(crate::roles::consumer::mounts::MountsArgs),
     /// Internal: lists the processes holding a mount, run by the consumer agent as the user.
     #[command(hide = true)]
     ConsumerHolders(crate::roles::consumer::busy::HoldersArgs),
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Versions(args) => crate::roles::consumer::commands::versions_main(args),
         Command::Restore(args) => crate::roles::consumer::commands::restore_main(args),
         Command::ConsumerWorker(args) => crate::roles::consumer::worker::worker_main(args),
+        Command::ConsumerMounts(args) => crate::roles::consumer::mounts::helper_main(args),
         Command::ConsumerHolders(args) => crate::roles::consumer::busy::holders_main(args),
         Command::Encrypt(args) => crate::offline::encrypt(args),
         Command::Decrypt(args) => crate::offline::decrypt(args),

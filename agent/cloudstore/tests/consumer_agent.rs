@@ -1,7 +1,10 @@
 //! The consumer role as it runs in a qube: the real `cloudstore agent` (role consumer, from
-//! the stand-in qubesdb) with its privileged parent, control socket and sandboxed workers
-//! mounting real FUSE filesystems, against a real storage agent reached the way qrexec
-//! connects them. Run as root (mounts, user switches).
+//! the stand-in qubesdb) with its parent, control socket and sandboxed workers serving real
+//! FUSE mounts, against a real storage agent reached the way qrexec connects them. As under
+//! units/: the mount helper (`cloudstore consumer-mounts`) runs in this test's mount
+//! namespace with the helper unit's capabilities, and the agent in a mount namespace of its
+//! own (slave propagation, as systemd sets one up) without CAP_SYS_ADMIN, so every mount it
+//! shows the user has come through the helper. Run as root (mounts, user switches).
 //!
 //! This test binary is also the `qrexec-client-vm` the agent runs (`CLOUDSTORE_QREXEC_CLIENT`
 //! points at it): started as `<exe> @default SERVICE+ARG`, it runs the Qubes stand-in's client
@@ -28,7 +31,9 @@ const PASS: &str = "correct horse battery staple";
 /// The consumer qube's configured user: an account every Debian has, not root.
 const USER: &str = "daemon";
 /// The capability bounding set of units/cloudstore-consumer.service, in setpriv's syntax.
-const UNIT_CAPS: &str = "-all,+sys_admin,+setuid,+setgid,+ipc_lock";
+const UNIT_CAPS: &str = "-all,+setuid,+setgid,+ipc_lock";
+/// The same for units/cloudstore-consumer-mounts.service.
+const HELPER_CAPS: &str = "-all,+sys_admin,+dac_override,+chown";
 /// A local account that is neither root nor the configured user.
 const OTHER_UID: &str = "65534";
 
@@ -39,6 +44,8 @@ const OTHER_UID: &str = "65534";
 struct Consumer {
     child: Option<Child>,
     log: LogReader,
+    helper: Child,
+    helper_log: LogReader,
     _db: QubesDbDaemon,
     dir: tempfile::TempDir,
 }
@@ -69,11 +76,24 @@ impl Consumer {
         // opened up for that, as qrexec-agent's own privilege would.
         fs::set_permissions(storage.runtime_dir(), fs::Permissions::from_mode(0o755)).unwrap();
         fs::set_permissions(storage.volume_socket(), fs::Permissions::from_mode(0o666)).unwrap();
+        let mut helper = Command::new("setpriv")
+            .args(["--bounding-set", HELPER_CAPS, "--"])
+            .arg(BIN)
+            .arg("consumer-mounts")
+            .envs(command_env(dir.path()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let helper_log = LogReader::start(&mut helper);
+        helper_log.wait_for("consumer mount helper listening");
         let mut c = Consumer {
             child: None,
             log: LogReader::start(
                 &mut Command::new("true").stderr(Stdio::piped()).spawn().unwrap(),
             ),
+            helper,
+            helper_log,
             _db: db,
             dir,
         };
@@ -87,10 +107,11 @@ impl Consumer {
         let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(WAIT)).unwrap();
-        // With the capability bounding set of units/cloudstore-consumer.service, so the
-        // agent is tested with only what the unit lets it have.
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--bounding-set", UNIT_CAPS, "--"])
+        // With the capability bounding set of units/cloudstore-consumer.service, in a mount
+        // namespace of its own, so the agent is tested with only what the unit lets it have.
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "slave", "--"])
+            .args(["setpriv", "--bounding-set", UNIT_CAPS, "--"])
             .arg(BIN)
             .arg("agent")
             .envs(
@@ -146,16 +167,7 @@ impl Consumer {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
-            .env(
-                "CLOUDSTORE_QUBESDB_SOCKET",
-                self.dir.path().join("qubesdb.sock"),
-            )
-            .env("CLOUDSTORE_RUNTIME_DIR", self.dir.path().join("run"))
-            .env("CLOUDSTORE_KEYFILE_DIR", self.dir.path().join("keys"))
-            .env("CLOUDSTORE_QREXEC_CLIENT", std::env::current_exe().unwrap())
-            .env("QUBES_SIM_QREXEC_DIR", self.dir.path().join("qrexec"))
-            .env("QUBES_SIM_QUBE", "my-work")
-            .env("CLOUDSTORE_LOG", "info")
+            .envs(command_env(self.dir.path()))
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("INVOCATION_ID");
@@ -187,9 +199,29 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("consumer agent log:\n{}", self.log.text());
+            eprintln!("mount helper log:\n{}", self.helper_log.text());
         }
         self.stop();
+        let _ = self.helper.kill();
+        let _ = self.helper.wait();
     }
+}
+
+/// The environment of every cloudstore process of the consumer qube in `dir`.
+fn command_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("CLOUDSTORE_QUBESDB_SOCKET", dir.join("qubesdb.sock")),
+        ("CLOUDSTORE_RUNTIME_DIR", dir.join("run")),
+        (
+            "CLOUDSTORE_MOUNTS_SOCKET",
+            dir.join("mounts").join("mounts.sock"),
+        ),
+        ("CLOUDSTORE_KEYFILE_DIR", dir.join("keys")),
+        ("CLOUDSTORE_QREXEC_CLIENT", std::env::current_exe().unwrap()),
+        ("QUBES_SIM_QREXEC_DIR", dir.join("qrexec")),
+        ("QUBES_SIM_QUBE", PathBuf::from("my-work")),
+        ("CLOUDSTORE_LOG", PathBuf::from("info")),
+    ]
 }
 
 fn text(o: &Output) -> String {
@@ -356,6 +388,23 @@ fn whole_life_cycle() {
         pass.to_str().unwrap(),
     ]));
     assert_eq!(mount_type(&mp).as_deref(), Some("cloudstore:work"), "{msg}");
+    // ... here, in the qube's namespace, while the agent runs in its own without the
+    // capability to mount: the helper made it.
+    let agent_pid = qube.child.as_ref().unwrap().id();
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns(&agent_pid.to_string()),
+        ns("self"),
+        "the agent shares our mount namespace"
+    );
+    let status = fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(bounding & (1 << 21), 0, "the agent holds CAP_SYS_ADMIN");
+    qube.helper_log.wait_for("mounted for the consumer agent");
     let pid1 = worker_pid(&msg);
     fs::write(mp.join("hello.txt"), b"first").unwrap();
     assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
@@ -580,6 +629,103 @@ fn whole_life_cycle() {
     fs::remove_file(&kf).unwrap();
 }
 
+/// One request line to the mount helper at `socket`; its answer line.
+fn ask_helper(socket: &Path, line: &[u8]) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(line).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+    answer
+}
+
+fn mount_helper_refuses_what_is_not_its_job() {
+    let storage = StorageAgent::start("work");
+    let qube = Consumer::start(&storage);
+    let socket = qube.dir.path().join("mounts").join("mounts.sock");
+    let mode = fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the helper's socket is open to others");
+    let refused = |line: &str, needle: &str| {
+        let a = ask_helper(&socket, line.as_bytes());
+        assert!(
+            a.contains("\"reply\":\"error\"") && a.contains(needle),
+            "{line} -> {a}"
+        );
+    };
+    refused("{\"op\":\"mount\",\"volume\":\"../etc\"}\n", "volume name");
+    refused(
+        "{\"op\":\"mount\",\"volume\":\"other\"}\n",
+        "not configured",
+    );
+    refused("{\"op\":\"mount\",\"volume\":\"\"}\n", "volume name");
+    refused("not json\n", "malformed request");
+    refused(&format!("{}\n", "x".repeat(5000)), "longer than");
+    // Unmounting what is not a cloudstore mount of that volume: nothing happens.
+    for (volume, path) in [("work", "/proc"), ("work", "/"), ("work", "relative/path")] {
+        let a = ask_helper(
+            &socket,
+            format!("{{\"op\":\"unmount\",\"volume\":\"{volume}\",\"mountpoint\":\"{path}\",\"detach\":true}}\n").as_bytes(),
+        );
+        assert!(
+            a.contains("not_mounted") || a.contains("not an absolute path"),
+            "{path} -> {a}"
+        );
+    }
+    assert!(
+        Path::new("/proc/self/status").exists(),
+        "/proc was unmounted"
+    );
+    // Another local user may not even ask.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid",
+            OTHER_UID,
+            "--regid",
+            OTHER_UID,
+            "--clear-groups",
+            "--",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args(["@ask-helper"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The socket is root's 0600: the kernel refuses the connection before the helper's own
+    // check (peer uid 0 only) would.
+    assert!(
+        !o.status.success() && err.contains("Permission denied"),
+        "{out}{err}"
+    );
+    // The helper served all of this and still mounts for the agent.
+    let pass = qube.passfile("pass", PASS);
+    ok(qube.run(&[
+        "init",
+        "work",
+        "--scryptn",
+        "10",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    ok(qube.run(&[
+        "unlock",
+        "work",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        mount_type(&qube.mountpoint("work")).as_deref(),
+        Some("cloudstore:work")
+    );
+    let log = qube.helper_log.text();
+    assert!(
+        log.contains("not configured") && log.contains("mounted for the consumer agent"),
+        "{log}"
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("@default") {
@@ -587,12 +733,29 @@ fn main() {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         std::process::exit(qubes_sim::qrexec::client_main(&args));
     }
+    if args.get(1).map(String::as_str) == Some("@ask-helper") {
+        print!(
+            "{}",
+            ask_helper(
+                Path::new(&args[2]),
+                b"{\"op\":\"mount\",\"volume\":\"work\"}\n"
+            )
+        );
+        return;
+    }
     if args.iter().any(|a| a == "--list") {
         println!("whole_life_cycle: test");
+        println!("mount_helper_refuses_what_is_not_its_job: test");
         return;
     }
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let cases: &[(&str, fn())] = &[("whole_life_cycle", whole_life_cycle)];
+    let cases: &[(&str, fn())] = &[
+        ("whole_life_cycle", whole_life_cycle),
+        (
+            "mount_helper_refuses_what_is_not_its_job",
+            mount_helper_refuses_what_is_not_its_job,
+        ),
+    ];
     let mut failed = 0;
     for (name, f) in cases {
         if filter.is_some_and(|flt| !name.contains(flt.as_str())) {

@@ -23,7 +23,10 @@ systemd starts \fBcloudstore agent\fR from the unit of that role:
 .BR cloudstore-storage.service ,
 .BR cloudstore-transfer.service ,
 .BR cloudstore-consumer.service .
-The units of the other roles are skipped.
+The units of the other roles are skipped. The consumer unit requires
+.BR cloudstore-consumer-mounts.service ,
+which runs \fBcloudstore consumer-mounts\fR, the only process of the role that mounts and
+unmounts; it hands each mount's FUSE descriptor to the agent.
 .SH EXIT STATUS
 .B cloudstore agent
 exits 0 after a clean stop, 1 when the role or qubesdb failed, 75 when the role changed

@@ -1,5 +1,5 @@
 //! The consumer agent's control socket: `cloudstore unlock|lock|status|init|versions|restore`
-//! talk to the privileged parent over `$RUNTIME/consumer.sock`.
+//! talk to the agent (the parent of the workers) over `$RUNTIME/consumer.sock`.
 //!
 //! One request per connection, one JSON line each way. The socket is 0666 so that the
 //! qube's user can reach it; who may do what is decided from the peer's kernel-checked

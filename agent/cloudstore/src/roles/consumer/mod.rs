@@ -1,14 +1,15 @@
 //! Consumer role: each configured volume as a decrypted folder, `~USER/CloudStore/<volume>`.
 //!
-//! Process structure (issue 6): this role's `run` is a small privileged parent (root). It
-//! owns the control socket `$RUNTIME/consumer.sock` ([`control`]), through which
+//! Process structure: this role's `run` is a small parent (root). It owns the control
+//! socket `$RUNTIME/consumer.sock` ([`control`]), through which
 //! `cloudstore unlock|lock|status|init|versions|restore` reach it. Unlocking a volume reads
-//! its gocryptfs.conf from storage, unwraps the master key with the passphrase, and starts
-//! a [`worker`] process for it: the worker receives the key over an inherited socketpair,
-//! mounts the FUSE filesystem ([`fs`]), confines itself (capabilities dropped, landlock,
-//! seccomp: `sandbox.json` beside this file) and serves. Locking unmounts from the parent,
-//! which keeps the privilege to do so; the worker then sees its mount end, wipes its keys
-//! and exits. So a confined server never needs to unmount, and a later unlock starts
+//! its gocryptfs.conf from storage, unwraps the master key with the passphrase, has the
+//! mount helper ([`mounts`], its own unit) mount the volume and hand over the /dev/fuse
+//! descriptor, and starts a [`worker`] process with it: the worker receives the key over
+//! an inherited socketpair, confines itself (capabilities dropped, landlock, seccomp:
+//! `sandbox.json` beside this file) and serves the FUSE filesystem ([`fs`]). Locking has
+//! the helper unmount; the worker then sees its mount end, wipes its keys and exits. So
+//! neither the agent nor a worker ever mounts or unmounts, and a later unlock starts
 //! afresh.
 //!
 //! Keyfiles (automatic unlock at start): `cloudstore unlock VOLUME --keyfile` stores the
@@ -24,6 +25,7 @@ pub mod connect;
 pub mod control;
 pub mod fs;
 pub mod keys;
+pub mod mounts;
 pub mod time;
 pub mod versions;
 pub mod worker;
@@ -33,7 +35,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,8 +73,11 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
     keys::lock_process_memory()?;
     let socket = control::socket_path();
     let listener = bind_control_socket(&socket)?;
+    let mounter = mounts::Mounter::from_env()?;
+    info!("{}", mounter.describe());
     let agent = Arc::new(Agent {
         config: Mutex::new(ctx.config.clone()),
+        mounter,
         workers: Mutex::new(BTreeMap::new()),
         ops: Mutex::new(()),
         connections: AtomicUsize::new(0),
@@ -80,7 +85,7 @@ pub fn run(ctx: RoleContext) -> anyhow::Result<()> {
     // Mounts left behind by an agent that died: their workers are gone with it.
     for v in &ctx.config.volumes.value {
         if let Ok(mp) = agent.mountpoint_of(v.as_str()) {
-            unmount_stale(&mp);
+            agent.mounter.unmount_stale(v.as_str(), &mp);
         }
     }
     let mut auto = Vec::new();
@@ -205,7 +210,7 @@ fn bind_control_socket(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// The configured user's uid, gid and home.
-fn user_entry(name: &str) -> anyhow::Result<nix::unistd::User> {
+pub(crate) fn user_entry(name: &str) -> anyhow::Result<nix::unistd::User> {
     nix::unistd::User::from_name(name)
         .with_context(|| format!("looking up the user {name:?}"))?
         .ok_or_else(|| {
@@ -259,65 +264,27 @@ pub fn mount_type_at(path: &Path) -> Option<String> {
     mount_at(path).map(|(t, _)| t)
 }
 
-/// Whether a cloudstore FUSE mount (source `cloudstore:VOLUME`, see `fs::mount`) is at `path`.
+/// Whether a cloudstore FUSE mount (source `cloudstore:VOLUME`, see `fs::mount_device`) is
+/// at `path`.
 pub fn is_cloudstore_mount(path: &Path) -> bool {
     mount_at(path).is_some_and(|(t, src)| t.starts_with("fuse") && src.starts_with("cloudstore:"))
 }
 
-/// Detaches a cloudstore FUSE mount left at `mp` (its worker is gone).
-pub fn unmount_stale(mp: &Path) {
-    if is_cloudstore_mount(mp) {
-        match nix::mount::umount2(
-            mp,
-            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
-        ) {
-            Ok(()) => {
-                warn!(mountpoint = %mp.display(), "detached a cloudstore mount whose worker is gone")
-            }
-            Err(e) => {
-                error!(mountpoint = %mp.display(), "cannot detach the stale cloudstore mount: {e}")
-            }
-        }
-    }
+/// Whether the cloudstore FUSE mount of `volume` is at `path`.
+pub fn is_cloudstore_mount_of(path: &Path, volume: &str) -> bool {
+    mount_at(path).is_some_and(|(t, src)| {
+        t.starts_with("fuse") && src.strip_prefix("cloudstore:") == Some(volume)
+    })
 }
 
-/// Makes `dir` exist as a real directory (no symlink anywhere we create or check), owned by
-/// `uid:gid` if we create it.
-fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => bail!(
-            "{} is a symbolic link; refusing to mount through it (remove it, cloudstore creates the directory)",
-            dir.display()
-        ),
-        Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory", dir.display()),
-        Ok(m) if m.uid() != 0 && m.uid() != uid => bail!(
-            "{} belongs to uid {}, neither root nor the qube's user; refusing to mount there",
-            dir.display(),
-            m.uid()
-        ),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-            match nix::unistd::chown(dir, Some(uid.into()), Some(gid.into())) {
-                Ok(()) => {}
-                // The unit's bounding set has no CAP_CHOWN: the directory stays root's,
-                // open to the user for reading and entering (a mount covers it anyway).
-                Err(nix::errno::Errno::EPERM) => {
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                        .with_context(|| format!("setting the mode of {}", dir.display()))?;
-                }
-                Err(e) => return Err(e).with_context(|| format!("giving {} to uid {uid}", dir.display())),
-            }
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("checking {}", dir.display())),
-    }
+/// `/home/USER/CloudStore/VOLUME`, or `MOUNTPOINT/VOLUME` when configured.
+pub fn mountpoint_of(config: &Config, volume: &str) -> anyhow::Result<PathBuf> {
+    let base = match &config.mountpoint.value {
+        Some(b) => b.clone(),
+        None => user_entry(&config.user.value)?.dir.join("CloudStore"),
+    };
+    Ok(base.join(volume))
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// Lexically normalised absolute path (no `.`/`..`), as the CLI sends it.
 fn normalise(p: &Path) -> anyhow::Result<PathBuf> {
@@ -340,6 +307,7 @@ fn normalise(p: &Path) -> anyhow::Result<PathBuf> {
 
 struct Agent {
     config: Mutex<Config>,
+    mounter: mounts::Mounter,
     workers: Mutex<BTreeMap<String, Arc<Worker>>>,
     /// Serialises unlock, lock and init: each changes mounts or storage as a whole.
     ops: Mutex<()>,
@@ -374,54 +342,8 @@ impl Agent {
         Ok(())
     }
 
-    /// `/home/USER/CloudStore/VOLUME`, or `MOUNTPOINT/VOLUME` when configured.
     fn mountpoint_of(&self, volume: &str) -> anyhow::Result<PathBuf> {
-        let c = self.config();
-        let base = match &c.mountpoint.value {
-            Some(b) => b.clone(),
-            None => user_entry(&c.user.value)?.dir.join("CloudStore"),
-        };
-        Ok(base.join(volume))
-    }
-
-    fn prepare_mountpoint(&self, volume: &str) -> anyhow::Result<(PathBuf, u32, u32)> {
-        let c = self.config();
-        let user = user_entry(&c.user.value)?;
-        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-        let base = match &c.mountpoint.value {
-            Some(b) => {
-                if !b.exists() {
-                    std::fs::create_dir_all(b)
-                        .with_context(|| format!("creating {}", b.display()))?;
-                }
-                b.clone()
-            }
-            None => {
-                let home = &user.dir;
-                if !home.is_dir() {
-                    bail!(
-                        "the home directory {} of user {} does not exist",
-                        home.display(),
-                        c.user.value
-                    );
-                }
-                let base = home.join("CloudStore");
-                ensure_dir(&base, uid, gid)?;
-                base
-            }
-        };
-        let base = std::fs::canonicalize(&base)
-            .with_context(|| format!("resolving {}", base.display()))?;
-        let mp = base.join(volume);
-        unmount_stale(&mp);
-        ensure_dir(&mp, uid, gid)?;
-        if let Some(t) = mount_type_at(&mp) {
-            bail!(
-                "{} is already a mount point ({t}); unmount it first",
-                mp.display()
-            );
-        }
-        Ok((mp, uid, gid))
+        mountpoint_of(&self.config(), volume)
     }
 
     fn storage(&self, volume: &str) -> anyhow::Result<(connect::QrexecConnector, Client)> {
@@ -443,7 +365,6 @@ impl Agent {
             }
         }
         notify::status(&format!("consumer: unlocking {volume}"));
-        let (mp, uid, gid) = self.prepare_mountpoint(volume)?;
         let conf_bytes = {
             let (_conn, client) = self.storage(volume)?;
             // Stat first: a volume never created is the common mistake, and deserves its
@@ -492,9 +413,17 @@ impl Agent {
             config: conf_bytes,
             key,
         };
-        let w = Worker::start(volume, &mp, uid, gid, &km)
-            .with_context(|| format!("mounting volume {volume} at {}", mp.display()))?;
+        let m = self.mounter.mount(&self.config(), volume)?;
+        let mp = m.mountpoint.clone();
+        let started = Worker::start(volume, &mp, m.uid, m.gid, m.device, &km);
         drop(km);
+        let w = match started {
+            Ok(w) => w,
+            Err(e) => {
+                self.mounter.unmount_stale(volume, &mp);
+                return Err(e.context(format!("mounting volume {volume} at {}", mp.display())));
+            }
+        };
         let pid = w.pid;
         self.workers
             .lock()
@@ -537,33 +466,28 @@ impl Agent {
             );
         }
         if w.try_exited().is_none() {
-            match nix::mount::umount2(&mp, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
-                Ok(()) => {}
-                Err(nix::errno::Errno::EBUSY) => {
-                    let again = self.holders(&mp, w.pid);
-                    bail!(
-                        "cannot lock {volume}: {} is busy{}",
-                        mp.display(),
-                        if again.is_empty() {
-                            " (a mount beneath it, or a process that just opened it); try again"
-                                .to_owned()
-                        } else {
-                            format!(
-                                ": in use by {}",
-                                again
-                                    .iter()
-                                    .map(|h| h.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
-                            )
-                        }
-                    );
-                }
-                Err(nix::errno::Errno::EINVAL) => unmount_stale(&mp),
-                Err(e) => bail!("unmounting {}: {e}", mp.display()),
+            if self.mounter.unmount(volume, &mp, false)? == mounts::Unmounted::Busy {
+                let again = self.holders(&mp, w.pid);
+                bail!(
+                    "cannot lock {volume}: {} is busy{}",
+                    mp.display(),
+                    if again.is_empty() {
+                        " (a mount beneath it, or a process that just opened it); try again"
+                            .to_owned()
+                    } else {
+                        format!(
+                            ": in use by {}",
+                            again
+                                .iter()
+                                .map(|h| h.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    }
+                );
             }
         } else {
-            unmount_stale(&mp);
+            self.mounter.unmount_stale(volume, &mp);
         }
         let status = w.finish();
         self.workers
@@ -623,14 +547,13 @@ impl Agent {
                 warn!(volume = %v, "stopping: {} still in use by {}; detaching it", w.mountpoint.display(),
                     holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("; "));
             }
-            let flags = if holders.is_empty() {
-                nix::mount::MntFlags::UMOUNT_NOFOLLOW
-            } else {
-                nix::mount::MntFlags::UMOUNT_NOFOLLOW | nix::mount::MntFlags::MNT_DETACH
-            };
-            if let Err(e) = nix::mount::umount2(&w.mountpoint, flags) {
-                warn!(volume = %v, "unmounting {}: {e}; detaching", w.mountpoint.display());
-                let _ = nix::mount::umount2(&w.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            match self.mounter.unmount(&v, &w.mountpoint, !holders.is_empty()) {
+                Ok(mounts::Unmounted::Busy) => {
+                    warn!(volume = %v, "{} is busy; detaching it", w.mountpoint.display());
+                    self.mounter.unmount_stale(&v, &w.mountpoint);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(volume = %v, "unmounting {}: {e:#}", w.mountpoint.display()),
             }
             let st = w.finish();
             info!(volume = %v, "locked for shutdown (worker {st})");
@@ -652,7 +575,7 @@ impl Agent {
         };
         for (v, w, status) in dead {
             error!(volume = %v, pid = w.pid, "the worker of volume {v} ended on its own ({status}); its mount is gone and the volume is locked");
-            unmount_stale(&w.mountpoint);
+            self.mounter.unmount_stale(&v, &w.mountpoint);
             self.workers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -30,6 +30,8 @@ use super::keys::{self, KeyMaterial};
 
 /// The worker's end of the socketpair.
 const CHANNEL_FD: i32 = 3;
+/// The mount's /dev/fuse descriptor, made by the mount helper ([`super::mounts`]).
+const DEVICE_FD: i32 = 4;
 /// The worker's sandbox policy, compiled in.
 const POLICY: &str = include_str!("sandbox.json");
 const POLICY_ORIGIN: &str = "agent/cloudstore/src/roles/consumer/sandbox.json";
@@ -138,13 +140,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker for `volume`, hands it the key and waits until it has mounted and
-    /// confined itself. On error nothing stays mounted and the worker is gone.
+    /// Starts the worker for `volume`, hands it the mount's /dev/fuse descriptor and the
+    /// key, and waits until it has confined itself and serves. On error the worker is gone;
+    /// the caller unmounts.
     pub fn start(
         volume: &str,
         mountpoint: &Path,
         uid: u32,
         gid: u32,
+        device: OwnedFd,
         keys: &KeyMaterial,
     ) -> anyhow::Result<Worker> {
         let (ours, theirs) = UnixStream::pair().context("creating the worker's socketpair")?;
@@ -152,6 +156,7 @@ impl Worker {
         // current_exe() names is "…/cloudstore (deleted)" and cannot be started.
         let exe = std::path::Path::new("/proc/self/exe");
         let theirs_fd = theirs.as_raw_fd();
+        let device_fd = device.as_raw_fd();
         let mut cmd = Command::new(exe);
         cmd.arg0("cloudstore")
             .arg("consumer-worker")
@@ -166,12 +171,20 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec and
-        // only touches descriptors. dup2 clears FD_CLOEXEC on fd 3, so exactly this end of
-        // the socketpair crosses the exec (other descriptors keep their O_CLOEXEC).
+        // SAFETY: fcntl and dup2 are async-signal-safe; they run in the forked child before
+        // exec and only touch descriptors. dup2 clears FD_CLOEXEC on fds 3 and 4, so exactly
+        // this end of the socketpair and the device cross the exec (other descriptors keep
+        // their O_CLOEXEC).
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(theirs_fd, CHANNEL_FD) < 0 {
+                // Copies above both targets first: dup2 onto itself would keep O_CLOEXEC.
+                let channel_tmp = libc::fcntl(theirs_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let device_tmp = libc::fcntl(device_fd, libc::F_DUPFD_CLOEXEC, 10);
+                if channel_tmp < 0
+                    || device_tmp < 0
+                    || libc::dup2(channel_tmp, CHANNEL_FD) < 0
+                    || libc::dup2(device_tmp, DEVICE_FD) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -181,6 +194,7 @@ impl Worker {
             .spawn()
             .with_context(|| format!("starting the worker {} consumer-worker", exe.display()))?;
         drop(theirs);
+        drop(device);
         let pid = child.id();
         let reader = BufReader::new(ours.try_clone()?);
         let mut w = Worker {
@@ -197,7 +211,6 @@ impl Worker {
             }
             Err(e) => {
                 w.kill_now();
-                super::unmount_stale(mountpoint);
                 Err(e)
             }
         }
@@ -321,9 +334,13 @@ pub fn worker_main(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
         bail!("fd 3 is not a socket: consumer-worker is started by the consumer agent only");
     }
     let chan = UnixStream::from(fd);
+    // SAFETY: as fd 3, fd 4 was set up by the parent's pre_exec and is ours alone.
+    let device = unsafe { OwnedFd::from_raw_fd(DEVICE_FD) };
+    nix::sys::stat::fstat(device.as_raw_fd())
+        .context("fd 4 is not open: consumer-worker is started by the consumer agent only")?;
     let span = tracing::info_span!("worker", volume = %args.volume);
     let _e = span.enter();
-    match prepare(&args, &chan) {
+    match prepare(&args, &chan, device) {
         Ok((mounted, ctl)) => {
             let status = mounted.status();
             let report = ctl.report.clone();
@@ -373,7 +390,11 @@ impl Control {
     }
 }
 
-fn prepare(args: &WorkerArgs, chan: &UnixStream) -> anyhow::Result<(fs::MountedFs, Control)> {
+fn prepare(
+    args: &WorkerArgs,
+    chan: &UnixStream,
+    device: OwnedFd,
+) -> anyhow::Result<(fs::MountedFs, Control)> {
     keys::lock_process_memory()?;
     let mut r = chan;
     let km = KeyMaterial::receive(&mut r)?;
@@ -385,7 +406,7 @@ fn prepare(args: &WorkerArgs, chan: &UnixStream) -> anyhow::Result<(fs::MountedF
     let connector = Arc::new(QrexecConnector::new(program.clone(), &args.volume));
     let mut opts = fs::FsOptions::new(&args.volume, &args.mountpoint, args.uid, args.gid);
     opts.allow_other = true;
-    let mounted = fs::mount(opts, fs_vol, connector)?;
+    let mounted = fs::attach(opts, fs_vol, connector, device)?;
 
     let mut policy = Policy::from_json_str(POLICY, POLICY_ORIGIN)?;
     if let Some(Id::Name(name)) = policy.user() {

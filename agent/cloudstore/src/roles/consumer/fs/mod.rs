@@ -23,8 +23,9 @@ mod fuse;
 mod nodes;
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -224,8 +225,6 @@ impl MountedFs {
     }
 }
 
-/// Mounts `volume` (unlocked) at `opts.mountpoint`. Starts no thread and touches no
-/// network: the storage connection is made by [`MountedFs::serve`].
 /// Buffers at least this big get their own mapping, returned to the kernel when freed.
 /// glibc raises its threshold to the largest block freed so far (up to 32 MiB), so after
 /// the first 1 MiB FUSE request every worker thread's arena keeps its 1 MiB buffers (the
@@ -245,28 +244,69 @@ fn limit_heap_retention() {
     }
 }
 
+/// Mounts an empty FUSE filesystem named `cloudstore:VOLUME` at `mountpoint` and returns
+/// the /dev/fuse descriptor that serves it ([`attach`]). Needs CAP_SYS_ADMIN in the mount
+/// namespace the mount is for: the consumer's mount helper calls it, never a worker. The
+/// kernel queues requests (the first is INIT) until a server reads them.
+pub fn mount_device(volume_name: &str, mountpoint: &Path) -> anyhow::Result<OwnedFd> {
+    use std::os::unix::fs::PermissionsExt;
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("opening /dev/fuse (is the fuse module loaded?)")?;
+    let root_mode = std::fs::metadata(mountpoint)
+        .with_context(|| format!("reading {}", mountpoint.display()))?
+        .permissions()
+        .mode();
+    // user_id/group_id name the mount's owner, root; allow_other lets everybody in and
+    // default_permissions has the kernel check the modes the filesystem reports.
+    let options = format!(
+        "fd={},rootmode={root_mode:o},user_id=0,group_id=0,default_permissions,allow_other,subtype=cloudstore",
+        device.as_raw_fd()
+    );
+    nix::mount::mount(
+        Some(format!("cloudstore:{volume_name}").as_str()),
+        mountpoint,
+        Some("fuse"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .with_context(|| format!("mounting FUSE at {}", mountpoint.display()))?;
+    Ok(device.into())
+}
+
+/// [`mount_device`] and [`attach`] in one process, for one that is root in the mount
+/// namespace the mount is for (tests and benchmarks; the consumer role splits the two
+/// between its mount helper and a worker).
 pub fn mount(
     opts: FsOptions,
     volume: cloudstore_format::Volume,
     connector: Arc<dyn Connector>,
 ) -> anyhow::Result<MountedFs> {
+    let device = mount_device(&opts.volume_name, &opts.mountpoint)?;
+    attach(opts, volume, connector, device)
+}
+
+/// Attaches the filesystem of `volume` (unlocked) to a mounted /dev/fuse descriptor. Starts
+/// no thread and touches no network: the storage connection is made by
+/// [`MountedFs::serve`].
+pub fn attach(
+    opts: FsOptions,
+    volume: cloudstore_format::Volume,
+    connector: Arc<dyn Connector>,
+    device: OwnedFd,
+) -> anyhow::Result<MountedFs> {
     limit_heap_retention();
     let status = Arc::new(FsStatus::default());
-    let mountpoint = opts.mountpoint.clone();
-    let mut mount_opts = vec![
-        fuser::MountOption::FSName(format!("cloudstore:{}", opts.volume_name)),
-        fuser::MountOption::Subtype("cloudstore".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-    ];
-    if opts.allow_other {
-        mount_opts.push(fuser::MountOption::AllowOther);
-    }
+    let acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     let core = Arc::new(core::Core::new(opts, volume, connector, status.clone()));
     let fs = fuse::FuseFs::new(core.clone());
-    let session = fuser::Session::new(fs, &mountpoint, &mount_opts)
-        .with_context(|| format!("mounting the volume at {}", mountpoint.display()))?;
+    let session = fuser::Session::from_fd(fs, device, acl);
     core.set_notifier(session.notifier());
     Ok(MountedFs {
         session,
