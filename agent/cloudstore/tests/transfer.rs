@@ -735,6 +735,24 @@ fn flaky_cloud_and_storage_restart() {
 }
 
 /// 10 000 small files, first sync.
+/// The live `rclone` processes whose parent is `agent`.
+fn rclone_children(agent: i32) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            let state = rest.next();
+            stat.contains("(rclone)")
+                && state != Some("Z")
+                && rest.next() == Some(agent.to_string().as_str())
+        })
+        .collect()
+}
+
 fn ten_thousand_files_initial_sync() {
     let mut storage = StorageAgent::start("work");
     // Written straight into the tree while storage is down: the first sync lists the tree.
@@ -751,13 +769,33 @@ fn ten_thousand_files_initial_sync() {
     let (_cd, cloud) = cloud_dir();
     let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
     let t0 = Instant::now();
-    let t = Transfer::start(&storage, &remote, &[("CLOUDSTORE_TRANSFER_WORKERS", "8")]);
+    // rclone is replaced whenever it grows past 60 MiB (it starts near 45 MiB and keeps
+    // some 30 KiB per upload), so the sync runs across several rclone processes.
+    let t = Transfer::start(
+        &storage,
+        &remote,
+        &[
+            ("CLOUDSTORE_TRANSFER_WORKERS", "8"),
+            ("CLOUDSTORE_RCLONE_RECYCLE_MIB", "60"),
+        ],
+    );
     wait_for("10 000 files in the cloud", 100, || {
         files(&cloud).len() == 10_000
     });
     eprintln!("10 000-file initial upload: {:.1?}", t0.elapsed());
     let got = wait_converged(&storage, &cloud, "10 000 files");
     assert_eq!(got["d42/f17"], b"42/17");
+    let log = t.log_text();
+    let recycled = log.matches("starting a fresh one").count();
+    assert!(recycled >= 1, "rclone was never replaced:\n{log}");
+    if std::env::var_os("TRANSFER_TEST_SHOW_LOG").is_some() {
+        eprintln!("{log}");
+    }
+    // Each replaced rclone ended after its last call: one child is left.
+    wait_for("the replaced rclone processes to end", 10, || {
+        rclone_children(t.pid()).len() == 1
+    });
+    eprintln!("rclone replaced {recycled} times");
     drop(t);
 }
 
@@ -822,20 +860,8 @@ fn transfer_sandbox_holds() {
             .unwrap()
             .to_owned()
     };
-    let rclone = fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // pid (comm) state ppid ...
-            stat.contains("(rclone)")
-                && stat
-                    .rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    == Some(t.pid().to_string().as_str())
-        })
+    let rclone = *rclone_children(t.pid())
+        .first()
         .expect("the agent's rclone child");
     for (what, pid) in [("agent", t.pid()), ("rclone", rclone)] {
         assert_eq!(field(pid, "Uid:"), uid, "{what}");

@@ -15,7 +15,7 @@ use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{read_frame, write_frame, FrameError, FrameType, FLAG_FINAL, MAX_PAYLOAD};
 use crate::handshake::{client_handshake, HandshakeError, Hello, Session};
 use crate::message::{decode_error, Body, Push, Request, Response};
-use crate::server::{CHUNK_SIZE, STREAM_WINDOW};
+use crate::server::{CHUNK_SIZE, DEFAULT_MAX_STREAMS, STREAM_WINDOW};
 use crate::types::Attr;
 
 /// How a client behaves.
@@ -33,6 +33,9 @@ pub struct ClientConfig {
     /// Push notifications queued for a slow reader before they are dropped and replaced by
     /// one `Push::Lagged`.
     pub push_queue: usize,
+    /// Streams (`Get`, uploads) at once; more wait for one to end. The server refuses
+    /// streams past its own limit with `Busy`, so this matches its default.
+    pub max_streams: usize,
 }
 
 impl ClientConfig {
@@ -42,6 +45,7 @@ impl ClientConfig {
             max_in_flight: 64,
             timeout: Duration::from_secs(60),
             push_queue: 4096,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -81,6 +85,8 @@ struct Shared {
     notice: Mutex<Option<String>>,
     in_flight: Mutex<usize>,
     slot_freed: Condvar,
+    streams: Mutex<usize>,
+    stream_freed: Condvar,
     next_id: AtomicU64,
     session: Session,
     config: ClientConfig,
@@ -126,6 +132,7 @@ impl Shared {
         drop(l);
         // Wake slot waiters so they see the loss.
         self.slot_freed.notify_all();
+        self.stream_freed.notify_all();
     }
 
     /// Marks the connection lost and fails every waiter.
@@ -187,6 +194,38 @@ impl Shared {
 
     fn forget(&self, id: u64) {
         lock(&self.pending).remove(&id);
+    }
+}
+
+/// One of the connection's streams, freed on drop.
+struct StreamPermit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        *lock(&self.shared.streams) -= 1;
+        self.shared.stream_freed.notify_one();
+    }
+}
+
+impl Shared {
+    /// Waits for a free stream. No deadline: streams in progress end by themselves (each
+    /// chunk has the call timeout), and a lost connection wakes the wait.
+    fn acquire_stream(self: &Arc<Self>) -> Result<StreamPermit, RemoteError> {
+        let mut n = lock(&self.streams);
+        loop {
+            if lock(&self.lost).is_some() {
+                return Err(self.lost_error());
+            }
+            if *n < self.config.max_streams.max(1) {
+                *n += 1;
+                return Ok(StreamPermit {
+                    shared: self.clone(),
+                });
+            }
+            n = self.stream_freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -259,6 +298,8 @@ impl Client {
             notice: Mutex::new(None),
             in_flight: Mutex::new(0),
             slot_freed: Condvar::new(),
+            streams: Mutex::new(0),
+            stream_freed: Condvar::new(),
             next_id: AtomicU64::new(1),
             session,
             config,
@@ -376,6 +417,7 @@ impl Client {
     /// the returned [`Download`], then call [`Download::finish`] for the attributes.
     pub fn get(&self, path: &str, version: Option<u64>) -> Result<Download, RemoteError> {
         let shared = self.shared().clone();
+        let stream = shared.acquire_stream()?;
         let deadline = Instant::now() + shared.config.timeout;
         let permit = shared.acquire(deadline)?;
         let (tx, rx) = mpsc::channel();
@@ -400,6 +442,7 @@ impl Client {
             pos: 0,
             end: None,
             _permit: permit,
+            _stream: stream,
         })
     }
 
@@ -415,6 +458,7 @@ impl Client {
             ));
         }
         let shared = self.shared().clone();
+        let stream = shared.acquire_stream()?;
         let deadline = Instant::now() + shared.config.timeout;
         let permit = shared.acquire(deadline)?;
         let ctl = Arc::new(UploadCtl {
@@ -438,6 +482,7 @@ impl Client {
             buf: Vec::with_capacity(CHUNK_SIZE),
             finished: false,
             _permit: permit,
+            _stream: stream,
         })
     }
 }
@@ -453,6 +498,7 @@ pub struct Download {
     pos: usize,
     end: Option<Answer>,
     _permit: Permit,
+    _stream: StreamPermit,
 }
 
 impl Download {
@@ -544,6 +590,7 @@ pub struct Upload {
     buf: Vec<u8>,
     finished: bool,
     _permit: Permit,
+    _stream: StreamPermit,
 }
 
 impl Upload {

@@ -28,6 +28,9 @@ pub const STREAM_WINDOW: u32 = 4;
 /// Size of the chunks this implementation sends: 256 KiB amortises the 16-byte header and
 /// the per-frame syscalls without holding the writer lock for long.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+/// Upload and download streams a connection runs at once unless configured otherwise
+/// ([`ServerConfig::max_streams`]); the client keeps to it ([`crate::ClientConfig`]).
+pub const DEFAULT_MAX_STREAMS: usize = 4;
 
 /// How a server runs one connection.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +59,7 @@ impl ServerConfig {
             queue: 64,
             // Half the workers: four transfers at once saturate a disk, and the other half
             // stays free for requests that do not stream.
-            max_streams: 4,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }

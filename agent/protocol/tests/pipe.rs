@@ -278,6 +278,50 @@ fn a_dropped_download_is_cancelled_and_frees_its_stream() {
 }
 
 #[test]
+fn streams_past_the_server_limit_wait_for_a_free_one_instead_of_failing() {
+    let s = start(Role::Sync);
+    // The server's limit (4) held open: a fifth stream waits, and starts once one ends.
+    let mut open: Vec<_> = (0..4)
+        .map(|_| {
+            let mut d = s.client.get("gen/50000000", None).unwrap();
+            let mut b = [0u8; 1000];
+            d.read_exact(&mut b).unwrap();
+            d
+        })
+        .collect();
+    let client = s.client.clone();
+    let fifth = std::thread::spawn(move || {
+        let t = Instant::now();
+        let size = client.get("gen/1000", None).unwrap().finish().unwrap().size;
+        (size, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!fifth.is_finished(), "a fifth stream ran beside four");
+    drop(open.pop());
+    let (size, waited) = fifth.join().unwrap();
+    assert_eq!(size, 1000);
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    drop(open);
+    // Twelve threads streaming at once over one connection: every one completes.
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let client = s.client.clone();
+            std::thread::spawn(move || {
+                let size = 100_000 + i * 1000;
+                let mut d = client.get(&format!("gen/{size}"), None).unwrap();
+                let mut all = Vec::new();
+                d.read_to_end(&mut all).unwrap();
+                assert_eq!(all.len() as u64, size);
+                d.finish().unwrap().size
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), 100_000 + i as u64 * 1000);
+    }
+}
+
+#[test]
 fn uploads_arrive_whole_or_not_at_all() {
     let s = start(Role::Sync);
     let put = |path: &str| Request::Put {

@@ -17,7 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -38,6 +38,19 @@ const CALL_ATTEMPTS: u32 = 4;
 /// Go's soft memory limit for the `rclone rcd` child: a collection target, not a cap (rclone
 /// goes past it rather than fail). 256 MiB holds a 100 000-entry listing several times over.
 const RCLONE_SOFT_MEMORY_LIMIT: &str = "256MiB";
+
+/// Go heap in use past which `rclone rcd` is replaced by a fresh one. rclone v1.60 keeps
+/// memory alive for every `operations/uploadfile` call, however its stats and jobs are
+/// pruned (measured: 8 000 uploads of 8 KB left 920 MiB of heap in use after `core/gc`
+/// and the resident size 260 MiB higher, with `--max-stats-groups=10` and
+/// `core/stats-reset`); a first sync of 100 000 files took it to 7 GiB resident. A transfer
+/// qube has far less memory, so the agent starts a new server when the old one grows past
+/// this and lets the old one finish its calls, then ends it. `CLOUDSTORE_RCLONE_RECYCLE_MIB`
+/// overrides it (tests).
+const RCLONE_RECYCLE_MIB: u64 = 384;
+const RECYCLE_ENV: &str = "CLOUDSTORE_RCLONE_RECYCLE_MIB";
+/// Calls between two looks at rclone's heap (an rc call of its own).
+const HEAP_CHECK_EVERY: u64 = 32;
 
 /// Largest rc answer we read into memory (a listing of 100 000 entries is ~25 MB of JSON
 /// without hashes); more means something is wrong with the remote or with rclone.
@@ -110,16 +123,34 @@ pub struct RcloneOptions {
 }
 
 struct Server {
-    child: Child,
+    child: Mutex<Child>,
     addr: SocketAddr,
+}
+
+impl Server {
+    fn id(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+}
+
+/// A server ends with its last user: calls in flight hold it (`Arc<Server>`), so a
+/// replaced server finishes them first.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// A running `rclone rcd`, restarted on demand when it dies.
 pub struct Rclone {
     opts: RcloneOptions,
     auth: String,
-    server: Mutex<Option<Server>>,
+    server: Mutex<Option<Arc<Server>>>,
     counter: AtomicU64,
+    calls: AtomicU64,
+    recycle_mib: u64,
     /// rclone is started by one long-lived thread: its death signal (`PR_SET_PDEATHSIG`)
     /// follows the thread that forked it, and the sync workers come and go.
     spawner: Mutex<std::sync::mpsc::Sender<std::sync::mpsc::Sender<Result<Server>>>>,
@@ -172,6 +203,11 @@ impl Rclone {
             auth,
             server: Mutex::new(None),
             counter: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            recycle_mib: std::env::var(RECYCLE_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(RCLONE_RECYCLE_MIB),
             spawner: Mutex::new(tx),
         };
         r.ensure()?;
@@ -184,7 +220,7 @@ impl Rclone {
 
     /// The rclone process id (tests kill it).
     pub fn pid(&self) -> Option<u32> {
-        self.server.lock().unwrap().as_ref().map(|s| s.child.id())
+        self.server.lock().unwrap().as_ref().map(|s| s.id())
     }
 
     fn spawn(&self) -> Result<Server> {
@@ -194,28 +230,52 @@ impl Rclone {
         rx.recv().map_err(|_| gone())?
     }
 
-    /// The address of a live server, (re)starting rclone if it is gone.
-    fn ensure(&self) -> Result<SocketAddr> {
+    /// The Go heap in use by the server at `addr` (rc `core/memstats`: rclone reports it
+    /// itself, and the sandbox gives the agent no /proc of its child).
+    fn heap_mib(&self, addr: SocketAddr) -> Option<u64> {
+        let v = self
+            .rc_once(addr, "memstats", "core/memstats", "", &json!({}))
+            .ok()?;
+        Some(v.get("HeapInuse")?.as_u64()? >> 20)
+    }
+
+    /// A live server, (re)starting rclone if it is gone or has grown past
+    /// [`RCLONE_RECYCLE_MIB`]. Hold it for the length of the call.
+    fn ensure(&self) -> Result<Arc<Server>> {
         let mut g = self.server.lock().unwrap();
-        if let Some(s) = g.as_mut() {
-            match s.child.try_wait() {
-                Ok(None) => return Ok(s.addr),
+        if let Some(s) = g.as_ref() {
+            let exited = s.child.lock().unwrap().try_wait();
+            match exited {
+                Ok(None) => {
+                    let n = self.calls.fetch_add(1, Ordering::Relaxed);
+                    let grown = (n % HEAP_CHECK_EVERY == HEAP_CHECK_EVERY - 1)
+                        .then(|| self.heap_mib(s.addr))
+                        .flatten()
+                        .filter(|&mib| mib > self.recycle_mib);
+                    match grown {
+                        None => return Ok(s.clone()),
+                        Some(mib) => tracing::info!(
+                            pid = s.id(),
+                            "rclone rcd holds {mib} MiB of heap (limit {} MiB); starting a fresh one, the old one ends with its last call",
+                            self.recycle_mib
+                        ),
+                    }
+                }
                 Ok(Some(st)) => tracing::warn!("rclone rcd exited ({st}); starting it again"),
                 Err(e) => tracing::warn!("rclone rcd: {e}; starting it again"),
             }
             *g = None;
         }
-        let s = self.spawn()?;
-        let addr = s.addr;
-        *g = Some(s);
-        Ok(addr)
+        let s = Arc::new(self.spawn()?);
+        *g = Some(s.clone());
+        Ok(s)
     }
 
-    fn with_retries<T>(&self, mut f: impl FnMut(SocketAddr) -> Result<T>) -> Result<T> {
+    fn with_retries<T>(&self, mut f: impl FnMut(&Arc<Server>) -> Result<T>) -> Result<T> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
         loop {
-            let r = self.ensure().and_then(&mut f);
+            let r = self.ensure().and_then(|server| f(&server));
             match r {
                 Err(e) if e.transient() && attempt < CALL_ATTEMPTS => {
                     tracing::debug!("rclone call failed ({e}); retrying in {delay:?}");
@@ -242,51 +302,61 @@ impl Rclone {
 
     /// One rc call with a JSON body; the JSON answer.
     fn rc(&self, op: &'static str, method: &str, path: &str, args: Value) -> Result<Value> {
-        self.with_retries(|addr| {
-            let tp = |source| CloudError::Transport {
-                op,
-                path: path.to_owned(),
-                source,
-            };
-            let mut s = self.connect(addr, op, path)?;
-            let body = serde_json::to_vec(&args).expect("JSON");
-            let head = format!(
-                "POST /{method} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                self.auth,
-                body.len()
-            );
-            s.write_all(head.as_bytes()).map_err(tp)?;
-            s.write_all(&body).map_err(tp)?;
-            let mut resp = Response::read(s).map_err(tp)?;
-            let mut text = Vec::new();
-            (&mut resp)
-                .take(MAX_JSON_ANSWER)
-                .read_to_end(&mut text)
-                .map_err(tp)?;
-            let v: Value = serde_json::from_slice(&text).map_err(|e| tp(io::Error::other(e)))?;
-            if resp.status != 200 {
-                let message = v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_owned();
-                // rclone's wording varies by backend: "object not found", "directory not
-                // found", webdav's "Not Found: 404 Not Found".
-                if message.to_ascii_lowercase().contains("not found") {
-                    return Err(CloudError::NotFound {
-                        op,
-                        path: path.to_owned(),
-                    });
-                }
-                return Err(CloudError::Remote {
+        self.with_retries(|server| self.rc_once(server.addr, op, method, path, &args))
+    }
+
+    /// [`Rclone::rc`] on the server at `addr`, once.
+    fn rc_once(
+        &self,
+        addr: SocketAddr,
+        op: &'static str,
+        method: &str,
+        path: &str,
+        args: &Value,
+    ) -> Result<Value> {
+        let tp = |source| CloudError::Transport {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        let mut s = self.connect(addr, op, path)?;
+        let body = serde_json::to_vec(args).expect("JSON");
+        let head = format!(
+            "POST /{method} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.auth,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).map_err(tp)?;
+        s.write_all(&body).map_err(tp)?;
+        let mut resp = Response::read(s).map_err(tp)?;
+        let mut text = Vec::new();
+        (&mut resp)
+            .take(MAX_JSON_ANSWER)
+            .read_to_end(&mut text)
+            .map_err(tp)?;
+        let v: Value = serde_json::from_slice(&text).map_err(|e| tp(io::Error::other(e)))?;
+        if resp.status != 200 {
+            let message = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_owned();
+            // rclone's wording varies by backend: "object not found", "directory not
+            // found", webdav's "Not Found: 404 Not Found".
+            if message.to_ascii_lowercase().contains("not found") {
+                return Err(CloudError::NotFound {
                     op,
                     path: path.to_owned(),
-                    status: resp.status,
-                    message,
                 });
             }
-            Ok(v)
-        })
+            return Err(CloudError::Remote {
+                op,
+                path: path.to_owned(),
+                status: resp.status,
+                message,
+            });
+        }
+        Ok(v)
     }
 
     /// Everything beneath `dir` (relative to the remote), recursively. A missing `dir` is an
@@ -332,7 +402,8 @@ impl Rclone {
 
     /// Streams the object at `path`.
     pub fn download(&self, path: &str) -> Result<Response> {
-        self.with_retries(|addr| {
+        self.with_retries(|server| {
+            let addr = server.addr;
             let tp = |source| CloudError::Transport {
                 op: "download",
                 path: path.to_owned(),
@@ -348,7 +419,11 @@ impl Rclone {
             s.write_all(head.as_bytes()).map_err(tp)?;
             let mut resp = Response::read(s).map_err(tp)?;
             match resp.status {
-                200 => Ok(resp),
+                200 => {
+                    // rclone serves the stream until the reader is done with it.
+                    resp.server = Some(server.clone());
+                    Ok(resp)
+                }
                 404 => Err(CloudError::NotFound {
                     op: "download",
                     path: path.to_owned(),
@@ -374,7 +449,8 @@ impl Rclone {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp_name = format!("{}-{}-{n}", std::process::id(), random_token());
         let tmp = format!("{PARTIAL_DIR}/{tmp_name}");
-        let addr = self.ensure()?;
+        let server = self.ensure()?;
+        let addr = server.addr;
         let tp = |source| CloudError::Transport {
             op: "upload",
             path: path.to_owned(),
@@ -513,9 +589,11 @@ impl Rclone {
 
     /// Stops rclone (also done on drop).
     pub fn stop(&self) {
-        if let Some(mut s) = self.server.lock().unwrap().take() {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
+        if let Some(s) = self.server.lock().unwrap().take() {
+            // Ended now even if a call still holds it.
+            let mut child = s.child.lock().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -609,7 +687,10 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
                 .parse()
                 .map_err(|_| CloudError::NotServing(format!("unexpected rc address {addr:?}")))?;
             tracing::info!(pid = child.id(), %addr, "rclone rcd serving");
-            Ok(Server { child, addr })
+            Ok(Server {
+                child: Mutex::new(child),
+                addr,
+            })
         }
         Ok(Err(line)) => {
             let _ = child.kill();
@@ -664,6 +745,8 @@ pub struct Response {
     pub status: u16,
     body: BufReader<TcpStream>,
     mode: BodyMode,
+    /// The server streaming a download, kept alive for as long as it is read.
+    server: Option<Arc<Server>>,
 }
 
 enum BodyMode {
@@ -719,6 +802,7 @@ impl Response {
             status,
             body: r,
             mode,
+            server: None,
         })
     }
 
