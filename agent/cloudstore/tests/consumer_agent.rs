@@ -224,6 +224,21 @@ fn command_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
+/// `program` run as the local user [`OTHER_UID`], neither root nor the qube's user.
+fn as_other_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        OTHER_UID,
+        "--regid",
+        OTHER_UID,
+        "--clear-groups",
+        "--",
+    ])
+    .arg(program);
+    c
+}
+
 fn text(o: &Output) -> String {
     format!(
         "status {}\nstdout: {}\nstderr: {}",
@@ -343,15 +358,7 @@ fn whole_life_cycle() {
     assert_eq!(mount_type(&mp), None, "mounted despite a wrong passphrase");
 
     // Another local user may read the status but not unlock.
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid",
-            OTHER_UID,
-            "--regid",
-            OTHER_UID,
-            "--clear-groups",
-            BIN,
-        ])
+    let o = as_other_user(BIN)
         .args([
             "unlock",
             "work",
@@ -677,16 +684,7 @@ fn mount_helper_refuses_what_is_not_its_job() {
         "/proc was unmounted"
     );
     // Another local user may not even ask.
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid",
-            OTHER_UID,
-            "--regid",
-            OTHER_UID,
-            "--clear-groups",
-            "--",
-        ])
-        .arg(std::env::current_exe().unwrap())
+    let o = as_other_user(std::env::current_exe().unwrap())
         .args(["@ask-helper"])
         .arg(&socket)
         .output()
