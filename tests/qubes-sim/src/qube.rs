@@ -378,6 +378,7 @@ fn init_main(state: &QubeState) -> Result<i32> {
         sfd,
         notify,
         unit: None,
+        mount_helper: None,
         reported: false,
     };
     init.run()
@@ -554,6 +555,9 @@ struct Init {
     sfd: SignalFd,
     notify: UnixDatagram,
     unit: Option<Unit>,
+    /// The consumer's `cloudstore-consumer-mounts.service`: required by the consumer unit,
+    /// started before it and stopped after it; it outlives the agent's restarts.
+    mount_helper: Option<Child>,
     /// Whether dom0 has heard `ready` or `failed`.
     reported: bool,
 }
@@ -673,6 +677,19 @@ impl Init {
             return;
         }
         unit.starts.push_back(now);
+        let consumer = unit.role == "consumer";
+        if consumer {
+            if let Err(msg) = start_mount_helper(&state, &env, &mut self.mount_helper) {
+                if let Some(unit) = self.unit.as_mut() {
+                    unit.phase = Phase::Stopped;
+                }
+                self.failed(&msg);
+                return;
+            }
+        }
+        let Some(unit) = self.unit.as_mut() else {
+            return;
+        };
         // RuntimeDirectory=cloudstore: created afresh for each start, removed at stop.
         let rt = state.runtime_dir();
         let _ = fs::remove_dir_all(&rt);
@@ -708,10 +725,11 @@ impl Init {
         );
         let err = log.try_clone();
         let mut cmd = Command::new(&state.cloudstore);
-        cmd.arg("agent")
-            .env_clear()
-            .envs(env)
-            .env("NOTIFY_SOCKET", state.notify_socket())
+        cmd.arg("agent").env_clear().envs(env);
+        if consumer {
+            cmd.env(MOUNTS_SOCKET_ENV, mount_helper_socket(&state));
+        }
+        cmd.env("NOTIFY_SOCKET", state.notify_socket())
             .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -963,8 +981,78 @@ impl Init {
             }
         }
         let _ = fs::remove_dir_all(self.state.runtime_dir());
+        // The helper unit stops after the consumer unit, which is ordered after it.
+        if let Some(mut helper) = self.mount_helper.take() {
+            let _ = kill(Pid::from_raw(helper.id() as i32), Signal::SIGTERM);
+            let _ = helper.wait();
+        }
         0
     }
+}
+
+/// `CLOUDSTORE_MOUNTS_SOCKET` (roles/consumer/mounts.rs): the helper's socket.
+const MOUNTS_SOCKET_ENV: &str = "CLOUDSTORE_MOUNTS_SOCKET";
+
+/// `/run/cloudstore-mounts/mounts.sock` of the qube (`RuntimeDirectory=cloudstore-mounts`).
+fn mount_helper_socket(state: &QubeState) -> PathBuf {
+    state
+        .runtime_dir()
+        .with_file_name("cloudstore-mounts")
+        .join("mounts.sock")
+}
+
+/// Starts `cloudstore consumer-mounts` unless it runs, and waits for its socket (systemd
+/// waits for its READY=1 before starting the unit ordered after it).
+fn start_mount_helper(
+    state: &QubeState,
+    env: &[(String, String)],
+    helper: &mut Option<Child>,
+) -> std::result::Result<(), String> {
+    if let Some(h) = helper.as_mut() {
+        if matches!(h.try_wait(), Ok(None)) {
+            return Ok(());
+        }
+    }
+    let socket = mount_helper_socket(state);
+    let _ = fs::remove_file(&socket);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.agent_log())
+        .map_err(|e| format!("opening {}: {e}", state.agent_log().display()))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| format!("opening {}: {e}", state.agent_log().display()))?;
+    let child = Command::new(&state.cloudstore)
+        .arg("consumer-mounts")
+        .env_clear()
+        .envs(env.iter().cloned())
+        .env(MOUNTS_SOCKET_ENV, &socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .current_dir("/")
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cloudstore-consumer-mounts.service: starting {} consumer-mounts: {e}",
+                state.cloudstore.display()
+            )
+        })?;
+    *helper = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "cloudstore-consumer-mounts.service: no socket at {} within 10 s; its log {} ends:\n{}",
+                socket.display(),
+                state.agent_log().display(),
+                tail(&state.agent_log())
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// The last lines of a log file, for a failure report.

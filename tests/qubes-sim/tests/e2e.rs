@@ -613,6 +613,14 @@ fn walkthrough() {
         "{log}"
     );
 
+    // In my-work the mount came from the consumer's mount helper, as under systemd.
+    let log = std::fs::read_to_string(w.qube_dir("my-work").join("log/agent.log")).unwrap();
+    assert!(
+        log.contains("mounts made by the helper on")
+            && log.contains("mounted for the consumer agent volume=\"work\""),
+        "{log}"
+    );
+
     // The configuration's `env` reaches the transfer agent (its unit's Environment=), not
     // the qube's other processes.
     let pid = std::fs::read_to_string(w.qube_dir("transfer").join("run/agent.pid")).unwrap();

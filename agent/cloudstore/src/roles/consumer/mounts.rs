@@ -17,9 +17,9 @@
 //! agent can thus do through it what fusermount3 lets any user do with their own
 //! directories, and nothing more.
 //!
-//! Outside systemd (tests, the Qubes stand-in) the agent is root in the qube's namespace
-//! and calls the same functions in process, unless `CLOUDSTORE_MOUNTS_SOCKET` names a
-//! running helper.
+//! The Qubes stand-in runs the helper as systemd does and names its socket in
+//! `CLOUDSTORE_MOUNTS_SOCKET`. Outside systemd and without it, the agent is root in the
+//! machine's namespace and calls the same functions in process.
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
