@@ -709,7 +709,13 @@ fn read_loop(
                         let _ = tx.send(UploadMsg::Cancelled);
                         streams.remove(&id);
                     }
-                    Some(Stream::Download(ctl)) => ctl.cancel(),
+                    // Its slot is free from here on, as the client counts it: the client
+                    // may start another stream right after this frame, and the cancelled
+                    // handler sends no more chunks (it ends at its next write).
+                    Some(Stream::Download(ctl)) => {
+                        ctl.cancel();
+                        streams.remove(&id);
+                    }
                     // A request without a stream runs to its end; its answer is dropped by
                     // the client.
                     None => {}

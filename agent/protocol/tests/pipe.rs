@@ -290,17 +290,13 @@ fn streams_past_the_server_limit_wait_for_a_free_one_instead_of_failing() {
         })
         .collect();
     let client = s.client.clone();
-    let fifth = std::thread::spawn(move || {
-        let t = Instant::now();
-        let size = client.get("gen/1000", None).unwrap().finish().unwrap().size;
-        (size, t.elapsed())
-    });
+    let fifth =
+        std::thread::spawn(move || client.get("gen/1000", None).unwrap().finish().unwrap().size);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!fifth.is_finished(), "a fifth stream ran beside four");
+    // Dropping one (a cancel) frees its slot on both ends at once.
     drop(open.pop());
-    let (size, waited) = fifth.join().unwrap();
-    assert_eq!(size, 1000);
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert_eq!(fifth.join().unwrap(), 1000);
     drop(open);
     // Twelve threads streaming at once over one connection: every one completes.
     let threads: Vec<_> = (0..12)
