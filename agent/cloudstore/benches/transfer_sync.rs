@@ -356,6 +356,9 @@ impl Drop for Cloud {
 struct Transfer {
     child: Child,
     log: LogReader,
+    /// Highest peak RSS (KiB) seen of any rclone the agent ran: it replaces rclone when it
+    /// grows (roles/transfer/rclone.rs), and a replaced one's peak leaves with it.
+    rclone_peak: std::cell::Cell<u64>,
     _db: QubesDbDaemon,
     _dir: tempfile::TempDir,
 }
@@ -415,6 +418,7 @@ impl Transfer {
         Transfer {
             child,
             log,
+            rclone_peak: std::cell::Cell::new(0),
             _db: db,
             _dir: dir,
         }
@@ -458,6 +462,7 @@ impl Transfer {
                 "the transfer agent did not upload {files} files within {timeout:?}; log tail:\n{}",
                 tail(&log)
             );
+            self.sample_rclone_peak();
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -482,14 +487,18 @@ impl Transfer {
             .collect()
     }
 
-    /// Peak RSS in KiB of the agent and of its rclone child.
+    fn sample_rclone_peak(&self) {
+        for (c, comm) in self.children() {
+            if comm == "rclone" {
+                self.rclone_peak.set(self.rclone_peak.get().max(vmhwm(c)));
+            }
+        }
+    }
+
+    /// Peak RSS in KiB of the agent and of its rclone children (the highest of them).
     fn peak_rss(&self) -> (u64, u64) {
-        let rclone = self
-            .children()
-            .into_iter()
-            .find(|(_, comm)| comm == "rclone")
-            .map_or(0, |(c, _)| vmhwm(c));
-        (vmhwm(self.child.id()), rclone)
+        self.sample_rclone_peak();
+        (vmhwm(self.child.id()), self.rclone_peak.get())
     }
 
     /// CPU time so far of the agent, of its rclone, and of its qrexec client stand-ins
