@@ -535,55 +535,37 @@ impl Rclone {
         .map(drop)
     }
 
-    /// Deletes one object; an absent one is not an error.
-    pub fn delete_file(&self, path: &str) -> Result<()> {
-        match self.rc(
-            "delete",
-            "operations/deletefile",
-            path,
-            json!({"fs": self.opts.remote, "remote": path}),
-        ) {
-            Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn mkdir(&self, path: &str) -> Result<()> {
+    /// An rc call on one path of the remote (`{"fs": REMOTE, "remote": PATH}`).
+    fn rc_path(&self, op: &'static str, method: &str, path: &str) -> Result<Value> {
         self.rc(
-            "mkdir",
-            "operations/mkdir",
+            op,
+            method,
             path,
             json!({"fs": self.opts.remote, "remote": path}),
         )
-        .map(drop)
+    }
+
+    /// Deletes one object; an absent one is not an error.
+    pub fn delete_file(&self, path: &str) -> Result<()> {
+        absent_is_done(self.rc_path("delete", "operations/deletefile", path))
+    }
+
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        self.rc_path("mkdir", "operations/mkdir", path).map(drop)
     }
 
     /// Removes an empty directory; an absent one is not an error.
     pub fn rmdir(&self, path: &str) -> Result<()> {
-        match self.rc(
-            "rmdir",
-            "operations/rmdir",
-            path,
-            json!({"fs": self.opts.remote, "remote": path}),
-        ) {
-            Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        absent_is_done(self.rc_path("rmdir", "operations/rmdir", path))
     }
 
     /// Removes what cut uploads left in the partial directory.
     pub fn clean_partial(&self) -> Result<()> {
-        match self.rc(
-            "purge",
-            "operations/purge",
-            PARTIAL_DIR,
-            json!({"fs": self.opts.remote, "remote": PARTIAL_DIR}),
-        ) {
-            Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
+        match absent_is_done(self.rc_path("purge", "operations/purge", PARTIAL_DIR)) {
             Err(CloudError::Remote { message, .. }) if message.contains("directory not found") => {
                 Ok(())
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
@@ -704,6 +686,14 @@ fn spawn(opts: &RcloneOptions, user: &str, pass: &str) -> Result<Server> {
                 "{program} rcd printed no address within {START_TIMEOUT:?}"
             )))
         }
+    }
+}
+
+/// A removal whose object is already gone has nothing left to do.
+fn absent_is_done(r: Result<Value>) -> Result<()> {
+    match r {
+        Ok(_) | Err(CloudError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
