@@ -183,12 +183,7 @@ fn store_sig(a: &Attr) -> Option<StoreSig> {
             size: a.size,
             mtime: ts_ns(a.mtime),
         }),
-        // A directory's mtime moves with every child: existence is what syncs.
-        FileType::Dir => Some(StoreSig {
-            dir: true,
-            size: 0,
-            mtime: 0,
-        }),
+        FileType::Dir => Some(StoreSig::DIR),
         _ => None,
     }
 }
@@ -995,24 +990,20 @@ impl VolumeSync {
             }
             Action::MkdirCloud { path, s } => {
                 self.cloud.mkdir(&self.cloud_path(&path))?;
-                let c = CloudSig {
-                    dir: true,
-                    size: 0,
-                    modtime: String::new(),
-                };
-                self.record(&path, Some(Entry { s, c }))?;
-            }
-            Action::MkdirStore { path, c } => {
-                self.mkdir_store(&path, made)?;
-                let s = StoreSig {
-                    dir: true,
-                    size: 0,
-                    mtime: 0,
-                };
                 self.record(
                     &path,
                     Some(Entry {
                         s,
+                        c: CloudSig::DIR,
+                    }),
+                )?;
+            }
+            Action::MkdirStore { path, c } => {
+                self.mkdir_store(&path, made)?;
+                self.record(
+                    &path,
+                    Some(Entry {
+                        s: StoreSig::DIR,
                         c: cloud_sig(&c),
                     }),
                 )?;
@@ -1053,12 +1044,13 @@ impl VolumeSync {
                         // A directory in storage where the cloud had a file.
                         self.cloud.delete_file(&self.cloud_path(&path))?;
                         self.cloud.mkdir(&self.cloud_path(&path))?;
-                        let c = CloudSig {
-                            dir: true,
-                            size: 0,
-                            modtime: String::new(),
-                        };
-                        self.record(&path, Some(Entry { s, c }))?;
+                        self.record(
+                            &path,
+                            Some(Entry {
+                                s,
+                                c: CloudSig::DIR,
+                            }),
+                        )?;
                     }
                     None => {
                         self.cloud.delete_file(&self.cloud_path(&path))?;

@@ -38,6 +38,24 @@ pub struct CloudSig {
     pub modtime: String,
 }
 
+impl StoreSig {
+    /// A directory: its existence is what syncs (its mtime moves with every child).
+    pub const DIR: StoreSig = StoreSig {
+        dir: true,
+        size: 0,
+        mtime: 0,
+    };
+}
+
+impl CloudSig {
+    /// A directory, as the agent records one it created in the cloud.
+    pub const DIR: CloudSig = CloudSig {
+        dir: true,
+        size: 0,
+        modtime: String::new(),
+    };
+}
+
 /// One path's last synced state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
