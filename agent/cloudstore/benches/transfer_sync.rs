@@ -31,7 +31,6 @@ mod support;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -376,9 +375,7 @@ impl Transfer {
         )
         .unwrap();
         let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777)).unwrap();
-        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let notify = notify_socket(&notify_path);
         let mut c = Command::new(BIN);
         c.arg("agent")
             .env("CLOUDSTORE_QUBESDB_SOCKET", db.socket())
@@ -392,29 +389,15 @@ impl Transfer {
             .env("CLOUDSTORE_TRANSFER_WORKERS", TRANSFERS.to_string())
             .env("CLOUDSTORE_LOG", "info")
             .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        without_systemd_env(&mut c);
         if let Some(conf) = cloud.conf() {
             c.env("CLOUDSTORE_RCLONE_CONFIG", conf);
         }
         let mut child = c.spawn().expect("starting the transfer agent");
         let log = LogReader::start(&mut child);
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
-                    "the transfer agent sent no READY=1 ({e}); log:\n{}",
-                    log.text()
-                )
-            });
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                break;
-            }
-        }
+        wait_ready(&notify, "transfer agent", &log);
         Transfer {
             child,
             log,

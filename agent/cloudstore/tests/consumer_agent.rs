@@ -18,14 +18,16 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cloudstore::roles::consumer::control::{self, Reply, Request};
 use qubes_sim::qubesdb::QubesDbDaemon;
-use support::{LogReader, StorageAgent, BIN, WAIT};
+use support::{
+    notify_socket, proc_status_field, run_cases, wait_ready, without_systemd_env, LogReader,
+    StorageAgent, BIN, WAIT,
+};
 
 const PASS: &str = "correct horse battery staple";
 /// The consumer qube's configured user: an account every Debian has, not root.
@@ -104,9 +106,7 @@ impl Consumer {
     /// Starts the agent and waits for READY=1; returns the READY message.
     fn spawn(&mut self) -> String {
         let notify_path = self.dir.path().join("notify.sock");
-        let _ = fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let notify = notify_socket(&notify_path);
         // With the capability bounding set of units/cloudstore-consumer.service, in a mount
         // namespace of its own, so the agent is tested with only what the unit lets it have.
         let mut cmd = Command::new("unshare");
@@ -127,20 +127,9 @@ impl Consumer {
             .unwrap();
         self.log = LogReader::start(&mut child);
         self.child = Some(child);
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
-                    "the consumer agent sent no READY=1 ({e}); log:\n{}",
-                    self.log.text()
-                )
-            });
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.contains("READY=1") {
-                assert!(msg.contains("STATUS=consumer: control socket"), "{msg}");
-                return msg;
-            }
-        }
+        let msg = wait_ready(&notify, "consumer agent", &self.log);
+        assert!(msg.contains("STATUS=consumer: control socket"), "{msg}");
+        msg
     }
 
     /// SIGTERM and wait; returns the exit status and the whole log.
@@ -168,9 +157,8 @@ impl Consumer {
         let mut c = Command::new(BIN);
         c.args(args)
             .envs(command_env(self.dir.path()))
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID");
+            .env_remove("NOTIFY_SOCKET");
+        without_systemd_env(&mut c);
         c
     }
 
@@ -404,12 +392,8 @@ fn whole_life_cycle() {
         ns("self"),
         "the agent shares our mount namespace"
     );
-    let status = fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap();
+    let bounding =
+        u64::from_str_radix(&proc_status_field(agent_pid as i32, "CapBnd:"), 16).unwrap();
     assert_eq!(bounding & (1 << 21), 0, "the agent holds CAP_SYS_ADMIN");
     qube.helper_log.wait_for("mounted for the consumer agent");
     let pid1 = worker_pid(&msg);
@@ -741,34 +725,11 @@ fn main() {
         );
         return;
     }
-    if args.iter().any(|a| a == "--list") {
-        println!("whole_life_cycle: test");
-        println!("mount_helper_refuses_what_is_not_its_job: test");
-        return;
-    }
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let cases: &[(&str, fn())] = &[
+    run_cases(&[
         ("whole_life_cycle", whole_life_cycle),
         (
             "mount_helper_refuses_what_is_not_its_job",
             mount_helper_refuses_what_is_not_its_job,
         ),
-    ];
-    let mut failed = 0;
-    for (name, f) in cases {
-        if filter.is_some_and(|flt| !name.contains(flt.as_str())) {
-            continue;
-        }
-        let t = Instant::now();
-        match std::panic::catch_unwind(f) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", t.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    ]);
 }

@@ -635,21 +635,11 @@ fn the_running_agent_is_confined() {
     assert!(log.contains("/x: refused"), "{log}");
     assert!(!log.contains("ALLOWED"), "{log}");
     // /proc shows the rest: the sandbox user, no capabilities, no_new_privs, seccomp filter.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let uid = nix::unistd::User::from_name("cloudstore")
         .unwrap()
         .unwrap()
         .uid;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_owned()
-    };
+    let field = |name: &str| proc_status_field(agent.pid(), name);
     assert_eq!(field("Uid:"), uid.as_raw().to_string());
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("CapPrm:"), "0000000000000000");

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,11 +95,8 @@ impl Transfer {
             .env("CLOUDSTORE_QREXEC_CLIENT", std::env::current_exe().unwrap())
             .env("TRANSFER_TEST_SYNC_SOCKET", &self.sync_socket)
             .env("CLOUDSTORE_TRANSFER_POLL_SECS", "0.5")
-            .env("CLOUDSTORE_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
+            .env("CLOUDSTORE_LOG", "info");
+        without_systemd_env(&mut c);
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -109,10 +105,7 @@ impl Transfer {
 
     fn spawn(&mut self) {
         let notify_path = self.dir.path().join("notify.sock");
-        let _ = fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777)).unwrap();
-        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let notify = notify_socket(&notify_path);
         let mut child = self
             .command(&["agent"])
             .env("NOTIFY_SOCKET", &notify_path)
@@ -120,20 +113,10 @@ impl Transfer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        self.log = Some(LogReader::start(&mut child));
+        let log = LogReader::start(&mut child);
         self.child = Some(child);
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
-                    "the transfer agent sent no READY=1 ({e}); log:\n{}",
-                    self.log_text()
-                )
-            });
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                break;
-            }
-        }
+        wait_ready(&notify, "transfer agent", &log);
+        self.log = Some(log);
     }
 
     fn pid(&self) -> i32 {
@@ -292,6 +275,18 @@ fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Waits up to `secs` for `path` to hold exactly `want`.
+fn wait_for_content(what: &str, secs: u64, path: &Path, want: &[u8]) {
+    wait_for(what, secs, || fs::read(path).ok().as_deref() == Some(want));
+}
+
+/// Waits for a server to accept connections on 127.0.0.1:`port`.
+fn wait_for_port(what: &str, port: u16) {
+    wait_for(what, 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
 fn cloud_dir() -> (tempfile::TempDir, PathBuf) {
     let d = shared_tempdir();
     let vol = d.path().join("cloud").join("work");
@@ -342,17 +337,20 @@ fn two_way_sync() {
 
     // Storage → cloud, through the journal and its push.
     put(&c, "only-storage", b"changed in storage");
-    wait_for("the storage change in the cloud", 20, || {
-        fs::read(cloud.join("only-storage")).ok().as_deref() == Some(b"changed in storage")
-    });
+    wait_for_content(
+        "the storage change in the cloud",
+        20,
+        &cloud.join("only-storage"),
+        b"changed in storage",
+    );
     // Cloud → storage, through the poll.
     write_cloud(&cloud, "only-cloud", b"changed in the cloud");
-    wait_for("the cloud change in storage", 20, || {
-        fs::read(storage.tree("work").join("only-cloud"))
-            .ok()
-            .as_deref()
-            == Some(b"changed in the cloud")
-    });
+    wait_for_content(
+        "the cloud change in storage",
+        20,
+        &storage.tree("work").join("only-cloud"),
+        b"changed in the cloud",
+    );
 
     // Both sides change while the agent is stopped: both kept.
     t.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -517,9 +515,7 @@ fn webdav_server_stopped_mid_transfer() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("the webdav server", 20, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_for_port("the webdav server", port);
         c
     };
     let mut server = serve(served.path());
@@ -574,9 +570,12 @@ fn webdav_server_stopped_mid_transfer() {
         .write_all(b"edited on the server")
         .unwrap();
     assert!(rcat.wait().unwrap().success(), "rclone rcat to the server");
-    wait_for("the webdav change in storage", 30, || {
-        fs::read(storage.tree("work").join("f00")).ok().as_deref() == Some(b"edited on the server")
-    });
+    wait_for_content(
+        "the webdav change in storage",
+        30,
+        &storage.tree("work").join("f00"),
+        b"edited on the server",
+    );
     // Uploads cut by the server's death may sit in the partial directory, never under a
     // real name; the next start of the agent clears them.
     drop(t);
@@ -664,9 +663,7 @@ fn flaky_cloud_and_storage_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the webdav server", 20, || {
-        std::net::TcpStream::connect(("127.0.0.1", upstream)).is_ok()
-    });
+    wait_for_port("the webdav server", upstream);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -849,48 +846,48 @@ fn transfer_sandbox_holds() {
         .uid
         .as_raw()
         .to_string();
-    let field = |pid: i32, name: &str| -> String {
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_owned()
-    };
     let rclone = *rclone_children(t.pid())
         .first()
         .expect("the agent's rclone child");
     for (what, pid) in [("agent", t.pid()), ("rclone", rclone)] {
-        assert_eq!(field(pid, "Uid:"), uid, "{what}");
-        assert_eq!(field(pid, "CapEff:"), "0000000000000000", "{what}");
-        assert_eq!(field(pid, "CapPrm:"), "0000000000000000", "{what}");
-        assert_eq!(field(pid, "NoNewPrivs:"), "1", "{what}");
-        assert_eq!(field(pid, "Seccomp:"), "2", "{what}");
+        assert_eq!(proc_status_field(pid, "Uid:"), uid, "{what}");
+        assert_eq!(
+            proc_status_field(pid, "CapEff:"),
+            "0000000000000000",
+            "{what}"
+        );
+        assert_eq!(
+            proc_status_field(pid, "CapPrm:"),
+            "0000000000000000",
+            "{what}"
+        );
+        assert_eq!(proc_status_field(pid, "NoNewPrivs:"), "1", "{what}");
+        assert_eq!(proc_status_field(pid, "Seccomp:"), "2", "{what}");
     }
 
     // Sync both ways through the confined rclone, with the status file in the runtime dir.
     let c = sync_client(&storage);
     put(&c, "from-storage", b"up through the sandbox");
-    wait_for("the storage file in the cloud", 20, || {
-        fs::read(cloud.join("from-storage")).ok().as_deref() == Some(b"up through the sandbox")
-    });
+    wait_for_content(
+        "the storage file in the cloud",
+        20,
+        &cloud.join("from-storage"),
+        b"up through the sandbox",
+    );
     write_cloud(&cloud, "from-cloud", b"down through the sandbox");
-    wait_for("the cloud file in storage", 20, || {
-        fs::read(storage.tree("work").join("from-cloud"))
-            .ok()
-            .as_deref()
-            == Some(b"down through the sandbox")
-    });
+    wait_for_content(
+        "the cloud file in storage",
+        20,
+        &storage.tree("work").join("from-cloud"),
+        b"down through the sandbox",
+    );
     assert!(t.status().contains("volume work:"));
     let log = t.log_text();
     assert!(
         !log.contains("seccomp refused") && !log.contains("SIGSYS"),
         "{log}"
     );
-    assert_eq!(field(t.pid(), "Seccomp:"), "2");
+    assert_eq!(proc_status_field(t.pid(), "Seccomp:"), "2");
     drop(t);
 
     // The network path of the confined rclone: `rclone serve webdav` reached by the name
@@ -910,14 +907,15 @@ fn transfer_sandbox_holds() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the webdav server", 20, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_for_port("the webdav server", port);
     let dav_remote = format!(":webdav,url='http://localhost:{port}/':CloudStore");
     let t = Transfer::start(&storage, &dav_remote, &[]);
-    wait_for("the storage files over webdav", 30, || {
-        fs::read(dav_vol.join("from-storage")).ok().as_deref() == Some(b"up through the sandbox")
-    });
+    wait_for_content(
+        "the storage files over webdav",
+        30,
+        &dav_vol.join("from-storage"),
+        b"up through the sandbox",
+    );
     assert!(!t.log_text().contains("seccomp refused"));
     drop(t);
     server.kill().unwrap();
@@ -973,28 +971,5 @@ fn main() {
         ),
         ("transfer_sandbox_holds", transfer_sandbox_holds),
     ];
-    if args.iter().any(|a| a == "--list") {
-        for (n, _) in cases {
-            println!("{n}: test");
-        }
-        return;
-    }
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let mut failed = 0;
-    for (name, f) in cases {
-        if filter.is_some_and(|flt| !name.contains(flt.as_str())) {
-            continue;
-        }
-        let t = Instant::now();
-        match std::panic::catch_unwind(f) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", t.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED ({:.1?})", t.elapsed());
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    run_cases(cases);
 }

@@ -52,6 +52,84 @@ pub fn ensure_sandbox_user() {
     });
 }
 
+/// Clears what systemd would have told the test process itself, so an agent started from
+/// it sees no unit around it unless the caller says so.
+pub fn without_systemd_env(c: &mut Command) -> &mut Command {
+    c.env_remove("JOURNAL_STREAM")
+        .env_remove("INVOCATION_ID")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+}
+
+/// A fresh stand-in for systemd's notification socket at `path`, writable by everybody
+/// like /run/systemd/notify: a confined agent sends from its sandbox user.
+pub fn notify_socket(path: &Path) -> UnixDatagram {
+    let _ = std::fs::remove_file(path);
+    let notify = UnixDatagram::bind(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    notify
+}
+
+/// Waits for the notification carrying READY=1 and returns it; panics naming `agent` and
+/// its log if none comes within [`WAIT`].
+pub fn wait_ready(notify: &UnixDatagram, agent: &str, log: &LogReader) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("the {agent} sent no READY=1 ({e}); log:\n{}", log.text()));
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("READY=1") {
+            return msg;
+        }
+    }
+}
+
+/// The first value of the line `name` (e.g. `"CapEff:"`) of /proc/PID/status.
+pub fn proc_status_field(pid: i32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} in {status}"))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// The test harness of the binaries that are their own `main` (harness = false: each also
+/// serves as a qrexec client stand-in): `--list` for cargo, an optional name filter, one
+/// line per case, exit 101 if any failed.
+pub fn run_cases(cases: &[(&str, fn())]) {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        for (n, _) in cases {
+            println!("{n}: test");
+        }
+        return;
+    }
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    let mut failed = 0;
+    for (name, f) in cases {
+        if filter.is_some_and(|flt| !name.contains(flt.as_str())) {
+            continue;
+        }
+        let t = Instant::now();
+        match std::panic::catch_unwind(f) {
+            Ok(()) => println!("test {name} ... ok ({:.1?})", t.elapsed()),
+            Err(_) => {
+                println!("test {name} ... FAILED ({:.1?})", t.elapsed());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
 /// A temporary directory the sandbox user can traverse (tempdir makes 0700 root-owned ones).
 pub fn shared_tempdir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -170,22 +248,15 @@ impl StorageAgent {
             .env("CLOUDSTORE_QUBESDB_SOCKET", self.db.socket())
             .env("CLOUDSTORE_DATA_DIR", self.data_dir())
             .env("CLOUDSTORE_RUNTIME_DIR", self.runtime_dir())
-            .env("CLOUDSTORE_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
+            .env("CLOUDSTORE_LOG", "info");
+        without_systemd_env(&mut c);
         c
     }
 
     /// (Re)starts the agent and waits until it reports READY=1.
     pub fn spawn(&mut self) {
         let notify_path = self.dir.path().join("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        // Like systemd's /run/systemd/notify: the agent sends from the sandbox user.
-        std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
-        notify.set_read_timeout(Some(WAIT)).unwrap();
+        let notify = notify_socket(&notify_path);
         let mut child = self
             .command(&["agent"])
             .env("NOTIFY_SOCKET", &notify_path)
@@ -195,18 +266,7 @@ impl StorageAgent {
             .unwrap();
         self.log = LogReader::start(&mut child);
         self.child = Some(child);
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
-                    "the storage agent sent no READY=1 ({e}); log:\n{}",
-                    self.log.text()
-                )
-            });
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                break;
-            }
-        }
+        wait_ready(&notify, "storage agent", &self.log);
     }
 
     pub fn pid(&self) -> i32 {
