@@ -19,10 +19,10 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-const SIM: &str = env!("CARGO_BIN_EXE_qubes-sim");
+mod common;
+use common::{cloudstore, SIM};
 
 /// How long any one step may take to show its effect. The transfer agent polls the cloud
 /// every second here; everything else reacts to pushes, so a step normally settles in a
@@ -35,29 +35,6 @@ const SCRYPT_LOG_N: &str = "10";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Builds the real `cloudstore` binary (a no-op after `cargo build`), once per test run.
-fn build_cloudstore() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let dir = Path::new(SIM).parent().unwrap().to_owned();
-    BUILD.call_once(|| {
-        let mut c = Command::new(env!("CARGO"));
-        c.args([
-            "build",
-            "--quiet",
-            "-p",
-            "cloudstore",
-            "--bin",
-            "cloudstore",
-        ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        let st = c.status().expect("running cargo build -p cloudstore");
-        assert!(st.success(), "cargo build -p cloudstore failed");
-    });
-    dir.join("cloudstore")
 }
 
 /// xorshift64*: the random moments and the test data, repeatable from the seed.
@@ -130,7 +107,7 @@ impl World {
         let bin = tmp.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(build_cloudstore(), bin.join("cloudstore")).unwrap();
+        std::fs::copy(cloudstore(), bin.join("cloudstore")).unwrap();
         let w = World {
             pass: format!("e2e passphrase {tok}"),
             tok,

@@ -4,35 +4,11 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Once;
 
-const SIM: &str = env!("CARGO_BIN_EXE_qubes-sim");
-
-/// Builds the real `cloudstore` binary next to `qubes-sim` (a no-op when `cargo test
-/// --workspace` has just built it), so the stand-in never runs a stale agent.
-fn cloudstore() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let dir = Path::new(SIM).parent().unwrap().to_owned();
-    BUILD.call_once(|| {
-        let mut c = Command::new(env!("CARGO"));
-        c.args([
-            "build",
-            "--quiet",
-            "-p",
-            "cloudstore",
-            "--bin",
-            "cloudstore",
-        ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        let st = c.status().expect("running cargo build -p cloudstore");
-        assert!(st.success(), "cargo build -p cloudstore failed");
-    });
-    dir.join("cloudstore")
-}
+mod common;
+use common::{cloudstore, SIM};
 
 struct Sim {
     dir: tempfile::TempDir,
