@@ -30,7 +30,7 @@ mod support;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -251,10 +251,7 @@ impl Cloud {
         let d = shared_tempdir();
         let root = d.path().join("served");
         fs::create_dir_all(root.join("CloudStore")).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let server = Command::new("rclone")
             .args(["serve", "webdav", "--config", "/dev/null", "--addr"])
             .arg(format!("127.0.0.1:{port}"))
@@ -263,19 +260,8 @@ impl Cloud {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting rclone serve webdav");
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "rclone serve webdav never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let conf_dir = shared_tempdir();
-        let conf = conf_dir.path().join("rclone.conf");
-        fs::write(
-            &conf,
-            format!("[dav]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n"),
-        )
-        .unwrap();
-        fs::set_permissions(&conf, fs::Permissions::from_mode(0o644)).unwrap();
+        wait_for_port("rclone serve webdav", port);
+        let (conf_dir, conf) = webdav_conf(port);
         Cloud::Webdav {
             _dir: d,
             root,

@@ -263,28 +263,9 @@ fn wait_converged(storage: &StorageAgent, cloud: &Path, what: &str) -> BTreeMap<
     }
 }
 
-#[track_caller]
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// Waits up to `secs` for `path` to hold exactly `want`.
 fn wait_for_content(what: &str, secs: u64, path: &Path, want: &[u8]) {
     wait_for(what, secs, || fs::read(path).ok().as_deref() == Some(want));
-}
-
-/// Waits for a server to accept connections on 127.0.0.1:`port`.
-fn wait_for_port(what: &str, port: u16) {
-    wait_for(what, 20, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
 }
 
 fn cloud_dir() -> (tempfile::TempDir, PathBuf) {
@@ -501,10 +482,7 @@ fn webdav_server_stopped_mid_transfer() {
     let served = shared_tempdir();
     let cloud = served.path().join("CloudStore").join("work");
     fs::create_dir_all(&cloud).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let serve = |dir: &Path| -> Child {
         let c = rclone_server()
             .args(["serve", "webdav", "--addr"])
@@ -519,13 +497,7 @@ fn webdav_server_stopped_mid_transfer() {
         c
     };
     let mut server = serve(served.path());
-    let conf_dir = shared_tempdir();
-    let conf = conf_dir.path().join("rclone.conf");
-    fs::write(
-        &conf,
-        format!("[dav]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n"),
-    )
-    .unwrap();
+    let (_conf_dir, conf) = webdav_conf(port);
     let c = sync_client(&storage);
     for i in 0..30 {
         put(&c, &format!("f{i:02}"), &vec![i as u8; 256 * 1024]);
@@ -651,10 +623,7 @@ fn flaky_cloud_and_storage_restart() {
     let served = shared_tempdir();
     let cloud = served.path().join("CloudStore").join("work");
     fs::create_dir_all(&cloud).unwrap();
-    let upstream = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let upstream = free_port();
     let mut server = rclone_server()
         .args(["serve", "webdav", "--dir-cache-time", "0s", "--addr"])
         .arg(format!("127.0.0.1:{upstream}"))
@@ -670,13 +639,7 @@ fn flaky_cloud_and_storage_restart() {
         .as_nanos() as u64;
     eprintln!("flaky proxy seed {seed}");
     let (port, refused) = flaky_proxy(upstream, seed);
-    let conf_dir = shared_tempdir();
-    let conf = conf_dir.path().join("rclone.conf");
-    fs::write(
-        &conf,
-        format!("[dav]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n"),
-    )
-    .unwrap();
+    let (_conf_dir, conf) = webdav_conf(port);
     {
         let c = sync_client(&storage);
         for i in 0..40 {
@@ -895,10 +858,7 @@ fn transfer_sandbox_holds() {
     let served = shared_tempdir();
     let dav_vol = served.path().join("CloudStore").join("work");
     fs::create_dir_all(&dav_vol).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut server = rclone_server()
         .args(["serve", "webdav", "--addr"])
         .arg(format!("127.0.0.1:{port}"))

@@ -130,6 +130,48 @@ pub fn run_cases(cases: &[(&str, fn())]) {
     }
 }
 
+/// Waits up to `secs` for `cond`, looking every 50 ms; panics naming `what`.
+#[track_caller]
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Waits for a server to accept connections on 127.0.0.1:`port`.
+#[track_caller]
+pub fn wait_for_port(what: &str, port: u16) {
+    wait_for(what, 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An rclone configuration with the remote `dav:`, a WebDAV server on 127.0.0.1:`port`, in
+/// a directory of its own (kept as long as the returned guard), readable by the sandbox
+/// user.
+pub fn webdav_conf(port: u16) -> (tempfile::TempDir, PathBuf) {
+    let dir = shared_tempdir();
+    let conf = dir.path().join("rclone.conf");
+    std::fs::write(
+        &conf,
+        format!("[dav]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, conf)
+}
+
 /// A temporary directory the sandbox user can traverse (tempdir makes 0700 root-owned ones).
 pub fn shared_tempdir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
