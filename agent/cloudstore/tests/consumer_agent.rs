@@ -250,7 +250,7 @@ fn fails(o: Output) -> String {
 
 /// The source of the mount at `p` (`cloudstore:VOLUME` for ours).
 fn mount_type(p: &Path) -> Option<String> {
-    cloudstore::roles::consumer::mount_at(p).map(|(_, src)| src)
+    cloudstore::roles::consumer::mounts::mount_at(p).map(|(_, src)| src)
 }
 
 fn pid_alive(pid: u32) -> bool {

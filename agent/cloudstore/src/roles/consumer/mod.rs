@@ -31,10 +31,8 @@ pub mod versions;
 pub mod worker;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
@@ -216,65 +214,6 @@ pub(crate) fn user_entry(name: &str) -> anyhow::Result<nix::unistd::User> {
         .ok_or_else(|| {
             anyhow!("the configured user {name:?} does not exist in this qube (qubesdb key `user`)")
         })
-}
-
-/// Parses /proc/self/mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(OsStr::from_bytes(&out))
-}
-
-/// `(filesystem type, source)` of the mount exactly at `path`, if `path` is a mount point.
-pub fn mount_at(path: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.len() > 4 && unescape_mountinfo(fields[4]) == path {
-            // The last mount at a path is the visible one.
-            found = Some((
-                fields.get(sep + 1).copied().unwrap_or("").to_owned(),
-                fields.get(sep + 2).copied().unwrap_or("").to_owned(),
-            ));
-        }
-    }
-    found
-}
-
-/// The filesystem type of the mount exactly at `path`, if `path` is a mount point.
-pub fn mount_type_at(path: &Path) -> Option<String> {
-    mount_at(path).map(|(t, _)| t)
-}
-
-/// Whether a cloudstore FUSE mount (source `cloudstore:VOLUME`, see `fs::mount_device`) is
-/// at `path`.
-pub fn is_cloudstore_mount(path: &Path) -> bool {
-    mount_at(path).is_some_and(|(t, src)| t.starts_with("fuse") && src.starts_with("cloudstore:"))
-}
-
-/// Whether the cloudstore FUSE mount of `volume` is at `path`.
-pub fn is_cloudstore_mount_of(path: &Path, volume: &str) -> bool {
-    mount_at(path).is_some_and(|(t, src)| {
-        t.starts_with("fuse") && src.strip_prefix("cloudstore:") == Some(volume)
-    })
 }
 
 /// `/home/USER/CloudStore/VOLUME`, or `MOUNTPOINT/VOLUME` when configured.
@@ -865,18 +804,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes_and_normalisation() {
-        assert_eq!(
-            unescape_mountinfo("/home/user/Cloud\\040Store"),
-            PathBuf::from("/home/user/Cloud Store")
-        );
-        assert_eq!(unescape_mountinfo("/a\\134b"), PathBuf::from("/a\\b"));
-        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+    fn normalisation() {
         assert_eq!(
             normalise(Path::new("/a/./b/../c")).unwrap(),
             PathBuf::from("/a/c")
         );
         assert!(normalise(Path::new("rel")).is_err());
-        assert_eq!(mount_type_at(Path::new("/proc")).as_deref(), Some("proc"));
     }
 }

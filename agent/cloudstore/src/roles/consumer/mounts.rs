@@ -21,8 +21,10 @@
 //! `CLOUDSTORE_MOUNTS_SOCKET`. Outside systemd and without it, the agent is root in the
 //! machine's namespace and calls the same functions in process.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::{is_cloudstore_mount_of, mount_type_at, user_entry};
+use super::user_entry;
 use crate::config::{self, Config};
 
 /// Overrides [`DEFAULT_SOCKET`] (tests, the Qubes stand-in).
@@ -290,6 +292,60 @@ fn send_reply(s: &UnixStream, reply: &MountReply, fd: Option<&OwnedFd>) -> anyho
 }
 
 // ---------------------------------------------------------------- the mounting itself
+
+/// Parses /proc/self/mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+/// `(filesystem type, source)` of the mount exactly at `path`, if `path` is a mount point.
+pub fn mount_at(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() > 4 && unescape_mountinfo(fields[4]) == path {
+            // The last mount at a path is the visible one.
+            found = Some((
+                fields.get(sep + 1).copied().unwrap_or("").to_owned(),
+                fields.get(sep + 2).copied().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    found
+}
+
+/// The filesystem type of the mount exactly at `path`, if `path` is a mount point.
+fn mount_type_at(path: &Path) -> Option<String> {
+    mount_at(path).map(|(t, _)| t)
+}
+
+/// Whether the cloudstore FUSE mount of `volume` (source `cloudstore:VOLUME`, see
+/// `fs::mount_device`) is at `path`.
+fn is_cloudstore_mount_of(path: &Path, volume: &str) -> bool {
+    mount_at(path).is_some_and(|(t, src)| {
+        t.starts_with("fuse") && src.strip_prefix("cloudstore:") == Some(volume)
+    })
+}
 
 /// Makes `dir` exist as a real directory (no symlink anywhere we create or check), owned by
 /// `uid:gid` if we create it.
@@ -549,4 +605,21 @@ fn answer(req: MountRequest) -> (MountReply, Option<OwnedFd>) {
             None,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_and_mount_lookup() {
+        assert_eq!(
+            unescape_mountinfo("/home/user/Cloud\\040Store"),
+            PathBuf::from("/home/user/Cloud Store")
+        );
+        assert_eq!(unescape_mountinfo("/a\\134b"), PathBuf::from("/a\\b"));
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+        assert_eq!(mount_type_at(Path::new("/proc")).as_deref(), Some("proc"));
+        assert!(!is_cloudstore_mount_of(Path::new("/proc"), "work"));
+    }
 }
