@@ -31,7 +31,7 @@ use cloudstore_protocol::{
 };
 use tracing::{info, warn};
 
-use super::rclone::{CloudEntry, Rclone};
+use super::rclone::{AddError, CloudEntry, Rclone};
 use super::statedb::{CloudSig, Entry, StateDb, StoreSig};
 use super::status::VolumeStatus;
 
@@ -84,6 +84,13 @@ type Result<T> = std::result::Result<T, SyncError>;
 /// Cloud errors in a row after which a pass stops (see `execute`): a few, so one bad file
 /// does not stop the others, while a dead server stops the pass within seconds.
 const CLOUD_FAILURES_TO_STOP: usize = 3;
+
+/// Small files cost rclone more per call than per byte (rclone.rs), so uploads of files up
+/// to `UPLOAD_BATCH_FILE_MAX` share one call, up to `UPLOAD_BATCH_FILES` files and
+/// `UPLOAD_BATCH_BYTES` bytes; larger files go one to a call.
+const UPLOAD_BATCH_FILE_MAX: u64 = 1 << 20;
+const UPLOAD_BATCH_FILES: usize = 64;
+const UPLOAD_BATCH_BYTES: u64 = 16 << 20;
 
 /// What a pass did.
 #[derive(Debug, Default, Clone)]
@@ -681,9 +688,7 @@ impl VolumeSync {
         // move, so nothing is forgotten) instead of each file sitting through rclone's
         // retries against a server that is gone.
         let cloud_failures = AtomicUsize::new(0);
-        let run = |a: Action| {
-            let what = format!("{:?}", a.path());
-            let r = self.apply(a, &made_dirs, &report_m);
+        let settle = |what: &str, r: Result<()>| {
             match r {
                 Ok(()) => cloud_failures.store(0, Ordering::Relaxed),
                 Err(e) => {
@@ -698,20 +703,60 @@ impl VolumeSync {
                 }
             }
         };
+        let run = |a: Action| {
+            let what = format!("{:?}", a.path());
+            settle(&what, self.apply(a, &made_dirs, &report_m));
+        };
         let cloud_down = || cloud_failures.load(Ordering::Relaxed) >= CLOUD_FAILURES_TO_STOP;
         for a in dirs_first {
             run(a);
         }
         let queue = Mutex::new(files);
+        let run_uploads = |files: Vec<(String, u64)>| {
+            let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+            match self.upload_files(&paths) {
+                Ok(results) => {
+                    for ((path, size), r) in files.into_iter().zip(results) {
+                        let r = r.and_then(|e| {
+                            self.record(&path, Some(e))?;
+                            let mut rep = report_m.lock().unwrap();
+                            rep.uploaded += 1;
+                            rep.bytes += size;
+                            Ok(())
+                        });
+                        settle(&format!("{path:?}"), r);
+                    }
+                }
+                Err(e) => {
+                    // One file rclone refuses fails the whole call: each goes again on its
+                    // own, so only that one fails; a cloud that is down shows in a few single
+                    // failures and stops the pass.
+                    warn!(volume = %self.volume, files = files.len(), "upload of several files failed, sending them one by one: {e}");
+                    cloud_failures.fetch_add(1, Ordering::Relaxed);
+                    let mut files = files.into_iter();
+                    for (path, size) in files.by_ref() {
+                        run(Action::Upload { path, size });
+                        if cloud_down() {
+                            break;
+                        }
+                    }
+                    let mut q = queue.lock().unwrap();
+                    for (path, size) in files.rev() {
+                        q.push_front(Action::Upload { path, size });
+                    }
+                }
+            }
+        };
         std::thread::scope(|sc| {
             for _ in 0..self.workers {
                 sc.spawn(|| loop {
                     if cloud_down() {
                         break;
                     }
-                    let next = queue.lock().unwrap().pop_front();
+                    let next = next_work(&mut queue.lock().unwrap(), self.workers);
                     match next {
-                        Some(a) => run(a),
+                        Some(Work::One(a)) => run(a),
+                        Some(Work::Uploads(files)) => run_uploads(files),
                         None => break,
                     }
                 });
@@ -773,47 +818,105 @@ impl VolumeSync {
 
     /// Storage's file → cloud. Returns the recorded entry.
     fn upload(&self, p: &str) -> Result<Entry> {
-        let mut dl = self.store.get(p, None)?;
-        let tmp = {
-            let mut counted = Counting {
-                inner: &mut dl,
-                status: &self.status,
-                up: true,
-            };
-            self.cloud.upload_partial(&self.cloud_path(p), &mut counted)
-        };
-        let tmp = match tmp {
-            Ok(t) => t,
-            Err(e) => {
-                // What storage said is the better explanation (e.g. the file changed).
-                if let Err(se) = dl.finish() {
-                    return Err(se.into());
+        let mut r = self.upload_files(&[p.to_owned()])?;
+        r.pop().expect("one result per file")
+    }
+
+    /// Storage's files → cloud in one rclone call (see `UPLOAD_BATCH_*`): each streamed
+    /// from storage into the partial directory, then moved into place. The entry to record
+    /// for each file, in order, or why it was not uploaded; `Err` if the call failed as a
+    /// whole (no file is known to have arrived).
+    fn upload_files(&self, paths: &[String]) -> Result<Vec<Result<Entry>>> {
+        let mut results: Vec<Option<Result<Entry>>> = paths.iter().map(|_| None).collect();
+        // (index, partial path, what storage sent)
+        let mut sent: Vec<(usize, String, Attr)> = Vec::new();
+        let mut cut: Vec<String> = Vec::new();
+        let mut batch = self.cloud.begin_upload()?;
+        for (i, p) in paths.iter().enumerate() {
+            let mut dl = match self.store.get(p, None) {
+                Ok(dl) => dl,
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
                 }
-                return Err(e.into());
+            };
+            let added = batch.add(
+                &self.cloud_path(p),
+                &mut Counting {
+                    inner: &mut dl,
+                    status: &self.status,
+                    up: true,
+                },
+            );
+            match added {
+                Ok(partial) => match dl.finish() {
+                    Ok(attr) => sent.push((i, partial, attr)),
+                    Err(e) => {
+                        results[i] = Some(Err(e.into()));
+                        cut.push(partial);
+                    }
+                },
+                Err(AddError::Content { partial, source }) => {
+                    // What storage said is the better explanation (e.g. the file changed).
+                    results[i] = Some(Err(match dl.finish() {
+                        Err(e) => e.into(),
+                        Ok(_) => SyncError::Other {
+                            op: "upload",
+                            path: p.clone(),
+                            why: format!("reading it from storage: {source}"),
+                        },
+                    }));
+                    cut.push(partial);
+                }
+                Err(AddError::Cloud(e)) => {
+                    let _ = dl.finish();
+                    return Err(e.into());
+                }
             }
-        };
-        let attr = match dl.finish() {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = self.cloud.delete_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        let c = self.cloud.commit(&tmp, &self.cloud_path(p))?;
-        if c.size != attr.size {
-            return Err(SyncError::Other {
-                op: "upload",
-                path: p.to_owned(),
-                why: format!(
-                    "the cloud holds {} bytes after the upload of {} bytes",
-                    c.size, attr.size
-                ),
-            });
         }
-        Ok(Entry {
-            s: store_sig(&attr).expect("a file"),
-            c: cloud_sig(&c),
-        })
+        batch.finish()?;
+        for partial in cut {
+            let _ = self.cloud.delete_file(&partial);
+        }
+        // What rclone stored, read back in one listing rather than a stat per file; a
+        // server-side move keeps size and modification time (rclone's Move contract, checked
+        // by its backend tests), so the listing also describes each object once in place.
+        let stored = if sent.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.cloud.partial_objects()?
+        };
+        for (i, partial, attr) in sent {
+            let p = &paths[i];
+            results[i] = Some((|| {
+                let c = stored.get(&partial).ok_or_else(|| SyncError::Other {
+                    op: "upload",
+                    path: p.clone(),
+                    why: format!("rclone reported it stored, yet {partial} is not in the cloud"),
+                })?;
+                if c.size != attr.size {
+                    let _ = self.cloud.delete_file(&partial);
+                    return Err(SyncError::Other {
+                        op: "upload",
+                        path: p.clone(),
+                        why: format!(
+                            "the cloud holds {} bytes after the upload of {} bytes",
+                            c.size, attr.size
+                        ),
+                    });
+                }
+                let target = self.cloud_path(p);
+                self.cloud.move_file(&partial, &target)?;
+                Ok(Entry {
+                    s: store_sig(&attr).expect("a file"),
+                    c: cloud_sig(c),
+                })
+            })());
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every file has an outcome"))
+            .collect())
     }
 
     /// Streams the cloud object into `put`.
@@ -1065,6 +1168,42 @@ impl VolumeSync {
     }
 }
 
+/// What a sync worker does next.
+enum Work {
+    One(Action),
+    /// Small files to upload in one call.
+    Uploads(Vec<(String, u64)>),
+}
+
+/// Takes the next piece of work off `queue`: consecutive small uploads together, up to the
+/// `UPLOAD_BATCH_*` limits and a fair share of what is left, so that `workers` workers all
+/// have some.
+fn next_work(queue: &mut VecDeque<Action>, workers: usize) -> Option<Work> {
+    let small =
+        |a: &Action| matches!(a, Action::Upload { size, .. } if *size <= UPLOAD_BATCH_FILE_MAX);
+    if !queue.front().is_some_and(small) {
+        return queue.pop_front().map(Work::One);
+    }
+    let share = queue.len().div_ceil(workers.max(1)).min(UPLOAD_BATCH_FILES);
+    let (mut files, mut bytes) = (Vec::new(), 0);
+    while files.len() < share {
+        match queue.front() {
+            Some(Action::Upload { size, .. })
+                if *size <= UPLOAD_BATCH_FILE_MAX
+                    && (files.is_empty() || bytes + size <= UPLOAD_BATCH_BYTES) =>
+            {
+                let Some(Action::Upload { path, size }) = queue.pop_front() else {
+                    unreachable!("just matched")
+                };
+                bytes += size;
+                files.push((path, size));
+            }
+            _ => break,
+        }
+    }
+    Some(Work::Uploads(files))
+}
+
 fn db_dirty_count(db: &StateDb) -> bool {
     db.pending_records() >= COMMIT_EVERY
 }
@@ -1125,4 +1264,62 @@ fn plan_summary(plan: &[Action]) -> (usize, u64, usize, u64) {
 pub fn backoff(failures: u32, cap: Duration) -> Duration {
     let d = Duration::from_secs(1) * 2u32.saturating_pow(failures.saturating_sub(1).min(16));
     d.min(cap).max(Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(path: &str, size: u64) -> Action {
+        Action::Upload {
+            path: path.into(),
+            size,
+        }
+    }
+
+    fn take(q: &mut VecDeque<Action>, workers: usize) -> Vec<String> {
+        match next_work(q, workers) {
+            Some(Work::Uploads(files)) => files.into_iter().map(|(p, _)| p).collect(),
+            Some(Work::One(a)) => vec![format!("one:{}", a.path())],
+            None => vec![],
+        }
+    }
+
+    #[test]
+    fn small_uploads_are_shared_among_the_workers_and_large_ones_go_alone() {
+        let mut q: VecDeque<Action> = (0..10).map(|i| upload(&format!("s{i}"), 100)).collect();
+        q.push_back(upload("big", UPLOAD_BATCH_FILE_MAX + 1));
+        q.push_back(upload("s10", 100));
+        q.push_back(Action::Forget { path: "f".into() });
+        // 13 left for 4 workers: 4 to a call.
+        assert_eq!(take(&mut q, 4), ["s0", "s1", "s2", "s3"]);
+        // 9 left: 3.
+        assert_eq!(take(&mut q, 4), ["s4", "s5", "s6"]);
+        assert_eq!(
+            take(&mut q, 1),
+            ["s7", "s8", "s9"],
+            "a batch stops at a large file"
+        );
+        assert_eq!(take(&mut q, 1), ["one:big"]);
+        assert_eq!(
+            take(&mut q, 1),
+            ["s10"],
+            "and at anything that is not an upload"
+        );
+        assert_eq!(take(&mut q, 1), ["one:f"]);
+        assert!(next_work(&mut q, 1).is_none());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_its_file_count_and_bytes() {
+        let mut q: VecDeque<Action> = (0..200).map(|i| upload(&format!("s{i}"), 10)).collect();
+        assert_eq!(take(&mut q, 1).len(), UPLOAD_BATCH_FILES);
+        let per = UPLOAD_BATCH_FILE_MAX;
+        let mut q: VecDeque<Action> = (0..40).map(|i| upload(&format!("m{i}"), per)).collect();
+        assert_eq!(
+            take(&mut q, 1).len() as u64,
+            UPLOAD_BATCH_BYTES / per,
+            "files of {per} bytes"
+        );
+    }
 }

@@ -63,7 +63,8 @@ const POLICY_ORIGIN: &str = "roles/transfer/sandbox.json";
 /// stream an upload of unknown size (OneDrive among them) have rclone spool each file above
 /// `--streaming-upload-cutoff` there first (rclone fs/operations/operations.go Rcat, into
 /// `$TMPDIR`, which `--temp-dir` sets: fs/config/config.go SetTempDir), and the sandbox
-/// reaches no other writable place. Emptied at every start.
+/// reaches no other writable place. Emptied at every start. The rc password's htpasswd file
+/// lives there too (rclone.rs `write_htpasswd`).
 pub const RCLONE_TEMP_DIR: &str = "rclone-tmp";
 
 /// The qrexec service storage serves the transfer qube on.
@@ -154,6 +155,7 @@ impl Settings {
             program: self.rclone.clone(),
             remote: self.remote.clone(),
             extra_args: extra,
+            private_dir: self.state_dir.join(RCLONE_TEMP_DIR),
         }
     }
 }
