@@ -503,6 +503,29 @@ fn open_files_survive_rename_and_unlink_and_links_work() {
     }
 }
 
+/// fsync of a directory goes to storage (which makes the directory's entries durable), so
+/// an application that syncs a directory learns of a failure instead of a blind success.
+#[test]
+fn fsync_of_a_directory_reaches_storage() {
+    let v = Volume::create();
+    let m = v.mount();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"x").unwrap();
+    let dir = File::open(m.p("d")).unwrap();
+    dir.sync_all().unwrap();
+    dir.sync_data().unwrap();
+    // The ciphertext directory taken away behind the mount's back.
+    let encrypted = sh("find . -mindepth 1 -maxdepth 1 -type d", &v.tree());
+    let encrypted = encrypted.trim();
+    assert!(
+        !encrypted.is_empty() && !encrypted.contains('\n'),
+        "{encrypted:?}"
+    );
+    fs::remove_dir_all(v.tree().join(encrypted)).unwrap();
+    let e = dir.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+}
+
 #[test]
 fn ten_thousand_entries_in_one_directory() {
     let v = Volume::create();

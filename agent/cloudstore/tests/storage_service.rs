@@ -612,6 +612,43 @@ fn an_upload_cut_by_a_killed_agent_leaves_nothing_and_the_restarted_agent_serves
     assert_eq!(read_path(&c, "after"), b"ok");
 }
 
+/// Journal records are not flushed one by one; a stopping agent flushes and closes each
+/// journal (no `open` marker left, so even a later boot trusts it), a killed one leaves the
+/// marker for the next start to judge (agent/store/src/journal.rs).
+#[test]
+fn a_stopped_agent_closes_its_journals_and_a_killed_one_leaves_them_open() {
+    fn agent_marker(agent: &StorageAgent, v: &str) -> bool {
+        agent
+            .data_dir()
+            .join(format!("volumes/{v}/journal/open"))
+            .exists()
+    }
+    let mut agent = StorageAgent::start("work photos");
+    {
+        let (c, _) = agent
+            .client("cloudstore.Volume", "work", "my-work")
+            .unwrap();
+        write_file(&c, "f", b"x");
+    }
+    assert!(
+        agent_marker(&agent, "work") && agent_marker(&agent, "photos"),
+        "open while serving"
+    );
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !agent_marker(&agent, "work") && !agent_marker(&agent, "photos"),
+        "{log}"
+    );
+    agent.spawn();
+    assert!(agent_marker(&agent, "work"));
+    agent.kill();
+    assert!(
+        agent_marker(&agent, "work"),
+        "a killed agent cannot close its journal"
+    );
+}
+
 #[test]
 fn the_running_agent_is_confined() {
     let dir = shared_tempdir();

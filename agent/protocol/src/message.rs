@@ -704,7 +704,7 @@ impl Response {
 /// A notification the server sends without a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Push {
-    /// A new journal entry of the subscribed volume, durable on storage.
+    /// A new journal entry of the subscribed volume, written on storage.
     Change(ChangeEntry),
     /// Entries were not pushed because the subscriber fell behind: read them with
     /// `ChangesSince` from the last seen `seq + 1`.

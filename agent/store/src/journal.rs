@@ -1,5 +1,16 @@
-//! The per-volume change journal: an append-only file of checksummed records, durable before
-//! the change it records is made, compacted in place by an atomic rewrite.
+//! The per-volume change journal: an append-only file of checksummed records, each written
+//! before the change it records is made, compacted in place by an atomic rewrite.
+//!
+//! Records reach the disk lazily (no flush per record): a killed process loses none of them,
+//! since the kernel keeps every completed write, and only a machine that stops without
+//! flushing (power loss, kernel crash, a VM killed) can lose the last ones. That case is
+//! detected and turned into a rescan rather than a silently missed change. While the
+//! journal is open, the file `open` records the kernel's boot id and a sequence number
+//! reserved ahead (`reserved`: numbers below it may have been handed out); a clean close
+//! flushes the journal and removes it. At open, an `open` file from the same boot means the
+//! process died and nothing was lost; from another boot (or unreadable), the journal may
+//! have lost records that readers already saw, so numbering continues from `reserved` and
+//! the floor is raised to it: every reader rescans, and no number is ever given twice.
 //!
 //! File layout (`journal/journal.log`, little-endian):
 //!
@@ -45,11 +56,25 @@ const TMP_NAME: &str = "journal.log.tmp";
 /// The sync peer's acknowledgement: seq u64 | crc32 of it u32, replaced atomically.
 const ACK_NAME: &str = "sync-ack";
 const ACK_TMP_NAME: &str = "sync-ack.tmp";
+/// Present while the journal is open (see the module comment): boot id length u8 | boot id
+/// | reserved u64 | crc32 of what precedes u32, replaced atomically.
+const OPEN_NAME: &str = "open";
+const OPEN_TMP_NAME: &str = "open.tmp";
+
+/// How a journal is opened.
+pub(crate) struct JournalOptions {
+    /// Size at which it compacts itself.
+    pub max_bytes: u64,
+    /// The running kernel's boot id; empty if unknown.
+    pub boot_id: String,
+    /// Sequence numbers reserved ahead at a time.
+    pub reservation: u64,
+}
 
 /// A notice to a change subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
-    /// A new entry, durable in the journal.
+    /// A new entry, written to the journal.
     Change(ChangeEntry),
     /// The subscriber fell behind and entries were not queued for it: read them with
     /// `changes_since` from the last sequence number it saw plus one.
@@ -96,6 +121,8 @@ struct State {
     file: File,
     len: u64,
     next: u64,
+    /// Numbers below this may be handed out without a new `open` record.
+    reserved: u64,
     floor: u64,
     /// (seq, offset of the record) for every record in the file, in order.
     index: Vec<(u64, u64)>,
@@ -105,6 +132,8 @@ pub(crate) struct Journal {
     dir: OwnedFd,
     label: String,
     max_bytes: u64,
+    boot_id: String,
+    reservation: u64,
     state: Mutex<State>,
     subs: Mutex<Vec<Subscriber>>,
     acked: Mutex<u64>,
@@ -207,6 +236,56 @@ fn header(floor: u64, base: u64) -> [u8; HEADER_LEN as usize] {
     h
 }
 
+/// What the `open` file says about the last close.
+enum OpenMarker {
+    /// No file: closed cleanly.
+    Closed,
+    Open {
+        boot_id: String,
+        reserved: u64,
+    },
+    Unreadable,
+}
+
+fn read_open_marker(dir: &OwnedFd) -> OpenMarker {
+    let fd = match sys::open_at(dir.as_fd(), OPEN_NAME, libc::O_RDONLY, 0) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return OpenMarker::Closed,
+        Err(_) => return OpenMarker::Unreadable,
+    };
+    let mut b = vec![0u8; 1 + 255 + 12];
+    let n = match File::from(fd).read_at(&mut b, 0) {
+        Ok(n) => n,
+        Err(_) => return OpenMarker::Unreadable,
+    };
+    let b = &b[..n];
+    let Some(&idn) = b.first() else {
+        return OpenMarker::Unreadable;
+    };
+    let body = 1 + idn as usize + 8;
+    if b.len() != body + 4 || crc32(&b[..body]).to_le_bytes() != b[body..] {
+        return OpenMarker::Unreadable;
+    }
+    OpenMarker::Open {
+        boot_id: String::from_utf8_lossy(&b[1..1 + idn as usize]).into_owned(),
+        reserved: u64::from_le_bytes(b[body - 8..body].try_into().unwrap()),
+    }
+}
+
+/// A clean close: everything on disk, then the `open` file removed. If any step fails the
+/// file stays, and the next open treats the close as unclean (safe, at worst a rescan).
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let r = sys::fdatasync(st.file.as_fd())
+            .and_then(|_| sys::unlink_at(self.dir.as_fd(), OPEN_NAME, false))
+            .and_then(|_| sys::fsync(self.dir.as_fd()));
+        if let Err(e) = r {
+            tracing::warn!(file = %self.fname(), "closing the journal: {e}");
+        }
+    }
+}
+
 /// Reads the record at `off`: `Ok(Some((entry, record_len)))`, `Ok(None)` if it is torn or
 /// damaged.
 fn read_record(file: &File, off: u64, file_len: u64) -> io::Result<Option<(ChangeEntry, u64)>> {
@@ -229,8 +308,9 @@ fn read_record(file: &File, off: u64, file_len: u64) -> io::Result<Option<(Chang
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal in directory `dir`, cutting off a torn tail.
-    pub(crate) fn open(dir: OwnedFd, label: String, max_bytes: u64) -> Result<Journal> {
+    /// Opens (creating if needed) the journal in directory `dir`, cutting off a torn tail;
+    /// after a machine crash, asks every reader to rescan (see the module comment).
+    pub(crate) fn open(dir: OwnedFd, label: String, opts: JournalOptions) -> Result<Journal> {
         let fname = format!("{label}/{FILE_NAME}");
         let file = match sys::open_at(dir.as_fd(), FILE_NAME, libc::O_RDWR, 0) {
             Ok(fd) => File::from(fd),
@@ -304,15 +384,38 @@ impl Journal {
             }
         }
         let len = off;
-        let next = base.max(last + 1);
+        let mut next = base.max(last + 1);
+        let lost = match read_open_marker(&dir) {
+            OpenMarker::Closed => false,
+            OpenMarker::Open { boot_id, .. } if !boot_id.is_empty() && boot_id == opts.boot_id => {
+                tracing::info!(file = %fname, "journal left open by a process that stopped; the kernel kept every record");
+                false
+            }
+            OpenMarker::Open { reserved, .. } => {
+                next = next.max(reserved);
+                true
+            }
+            OpenMarker::Unreadable => {
+                // A reservation is only recorded after the journal is flushed, so the one in
+                // force began at or below the records on disk.
+                next = next.saturating_add(opts.reservation);
+                true
+            }
+        };
+        if lost {
+            tracing::warn!(file = %fname, next, "journal not closed before the machine stopped: its last records may be lost, so every reader rescans");
+        }
         let j = Journal {
             dir,
             label,
-            max_bytes,
+            max_bytes: opts.max_bytes,
+            boot_id: opts.boot_id,
+            reservation: opts.reservation.max(1),
             state: Mutex::new(State {
                 file,
                 len,
                 next,
+                reserved: next,
                 floor,
                 index,
             }),
@@ -320,14 +423,57 @@ impl Journal {
             acked: Mutex::new(0),
         };
         *j.acked.lock().unwrap() = j.read_ack();
-        if damaged {
+        let mut st = j.state.lock().unwrap();
+        if damaged || lost {
             floor = next;
-            let mut st = j.state.lock().unwrap();
             st.floor = floor;
             // Everything below the new floor is unreachable; keep nothing.
             j.rewrite_entries(&mut st, Vec::new())?;
         }
+        j.reserve(&mut st)?;
+        drop(st);
         Ok(j)
+    }
+
+    /// Records in the `open` file that numbers up to `next + reservation` may be handed out,
+    /// the journal flushed first (see `OpenMarker::Unreadable`).
+    fn reserve(&self, st: &mut State) -> Result<()> {
+        let reserved = st.next.saturating_add(self.reservation);
+        let id = self.boot_id.as_bytes();
+        let mut b = Vec::with_capacity(1 + id.len() + 12);
+        b.push(id.len().min(255) as u8);
+        b.extend_from_slice(&id[..id.len().min(255)]);
+        b.extend_from_slice(&reserved.to_le_bytes());
+        b.extend_from_slice(&crc32(&b).to_le_bytes());
+        let tname = format!("{}/{OPEN_TMP_NAME}", self.label);
+        let _ = sys::unlink_at(self.dir.as_fd(), OPEN_TMP_NAME, false);
+        let r = sys::fdatasync(st.file.as_fd())
+            .and_then(|_| {
+                sys::open_at(
+                    self.dir.as_fd(),
+                    OPEN_TMP_NAME,
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )
+            })
+            .map(File::from)
+            .and_then(|f| f.write_all_at(&b, 0).and_then(|_| sys::fsync(f.as_fd())))
+            .and_then(|_| {
+                sys::rename_at(
+                    self.dir.as_fd(),
+                    OPEN_TMP_NAME,
+                    self.dir.as_fd(),
+                    OPEN_NAME,
+                    0,
+                )
+            })
+            .and_then(|_| sys::fsync(self.dir.as_fd()));
+        if let Err(e) = r {
+            let _ = sys::unlink_at(self.dir.as_fd(), OPEN_TMP_NAME, false);
+            return Err(StoreError::fs("reserve journal numbers", &tname, e));
+        }
+        st.reserved = reserved;
+        Ok(())
     }
 
     fn write_new_file(
@@ -390,9 +536,8 @@ impl Journal {
         if seq <= *acked {
             return Ok(*acked);
         }
-        // What is acknowledged must be on disk first: a lazily appended record (see
-        // `append_lazy`) lost in a crash would otherwise leave an acknowledgement past the
-        // journal's end.
+        // What is acknowledged goes to disk first, so an acknowledgement never points past
+        // the journal's end on disk.
         {
             let st = self.state.lock().unwrap();
             sys::fdatasync(st.file.as_fd()).map_err(|e| {
@@ -439,9 +584,9 @@ impl Journal {
         self.state.lock().unwrap().next
     }
 
-    /// Appends an entry and makes it durable; returns it with its sequence number. On failure
-    /// (e.g. ENOSPC) the file is cut back, nothing is recorded, and the caller must not make
-    /// the change.
+    /// Appends an entry (written, not flushed: see the module comment); returns it with its
+    /// sequence number. On failure (e.g. ENOSPC) the file is cut back, nothing is recorded,
+    /// and the caller must not make the change.
     pub(crate) fn append(
         &self,
         kind: ChangeKind,
@@ -451,36 +596,10 @@ impl Journal {
         mtime: Timespec,
         time: Timespec,
     ) -> Result<ChangeEntry> {
-        self.append_with(kind, path, new_path, size, mtime, time, true)
-    }
-
-    /// [`Journal::append`] without waiting for the disk, for a record that a crash may lose
-    /// because the next start writes it again: the `ModifyEnd` of a session (the volume's
-    /// `close_crashed_sessions` ends every session whose end is missing). The next durable
-    /// append or [`Journal::ack`] flushes it with everything before it (one file).
-    pub(crate) fn append_lazy(
-        &self,
-        kind: ChangeKind,
-        path: &str,
-        size: u64,
-        mtime: Timespec,
-        time: Timespec,
-    ) -> Result<ChangeEntry> {
-        self.append_with(kind, path, None, size, mtime, time, false)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn append_with(
-        &self,
-        kind: ChangeKind,
-        path: &str,
-        new_path: Option<&str>,
-        size: u64,
-        mtime: Timespec,
-        time: Timespec,
-        durable: bool,
-    ) -> Result<ChangeEntry> {
         let mut st = self.state.lock().unwrap();
+        if st.next >= st.reserved {
+            self.reserve(&mut st)?;
+        }
         let e = ChangeEntry {
             seq: st.next,
             kind,
@@ -492,14 +611,7 @@ impl Journal {
         };
         let rec = encode(&e);
         let off = st.len;
-        let r = st.file.write_all_at(&rec, off).and_then(|_| {
-            if durable {
-                sys::fdatasync(st.file.as_fd())
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(err) = r {
+        if let Err(err) = st.file.write_all_at(&rec, off) {
             let _ = st.file.set_len(off);
             return Err(StoreError::fs("append to journal", &self.fname(), err));
         }

@@ -16,7 +16,8 @@
 //! Every [`Volume`] operation takes [`RelPath`]s (validated with [`parse_path`] or
 //! [`RelPath::new`]) and is confined beneath the tree with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`; symlinks are stored and read, never
-//! followed. Every change is journaled durably before it is made; every overwrite, delete and
+//! followed. Every change is journaled before it is made (a machine crash that loses the
+//! journal's last records makes every reader rescan); every overwrite, delete and
 //! first in-place modification of a session keeps the previous content as a version first.
 //! The API is synchronous and thread-safe: share `Arc<Store>` / `Arc<Volume>` between
 //! connection threads. Errors carry an errno-like [`ErrorKind`].
@@ -37,7 +38,7 @@ pub use path::{
     parse_path, validate_volume_name, PathProblem, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN,
     MAX_VOLUME_NAME_LEN,
 };
-pub use store::{Clock, Store, StoreConfig, DEFAULT_DATA_DIR, VOLUME_SUBDIRS};
+pub use store::{current_boot_id, Clock, Store, StoreConfig, DEFAULT_DATA_DIR, VOLUME_SUBDIRS};
 pub use types::{
     Attr, ChangeEntry, ChangeKind, Changes, DirEntry, DirPage, Expect, FileState, FileType,
     RenameMode, SetAttr, StatFs, TimeSet, Timespec,

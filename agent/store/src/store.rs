@@ -36,6 +36,22 @@ pub struct StoreConfig {
     pub quiet_interval: Duration,
     /// Wall clock.
     pub clock: Clock,
+    /// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`). Journal records
+    /// reach the disk lazily; a journal still open from an earlier process of the same boot
+    /// lost nothing (the kernel kept every write), one left open under another boot may have
+    /// (see the journal's `open` marker). Empty if unknown: every unclean close then counts
+    /// as a lost one.
+    pub boot_id: String,
+    /// Sequence numbers a journal may hand out beyond the one its `open` marker records
+    /// before it records a new one (a flush and a small file write).
+    pub journal_reservation: u64,
+}
+
+/// The running kernel's boot id, empty if it cannot be read.
+pub fn current_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl Default for StoreConfig {
@@ -49,6 +65,10 @@ impl Default for StoreConfig {
             // this long is a finished change worth one snapshot.
             quiet_interval: Duration::from_secs(5),
             clock: Arc::new(SystemTime::now),
+            boot_id: current_boot_id(),
+            // 65 536: a new reservation every few hours of heavy use; after a machine crash
+            // numbering jumps by at most this much.
+            journal_reservation: 1 << 16,
         }
     }
 }
@@ -59,6 +79,8 @@ impl fmt::Debug for StoreConfig {
             .field("retention", &self.retention)
             .field("journal_max_bytes", &self.journal_max_bytes)
             .field("quiet_interval", &self.quiet_interval)
+            .field("boot_id", &self.boot_id)
+            .field("journal_reservation", &self.journal_reservation)
             .finish_non_exhaustive()
     }
 }

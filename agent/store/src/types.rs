@@ -273,9 +273,9 @@ impl ChangeKind {
     }
 }
 
-/// One change-journal entry. It is durable before the change it describes is made (write-ahead),
-/// so a crash can leave an entry for a change that did not happen — never a change without
-/// its entry. `size` and `mtime` are those the change produces, where known in advance (the
+/// One change-journal entry. It is written before the change it describes is made
+/// (write-ahead), so a crash can leave an entry for a change that did not happen — never a
+/// change without its entry (after a machine crash, a rescan: see the journal module). `size` and `mtime` are those the change produces, where known in advance (the
 /// staged file of a put, the current file before a modification starts), else zero.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeEntry {

@@ -1,5 +1,6 @@
 //! One volume: filesystem operations on its ciphertext tree, confined beneath the tree root,
-//! each change journaled (write-ahead) and each destructive change versioned first.
+//! each change journaled (write-ahead; see the journal module for what a crash keeps) and
+//! each destructive change versioned first, durably.
 //!
 //! Confinement: a multi-component path is only ever opened with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` on the tree's directory descriptor; the
@@ -17,8 +18,8 @@
 //! Version-snapshot rule for in-place changes (write, truncate, setattr size): a *modification
 //! session* of a file (keyed by its inode) begins at the first in-place change when none is
 //! open; at that moment the file's current content is copied (reflinked where the filesystem
-//! can) into the version area, and a `ModifyStart` entry is journaled, both durably, before
-//! the change is made. The session ends when the consumer calls [`Volume::release`] (its last
+//! can) into the version area durably, and a `ModifyStart` entry is journaled, before the
+//! change is made. The session ends when the consumer calls [`Volume::release`] (its last
 //! handle closed), when the file is renamed, replaced or unlinked, or when no change arrived
 //! for the quiet interval (default 5 s; checked by [`Volume::end_quiet_sessions`] and lazily
 //! on the next change); its end journals `ModifyEnd` with the final size and mtime.
@@ -35,7 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::error::{ErrorKind, IoContext, Result, StoreError};
-use crate::journal::{Journal, Subscription};
+use crate::journal::{Journal, JournalOptions, Subscription};
 use crate::path::RelPath;
 use crate::store::StoreConfig;
 use crate::sys;
@@ -189,7 +190,11 @@ impl Volume {
         let journal = Journal::open(
             sub("journal", libc::O_RDONLY)?,
             format!("{label}/journal"),
-            cfg.journal_max_bytes,
+            JournalOptions {
+                max_bytes: cfg.journal_max_bytes,
+                boot_id: cfg.boot_id.clone(),
+                reservation: cfg.journal_reservation,
+            },
         )?;
         let versions = Versions::open(
             sub("versions", libc::O_RDONLY)?,
@@ -470,12 +475,10 @@ impl Volume {
 
     fn journal_end(&self, s: &Session) -> Result<()> {
         let st = sys::fstat(s.file.as_fd()).ctx("end modification of", &s.path)?;
-        // Not waited for: a crash that loses it leaves the session open in the journal,
-        // and the next start ends it (`close_crashed_sessions`). Saves one disk flush per
-        // written file, on the consumer's close.
-        self.journal.append_lazy(
+        self.journal.append(
             ChangeKind::ModifyEnd,
             &s.path,
+            None,
             st.st_size as u64,
             ts_mtime(&st),
             self.now(),

@@ -1,5 +1,6 @@
 //! The change journal: one entry per mutation, numbering across restarts, paging, torn-record
-//! recovery, compaction with a floor, subscribers.
+//! recovery, compaction with a floor, subscribers, and what a process or machine crash
+//! leaves.
 
 mod common;
 
@@ -398,4 +399,120 @@ fn journal_append_is_the_only_writer_and_file_is_exact() {
     };
     assert_eq!(std::fs::metadata(&jf).unwrap().len(), len);
     assert_eq!(all_changes(&f.vol, 1).len(), 1);
+}
+
+fn open_marker(f: &Fixture) -> std::path::PathBuf {
+    f.data().join("volumes/work/journal/open")
+}
+
+fn create_n(f: &Fixture, prefix: &str, n: usize) {
+    for i in 0..n {
+        f.vol
+            .create(&p(&format!("{prefix}{i}")), 0o600, true)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_clean_close_is_trusted_even_by_the_next_boot() {
+    let f = Fixture::new();
+    create_n(&f, "f", 5);
+    assert!(
+        open_marker(&f).exists(),
+        "the journal is marked open while in use"
+    );
+    let f = f.reopen();
+    let head = f.vol.journal_head();
+    let data = f.data();
+    let cfg = StoreConfig {
+        boot_id: "a-later-boot".into(),
+        ..f.store.config().clone()
+    };
+    drop((f.vol, f.store));
+    let marker = data.join("volumes/work/journal/open");
+    assert!(!marker.exists(), "a clean close removes the open marker");
+    let store = Store::open(&data, cfg).unwrap();
+    let vol = store.volume("work").unwrap();
+    assert_eq!(vol.journal_head(), head);
+    assert_eq!(
+        all_changes(&vol, 1).len(),
+        5,
+        "no rescan after a clean close"
+    );
+}
+
+#[test]
+fn a_killed_process_loses_no_entry() {
+    // Appends are not flushed one by one, but a process that dies leaves its completed
+    // writes to the kernel: the same boot finds every entry, and no reader rescans.
+    let f = Fixture::new();
+    create_n(&f, "f", 7);
+    let head = f.vol.journal_head();
+    let f = f.die_and_restart(|_| {}, |_| {});
+    assert_eq!(f.vol.journal_head(), head);
+    let e = all_changes(&f.vol, 1);
+    assert_eq!(e.len(), 7);
+    assert_eq!(e.last().unwrap().path, "f6");
+}
+
+#[test]
+fn a_machine_crash_makes_every_reader_rescan_and_never_reuses_a_number() {
+    let f = Fixture::with(|cfg| cfg.journal_reservation = 8);
+    create_n(&f, "f", 20);
+    // A reader (the transfer role) has seen every entry handed out.
+    let seen = f.vol.journal_head();
+    let jf = journal_file(&f);
+    let len_after_5 = {
+        let f5 = Fixture::with(|_| {});
+        create_n(&f5, "f", 5);
+        std::fs::metadata(journal_file(&f5)).unwrap().len()
+    };
+    // The machine stops: the disk kept only the first 5 records; the next boot has
+    // another id.
+    let f = f.die_and_restart(
+        |_| {
+            OpenOptions::new()
+                .write(true)
+                .open(&jf)
+                .unwrap()
+                .set_len(len_after_5)
+                .unwrap()
+        },
+        |cfg| cfg.boot_id = "the-next-boot".into(),
+    );
+    let head = f.vol.journal_head();
+    assert!(
+        head >= seen,
+        "numbering goes on past every number handed out ({head} < {seen})"
+    );
+    for since in [1, 5, seen - 1, seen] {
+        match f.vol.changes_since(since, 100).unwrap() {
+            Changes::RescanNeeded { floor, .. } => assert!(floor >= seen),
+            Changes::Entries { entries, .. } if since >= seen => {
+                assert!(entries.is_empty(), "nothing new yet")
+            }
+            other => panic!("a reader at {since} must rescan: {other:?}"),
+        }
+    }
+    f.vol.create(&p("after"), 0o600, true).unwrap();
+    let e = all_changes(&f.vol, head);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].seq >= seen,
+        "a number handed out before the crash is not given again"
+    );
+}
+
+#[test]
+fn an_unreadable_open_marker_counts_as_a_machine_crash() {
+    let f = Fixture::new();
+    create_n(&f, "f", 3);
+    let seen = f.vol.journal_head();
+    let marker = open_marker(&f);
+    let f = f.die_and_restart(|_| std::fs::write(&marker, b"garbage").unwrap(), |_| {});
+    assert!(f.vol.journal_head() >= seen);
+    assert!(matches!(
+        f.vol.changes_since(1, 10).unwrap(),
+        Changes::RescanNeeded { .. }
+    ));
 }

@@ -66,6 +66,36 @@ impl Fixture {
     }
 
     /// Drops the store and opens it again from disk, as after a restart.
+    /// The agent dying without closing anything (the volume is never dropped, so its
+    /// journal stays open), `between` run on the data directory, then a start with `cfg`
+    /// tweaked (e.g. another boot id: the machine restarted).
+    pub fn die_and_restart(
+        self,
+        between: impl FnOnce(&std::path::Path),
+        tweak: impl FnOnce(&mut StoreConfig),
+    ) -> Fixture {
+        let Fixture {
+            dir,
+            store,
+            vol,
+            clock,
+        } = self;
+        let mut cfg = store.config().clone();
+        std::mem::forget(vol.clone());
+        std::mem::forget(vol);
+        drop(store);
+        between(&dir.path().join("data"));
+        tweak(&mut cfg);
+        let store = Arc::new(Store::open(dir.path().join("data"), cfg).unwrap());
+        let vol = store.volume("work").unwrap();
+        Fixture {
+            dir,
+            store,
+            vol,
+            clock,
+        }
+    }
+
     pub fn reopen(self) -> Fixture {
         let Fixture {
             dir,

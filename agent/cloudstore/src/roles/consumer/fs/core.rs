@@ -1262,6 +1262,13 @@ impl Core {
         Ok(())
     }
 
+    /// Makes the entries of directory `ino` durable: storage fsyncs the directory (it
+    /// flushes namespace changes lazily, like a local filesystem).
+    pub(crate) fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Fail> {
+        self.file_call(ino, None, |file| Request::Fsync { file, datasync })?;
+        Ok(())
+    }
+
     pub(crate) fn release(&self, fh: u64) {
         let Some(of) = lock(&self.files).remove(&fh) else {
             return;

@@ -424,13 +424,15 @@ impl fuser::Filesystem for FuseFs {
     fn fsyncdir(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         _fh: u64,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Storage makes every namespace change durable before answering (write-ahead journal).
-        reply.ok();
+        self.run(move |c| match c.fsyncdir(ino, datasync) {
+            Ok(()) => reply.ok(),
+            Err(f) => reply.error(errno(c, "fsyncdir", &c.shown(ino), &f)),
+        });
     }
 
     fn statfs(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyStatfs) {
