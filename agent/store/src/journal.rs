@@ -445,33 +445,11 @@ impl Journal {
         b.extend_from_slice(&id[..id.len().min(255)]);
         b.extend_from_slice(&reserved.to_le_bytes());
         b.extend_from_slice(&crc32(&b).to_le_bytes());
-        let tname = format!("{}/{OPEN_TMP_NAME}", self.label);
-        let _ = sys::unlink_at(self.dir.as_fd(), OPEN_TMP_NAME, false);
-        let r = sys::fdatasync(st.file.as_fd())
-            .and_then(|_| {
-                sys::open_at(
-                    self.dir.as_fd(),
-                    OPEN_TMP_NAME,
-                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                    0o600,
-                )
-            })
-            .map(File::from)
-            .and_then(|f| f.write_all_at(&b, 0).and_then(|_| sys::fsync(f.as_fd())))
-            .and_then(|_| {
-                sys::rename_at(
-                    self.dir.as_fd(),
-                    OPEN_TMP_NAME,
-                    self.dir.as_fd(),
-                    OPEN_NAME,
-                    0,
-                )
-            })
-            .and_then(|_| sys::fsync(self.dir.as_fd()));
-        if let Err(e) = r {
-            let _ = sys::unlink_at(self.dir.as_fd(), OPEN_TMP_NAME, false);
-            return Err(StoreError::fs("reserve journal numbers", &tname, e));
-        }
+        sys::fdatasync(st.file.as_fd())
+            .and_then(|_| self.replace_file(OPEN_TMP_NAME, OPEN_NAME, &b))
+            .map_err(|e| {
+                StoreError::fs("reserve journal numbers", &self.path_of(OPEN_TMP_NAME), e)
+            })?;
         st.reserved = reserved;
         Ok(())
     }
@@ -544,34 +522,41 @@ impl Journal {
                 StoreError::fs("flush journal before acknowledgement", &self.fname(), e)
             })?;
         }
-        let tname = format!("{}/{ACK_TMP_NAME}", self.label);
         let mut b = seq.to_le_bytes().to_vec();
         b.extend_from_slice(&crc32(&b).to_le_bytes());
-        let _ = sys::unlink_at(self.dir.as_fd(), ACK_TMP_NAME, false);
+        self.replace_file(ACK_TMP_NAME, ACK_NAME, &b).map_err(|e| {
+            StoreError::fs(
+                "record sync acknowledgement",
+                &self.path_of(ACK_TMP_NAME),
+                e,
+            )
+        })?;
+        *acked = seq;
+        Ok(seq)
+    }
+
+    /// Replaces the small file `name` with `bytes` durably: written to `tmp`, flushed,
+    /// renamed, the directory flushed.
+    fn replace_file(&self, tmp: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let _ = sys::unlink_at(self.dir.as_fd(), tmp, false);
         let r = sys::open_at(
             self.dir.as_fd(),
-            ACK_TMP_NAME,
+            tmp,
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
             0o600,
         )
         .map(File::from)
-        .and_then(|f| f.write_all_at(&b, 0).and_then(|_| sys::fsync(f.as_fd())))
-        .and_then(|_| {
-            sys::rename_at(
-                self.dir.as_fd(),
-                ACK_TMP_NAME,
-                self.dir.as_fd(),
-                ACK_NAME,
-                0,
-            )
-        })
+        .and_then(|f| f.write_all_at(bytes, 0).and_then(|_| sys::fsync(f.as_fd())))
+        .and_then(|_| sys::rename_at(self.dir.as_fd(), tmp, self.dir.as_fd(), name, 0))
         .and_then(|_| sys::fsync(self.dir.as_fd()));
-        if let Err(e) = r {
-            let _ = sys::unlink_at(self.dir.as_fd(), ACK_TMP_NAME, false);
-            return Err(StoreError::fs("record sync acknowledgement", &tname, e));
+        if r.is_err() {
+            let _ = sys::unlink_at(self.dir.as_fd(), tmp, false);
         }
-        *acked = seq;
-        Ok(seq)
+        r
+    }
+
+    fn path_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.label)
     }
 
     /// The last acknowledged sequence number.
