@@ -329,29 +329,17 @@ fn a_session_open_at_a_crash_is_closed_on_reopen() {
     put_bytes(&f.vol, "f", b"before");
     f.vol.write(&p("f"), 0, b"AFTER!").unwrap();
     let head = f.vol.journal_head();
-    // Simulate the agent dying: the volume is never dropped, so no ModifyEnd is written.
-    let Fixture {
-        dir,
-        store,
-        vol,
-        clock,
-    } = f;
-    let cfg = store.config().clone();
-    std::mem::forget(vol.clone());
-    std::mem::forget(vol);
-    drop(store);
-    let store = Store::open(dir.path().join("data"), cfg).unwrap();
-    let vol = store.volume("work").unwrap();
-    let e = all_changes(&vol, head);
+    // The agent dying: the volume is never dropped, so no ModifyEnd is written.
+    let f = f.die_and_restart(|_| {}, |_| {});
+    let e = all_changes(&f.vol, head);
     assert_eq!(kinds(&e), vec![(ChangeKind::ModifyEnd, "f".into(), None)]);
     assert_eq!(e[0].size, 6);
-    drop((clock, dir));
 }
 
 #[test]
 fn a_session_end_lost_in_a_crash_is_written_again_on_reopen() {
-    // A session's ModifyEnd is appended without waiting for the disk; a crash that loses it
-    // (cut here by hand, as the disk would) must leave the next start to end the session.
+    // Records are appended without waiting for the disk; a session end missing from the
+    // journal's tail (cut here by hand) must leave the next start to end the session.
     let f = Fixture::new();
     put_bytes(&f.vol, "f", b"before");
     f.vol.write(&p("f"), 0, b"AFTER!!").unwrap();
@@ -360,28 +348,20 @@ fn a_session_end_lost_in_a_crash_is_written_again_on_reopen() {
     let before_end = std::fs::metadata(&jf).unwrap().len();
     f.vol.release(&p("f")).unwrap();
     assert!(std::fs::metadata(&jf).unwrap().len() > before_end);
-    let Fixture {
-        dir,
-        store,
-        vol,
-        clock,
-    } = f;
-    let cfg = store.config().clone();
-    std::mem::forget(vol.clone());
-    std::mem::forget(vol);
-    drop(store);
-    OpenOptions::new()
-        .write(true)
-        .open(&jf)
-        .unwrap()
-        .set_len(before_end)
-        .unwrap();
-    let store = Store::open(dir.path().join("data"), cfg).unwrap();
-    let vol = store.volume("work").unwrap();
-    let e = all_changes(&vol, head);
+    let f = f.die_and_restart(
+        |_| {
+            OpenOptions::new()
+                .write(true)
+                .open(&jf)
+                .unwrap()
+                .set_len(before_end)
+                .unwrap()
+        },
+        |_| {},
+    );
+    let e = all_changes(&f.vol, head);
     assert_eq!(kinds(&e), vec![(ChangeKind::ModifyEnd, "f".into(), None)]);
     assert_eq!(e[0].size, 7);
-    drop((clock, dir));
 }
 
 #[test]

@@ -66,11 +66,24 @@ impl Fixture {
     }
 
     /// Drops the store and opens it again from disk, as after a restart.
+    pub fn reopen(self) -> Fixture {
+        self.restart(false, |_| {}, |_| {})
+    }
+
     /// The agent dying without closing anything (the volume is never dropped, so its
     /// journal stays open), `between` run on the data directory, then a start with `cfg`
     /// tweaked (e.g. another boot id: the machine restarted).
     pub fn die_and_restart(
         self,
+        between: impl FnOnce(&std::path::Path),
+        tweak: impl FnOnce(&mut StoreConfig),
+    ) -> Fixture {
+        self.restart(true, between, tweak)
+    }
+
+    fn restart(
+        self,
+        die: bool,
         between: impl FnOnce(&std::path::Path),
         tweak: impl FnOnce(&mut StoreConfig),
     ) -> Fixture {
@@ -81,31 +94,15 @@ impl Fixture {
             clock,
         } = self;
         let mut cfg = store.config().clone();
-        std::mem::forget(vol.clone());
-        std::mem::forget(vol);
+        if die {
+            std::mem::forget(vol.clone());
+            std::mem::forget(vol);
+        } else {
+            drop(vol);
+        }
         drop(store);
         between(&dir.path().join("data"));
         tweak(&mut cfg);
-        let store = Arc::new(Store::open(dir.path().join("data"), cfg).unwrap());
-        let vol = store.volume("work").unwrap();
-        Fixture {
-            dir,
-            store,
-            vol,
-            clock,
-        }
-    }
-
-    pub fn reopen(self) -> Fixture {
-        let Fixture {
-            dir,
-            store,
-            vol,
-            clock,
-        } = self;
-        let cfg = store.config().clone();
-        drop(vol);
-        drop(store);
         let store = Arc::new(Store::open(dir.path().join("data"), cfg).unwrap());
         let vol = store.volume("work").unwrap();
         Fixture {
