@@ -822,16 +822,21 @@ impl VolumeSync {
         r.pop().expect("one result per file")
     }
 
-    /// Storage's files → cloud in one rclone call (see `UPLOAD_BATCH_*`): each streamed
-    /// from storage into the partial directory, then moved into place. The entry to record
-    /// for each file, in order, or why it was not uploaded; `Err` if the call failed as a
-    /// whole (no file is known to have arrived).
+    /// Storage's files → cloud in one rclone call (see `UPLOAD_BATCH_*`), all of them in
+    /// one directory: each streamed from storage into a fresh directory of the partial
+    /// area under its own name, checked against one listing of it, then moved into place
+    /// together with one `sync/move` (a file that needs another name on the way moves on
+    /// its own). The entry to record for each file, in order, or why it was not uploaded;
+    /// `Err` if the call failed as a whole (no file is known to have arrived).
     fn upload_files(&self, paths: &[String]) -> Result<Vec<Result<Entry>>> {
+        let parent = parent_dir(&paths[0]);
+        debug_assert!(paths.iter().all(|p| parent_dir(p) == parent));
         let mut results: Vec<Option<Result<Entry>>> = paths.iter().map(|_| None).collect();
         // (index, partial path, what storage sent)
         let mut sent: Vec<(usize, String, Attr)> = Vec::new();
         let mut cut: Vec<String> = Vec::new();
         let mut batch = self.cloud.begin_upload()?;
+        let dir = batch.dir().to_owned();
         for (i, p) in paths.iter().enumerate() {
             let mut dl = match self.store.get(p, None) {
                 Ok(dl) => dl,
@@ -841,6 +846,7 @@ impl VolumeSync {
                 }
             };
             let added = batch.add(
+                file_name(p),
                 &self.cloud_path(p),
                 &mut Counting {
                     inner: &mut dl,
@@ -875,8 +881,8 @@ impl VolumeSync {
             }
         }
         batch.finish()?;
-        for partial in cut {
-            let _ = self.cloud.delete_file(&partial);
+        for partial in &cut {
+            let _ = self.cloud.delete_file(partial);
         }
         // What rclone stored, read back in one listing rather than a stat per file; a
         // server-side move keeps size and modification time (rclone's Move contract, checked
@@ -884,18 +890,30 @@ impl VolumeSync {
         let stored = if sent.is_empty() {
             BTreeMap::new()
         } else {
-            self.cloud.partial_objects()?
+            self.cloud.files_in(&dir)?
         };
+        // The directory moves as a whole only while it holds nothing but complete files
+        // under their own names: a cut file still there, anything unexpected, a file that
+        // failed its check or its own move, and every file moves alone.
+        let expected: BTreeSet<&str> = sent
+            .iter()
+            .filter_map(|(_, partial, _)| partial.strip_prefix(&format!("{dir}/")))
+            .collect();
+        let mut whole_dir = stored.keys().all(|n| expected.contains(n.as_str()));
+        let mut together: Vec<(usize, String, Entry)> = Vec::new();
         for (i, partial, attr) in sent {
             let p = &paths[i];
-            results[i] = Some((|| {
-                let c = stored.get(&partial).ok_or_else(|| SyncError::Other {
+            let name = partial.rsplit('/').next().unwrap_or_default().to_owned();
+            let checked = (|| {
+                let c = stored.get(&name).ok_or_else(|| SyncError::Other {
                     op: "upload",
                     path: p.clone(),
                     why: format!("rclone reported it stored, yet {partial} is not in the cloud"),
                 })?;
                 if c.size != attr.size {
-                    let _ = self.cloud.delete_file(&partial);
+                    if self.cloud.delete_file(&partial).is_err() {
+                        whole_dir = false;
+                    }
                     return Err(SyncError::Other {
                         op: "upload",
                         path: p.clone(),
@@ -905,13 +923,60 @@ impl VolumeSync {
                         ),
                     });
                 }
-                let target = self.cloud_path(p);
-                self.cloud.move_file(&partial, &target)?;
                 Ok(Entry {
                     s: store_sig(&attr).expect("a file"),
                     c: cloud_sig(c),
                 })
-            })());
+            })();
+            match checked {
+                Ok(e) if name == file_name(p) => together.push((i, name, e)),
+                Ok(e) => {
+                    // Sent under another name: moved to its own on its own.
+                    let moved = self.cloud.move_file(&partial, &self.cloud_path(p));
+                    whole_dir &= moved.is_ok();
+                    results[i] = Some(moved.map(|()| e).map_err(Into::into));
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if together.len() > 1 && whole_dir {
+            let target = self.cloud_path(parent);
+            let target = target.trim_end_matches('/');
+            match self.cloud.move_files_of(&dir, target) {
+                Ok(()) => {
+                    for (i, _, e) in together {
+                        results[i] = Some(Ok(e));
+                    }
+                }
+                Err(err) => {
+                    // Some may have moved; not asking the cloud which just after it failed,
+                    // each counts as not uploaded. The next pass compares a moved one with
+                    // storage and records it; the others go again. The call's own error
+                    // counts once towards the cloud being down.
+                    let why = format!("moving it into place: {err}");
+                    let mut first = Some(SyncError::from(err));
+                    for (i, _, _) in together {
+                        results[i] = Some(Err(first.take().unwrap_or_else(|| SyncError::Other {
+                            op: "upload",
+                            path: paths[i].clone(),
+                            why: why.clone(),
+                        })));
+                    }
+                }
+            }
+        } else {
+            // One file (a `sync/move` would list the target directory for it), or a
+            // directory that cannot move as a whole.
+            for (i, name, e) in together {
+                let partial = format!("{dir}/{name}");
+                results[i] = Some(
+                    self.cloud
+                        .move_file(&partial, &self.cloud_path(&paths[i]))
+                        .map(|()| e)
+                        .map_err(Into::into),
+                );
+            }
+            let _ = self.cloud.rmdir(&dir);
         }
         Ok(results
             .into_iter()
@@ -1168,6 +1233,16 @@ impl VolumeSync {
     }
 }
 
+/// The directory `p` is in (`""` at the top of the volume).
+fn parent_dir(p: &str) -> &str {
+    p.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// The last component of `p`.
+fn file_name(p: &str) -> &str {
+    p.rsplit_once('/').map_or(p, |(_, n)| n)
+}
+
 /// What a sync worker does next.
 enum Work {
     One(Action),
@@ -1175,9 +1250,9 @@ enum Work {
     Uploads(Vec<(String, u64)>),
 }
 
-/// Takes the next piece of work off `queue`: consecutive small uploads together, up to the
-/// `UPLOAD_BATCH_*` limits and a fair share of what is left, so that `workers` workers all
-/// have some.
+/// Takes the next piece of work off `queue`: consecutive small uploads into one directory
+/// together, up to the `UPLOAD_BATCH_*` limits and a fair share of what is left, so that
+/// `workers` workers all have some.
 fn next_work(queue: &mut VecDeque<Action>, workers: usize) -> Option<Work> {
     let small =
         |a: &Action| matches!(a, Action::Upload { size, .. } if *size <= UPLOAD_BATCH_FILE_MAX);
@@ -1185,11 +1260,14 @@ fn next_work(queue: &mut VecDeque<Action>, workers: usize) -> Option<Work> {
         return queue.pop_front().map(Work::One);
     }
     let share = queue.len().div_ceil(workers.max(1)).min(UPLOAD_BATCH_FILES);
-    let (mut files, mut bytes) = (Vec::new(), 0);
+    let (mut files, mut bytes): (Vec<(String, u64)>, u64) = (Vec::new(), 0);
     while files.len() < share {
         match queue.front() {
-            Some(Action::Upload { size, .. })
+            Some(Action::Upload { size, path })
                 if *size <= UPLOAD_BATCH_FILE_MAX
+                    && !files
+                        .first()
+                        .is_some_and(|(first, _)| parent_dir(first) != parent_dir(path))
                     && (files.is_empty() || bytes + size <= UPLOAD_BATCH_BYTES) =>
             {
                 let Some(Action::Upload { path, size }) = queue.pop_front() else {
@@ -1308,6 +1386,21 @@ mod tests {
         );
         assert_eq!(take(&mut q, 1), ["one:f"]);
         assert!(next_work(&mut q, 1).is_none());
+    }
+
+    #[test]
+    fn a_batch_stays_in_one_directory() {
+        let mut q: VecDeque<Action> = ["a/1", "a/2", "a/b/3", "a/b/4", "c", "d"]
+            .into_iter()
+            .map(|p| upload(p, 10))
+            .collect();
+        assert_eq!(take(&mut q, 1), ["a/1", "a/2"]);
+        assert_eq!(take(&mut q, 1), ["a/b/3", "a/b/4"]);
+        assert_eq!(take(&mut q, 1), ["c", "d"]);
+        assert_eq!(parent_dir("a/b/3"), "a/b");
+        assert_eq!(parent_dir("c"), "");
+        assert_eq!(file_name("a/b/3"), "3");
+        assert_eq!(file_name("c"), "c");
     }
 
     #[test]

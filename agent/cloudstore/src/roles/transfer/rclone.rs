@@ -491,42 +491,75 @@ impl Rclone {
         })
     }
 
-    /// Starts one `operations/uploadfile` call; [`UploadBatch::add`] streams files into it
-    /// one after the other, each under a fresh name in the partial directory, and
-    /// [`UploadBatch::finish`] ends it. Not retried here (the content is a stream): the
-    /// engine retries the files.
+    /// Starts one `operations/uploadfile` call into a fresh directory of the partial area
+    /// ([`UploadBatch::dir`]); [`UploadBatch::add`] streams files into it one after the
+    /// other and [`UploadBatch::finish`] ends it. Not retried here (the content is a
+    /// stream): the engine retries the files.
     pub fn begin_upload(&self) -> Result<UploadBatch<'_>> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = format!(
+            "{PARTIAL_DIR}/{}-{}-{n}",
+            std::process::id(),
+            random_token()
+        );
         let server = self.ensure()?;
         let boundary = format!("cloudstore{}", random_token());
-        let s = server.connection("upload", PARTIAL_DIR)?;
+        let s = server.connection("upload", &dir)?;
         let mut w = io::BufWriter::with_capacity(256 * 1024, s);
         let head = format!(
             "POST /operations/uploadfile?fs={}&remote={} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nTransfer-Encoding: chunked\r\n\r\n",
             encode_component(&self.opts.remote),
-            PARTIAL_DIR,
+            encode_component(&dir),
             server.addr,
             self.auth
         );
         w.write_all(head.as_bytes())
-            .map_err(|source| transport_upload(PARTIAL_DIR, source))?;
+            .map_err(|source| transport_upload(&dir, source))?;
         Ok(UploadBatch {
             rclone: self,
             server,
             w,
+            dir,
             boundary,
             buf: vec![0u8; 256 * 1024],
             sent: 0,
         })
     }
 
-    /// The objects in the partial directory, by their path from the remote's root.
-    pub fn partial_objects(&self) -> Result<BTreeMap<String, CloudEntry>> {
+    /// The files directly in `dir`, by name.
+    pub fn files_in(&self, dir: &str) -> Result<BTreeMap<String, CloudEntry>> {
         Ok(self
-            .list(PARTIAL_DIR)?
+            .list(dir)?
             .into_iter()
-            .filter(|e| !e.is_dir)
-            .map(|e| (format!("{PARTIAL_DIR}/{}", e.path), e))
+            .filter(|e| !e.is_dir && !e.path.contains('/'))
+            .map(|e| (e.path.clone(), e))
             .collect())
+    }
+
+    /// Moves every file of directory `from` into directory `to` (created if missing),
+    /// server-side, in one call (rc `sync/move`: one directory move where `to` does not
+    /// exist and the backend can, else a move per file inside rclone), then removes `from`.
+    pub fn move_files_of(&self, from: &str, to: &str) -> Result<()> {
+        self.rc(
+            "move",
+            "sync/move",
+            to,
+            json!({"srcFs": self.fs_at(from), "dstFs": self.fs_at(to),
+                   "deleteEmptySrcDirs": true}),
+        )?;
+        self.rmdir(from)
+    }
+
+    /// `<remote>/<path>` as an rclone fs string.
+    fn fs_at(&self, path: &str) -> String {
+        let r = &self.opts.remote;
+        if path.is_empty() {
+            r.clone()
+        } else if r.ends_with(':') || r.ends_with('/') {
+            format!("{r}{path}")
+        } else {
+            format!("{r}/{path}")
+        }
     }
 
     /// Server-side move of one object (replacing the destination).
@@ -592,6 +625,18 @@ impl Drop for Rclone {
     }
 }
 
+/// Whether `name` can travel as a multipart file name as it is: rclone stores a part under
+/// the name it is sent with (Go's `multipart.Part.FileName`), and a name needing quoting or
+/// escaping in the header is better sent under a fresh one and moved on its own.
+pub fn sendable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'/' || b == b' ')
+}
+
 /// Why a file could not be added to an [`UploadBatch`].
 #[derive(Debug)]
 pub enum AddError {
@@ -607,6 +652,7 @@ pub struct UploadBatch<'a> {
     rclone: &'a Rclone,
     server: Arc<Server>,
     w: io::BufWriter<TcpStream>,
+    dir: String,
     boundary: String,
     buf: Vec<u8>,
     sent: usize,
@@ -618,16 +664,27 @@ impl UploadBatch<'_> {
         self.sent
     }
 
-    /// Streams `content` (meant for `path`, named in errors) as the next file and returns
+    /// The partial directory the files go to.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// Streams `content` (meant for `path`, named in errors) as the next file, named `name`
+    /// in the batch's directory if [`sendable_name`] allows, else under a fresh name; returns
     /// the partial path it is stored under.
     pub fn add(
         &mut self,
+        name: &str,
         path: &str,
         content: &mut dyn Read,
     ) -> std::result::Result<String, AddError> {
-        let n = self.rclone.counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{}-{n}", std::process::id(), random_token());
-        let partial = format!("{PARTIAL_DIR}/{name}");
+        let name = if sendable_name(name) {
+            name.to_owned()
+        } else {
+            let n = self.rclone.counter.fetch_add(1, Ordering::Relaxed);
+            format!("{PARTIAL_DIR}-{}-{n}", random_token())
+        };
+        let partial = format!("{}/{name}", self.dir);
         let cloud = |source| AddError::Cloud(transport_upload(path, source));
         let part_head = format!(
             "--{}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
@@ -1132,35 +1189,77 @@ mod tests {
                 }
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let r = rclone(dir.path());
+        let tmp = tempfile::tempdir().unwrap();
+        let r = rclone(tmp.path());
         let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         let mut batch = r.begin_upload().unwrap();
-        let a = batch.add("a", &mut &b"first"[..]).unwrap();
-        let cut = match batch.add("b", &mut Failing(io::Cursor::new(vec![7u8; 1000]))) {
+        let dir = batch.dir().to_owned();
+        let a = batch.add("a", "vol/a", &mut &b"first"[..]).unwrap();
+        assert_eq!(a, format!("{dir}/a"), "a plain name travels as it is");
+        let cut = match batch.add("b", "vol/b", &mut Failing(io::Cursor::new(vec![7u8; 1000]))) {
             Err(AddError::Content { partial, source }) => {
                 assert!(source.to_string().contains("storage went away"));
                 partial
             }
             other => panic!("a cut content is reported: {other:?}"),
         };
-        let c = batch.add("c", &mut &big[..]).unwrap();
-        let empty = batch.add("d", &mut io::empty()).unwrap();
-        assert_eq!(batch.sent(), 4);
+        let c = batch.add("c", "vol/c", &mut &big[..]).unwrap();
+        let empty = batch.add("d", "vol/d", &mut io::empty()).unwrap();
+        let quoted = batch.add("say \"hi\"", "vol/q", &mut &b"q"[..]).unwrap();
+        assert!(
+            quoted.starts_with(&format!("{dir}/{PARTIAL_DIR}-")),
+            "a name that needs quoting travels under another: {quoted}"
+        );
+        assert_eq!(batch.sent(), 5);
         batch.finish().unwrap();
 
-        let stored = r.partial_objects().unwrap();
-        assert_eq!(stored[&a].size, 5);
-        assert_eq!(
-            stored[&cut].size, 1000,
-            "the cut file ends where its content did"
+        let stored = r.files_in(&dir).unwrap();
+        let at = |partial: &str| stored[partial.rsplit('/').next().unwrap()].size;
+        assert_eq!(at(&a), 5);
+        assert_eq!(at(&cut), 1000, "the cut file ends where its content did");
+        assert_eq!(at(&c), big.len() as u64);
+        assert_eq!(at(&empty), 0);
+        assert_eq!(at(&quoted), 1);
+        r.move_file(&quoted, "vol/say \"hi\"").unwrap();
+        r.delete_file(&cut).unwrap();
+        // The rest moves with one call, into a directory that already has a file.
+        let cloud = tmp.path().join("cloud/vol");
+        std::fs::create_dir_all(&cloud).unwrap();
+        std::fs::write(cloud.join("old"), b"old").unwrap();
+        r.move_files_of(&dir, "vol").unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&cloud)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "c", "d", "old", "say \"hi\""]);
+        assert_eq!(std::fs::read(cloud.join("c")).unwrap(), big);
+        assert!(
+            !tmp.path().join("cloud").join(&dir).exists(),
+            "the partial directory is gone"
         );
-        assert_eq!(stored[&c].size, big.len() as u64);
-        assert_eq!(stored[&empty].size, 0);
-        r.move_file(&c, "vol/c").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("cloud/vol/c")).unwrap(), big);
         // The same connection carries the next call.
         assert_eq!(r.ensure().unwrap().idle.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn names_that_need_quoting_are_not_sent_as_they_are() {
+        for ok in ["Zm9vYmFy", "gocryptfs.longname.abc", "a b", "x.y-z_1"] {
+            assert!(sendable_name(ok), "{ok}");
+        }
+        for odd in [
+            "",
+            ".",
+            "..",
+            "a\"b",
+            "a\\b",
+            "a/b",
+            "caf\u{e9}",
+            "a\nb",
+            "a\rb",
+        ] {
+            assert!(!sendable_name(odd), "{odd:?}");
+        }
     }
 
     #[test]
