@@ -13,10 +13,11 @@
 //! the password is checked against an htpasswd `{SHA}` entry (one SHA-1, as cheap as no
 //! authentication), connections are reused, and small files travel many to a call.
 //!
-//! Uploads go to `<remote>/.cloudstore-partial/` under a fresh name and are moved into place
-//! server-side only once rclone reports them complete: a cut upload (rclone killed, network
-//! lost) is never visible under the real name on backends whose own uploads are not atomic
-//! (the local backend and `rclone serve webdav` write in place).
+//! Uploads go to a fresh directory under `<remote>/.cloudstore-partial/` and are moved into
+//! place server-side only once rclone reports them complete (the files of one call together,
+//! with one `sync/move`): a cut upload (rclone killed, network lost) is never visible under
+//! the real name on backends whose own uploads are not atomic (the local backend and
+//! `rclone serve webdav` write in place).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
