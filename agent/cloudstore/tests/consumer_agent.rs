@@ -181,6 +181,28 @@ impl Consumer {
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).stdin(Stdio::null()).output().unwrap()
     }
+
+    /// `cloudstore init VOLUME` with the passphrase in `passfile` (a fast scrypt cost).
+    fn init(&self, volume: &str, passfile: &Path) -> Output {
+        self.run(&[
+            "init",
+            volume,
+            "--scryptn",
+            "10",
+            "--passphrase-file",
+            passfile.to_str().unwrap(),
+        ])
+    }
+
+    /// `cloudstore unlock VOLUME` with the passphrase in `passfile`.
+    fn unlock(&self, volume: &str, passfile: &Path) -> Output {
+        self.run(&[
+            "unlock",
+            volume,
+            "--passphrase-file",
+            passfile.to_str().unwrap(),
+        ])
+    }
 }
 
 impl Drop for Consumer {
@@ -287,35 +309,16 @@ fn whole_life_cycle() {
     );
 
     // unlock before init: the volume has no gocryptfs.conf yet.
-    let e = fails(qube.run(&[
-        "unlock",
-        "work",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    let e = fails(qube.unlock("work", &pass));
     assert!(e.contains("cloudstore init work"), "{e}");
 
     // init through the agent, then again: refused, and the first config survives.
-    let out = ok(qube.run(&[
-        "init",
-        "work",
-        "--scryptn",
-        "10",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    let out = ok(qube.init("work", &pass));
     assert!(out.contains("created volume work"), "{out}");
     let conf = storage.tree("work").join("gocryptfs.conf");
     let first = fs::read(&conf).expect("gocryptfs.conf on storage");
     assert!(storage.tree("work").join("gocryptfs.diriv").exists());
-    let e = fails(qube.run(&[
-        "init",
-        "work",
-        "--scryptn",
-        "10",
-        "--passphrase-file",
-        wrong.to_str().unwrap(),
-    ]));
+    let e = fails(qube.init("work", &wrong));
     assert!(
         e.contains("already exists") && e.contains("refusing to overwrite"),
         "{e}"
@@ -325,23 +328,11 @@ fn whole_life_cycle() {
         first,
         "the existing config was changed"
     );
-    let e = fails(qube.run(&[
-        "init",
-        "nope",
-        "--scryptn",
-        "10",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    let e = fails(qube.init("nope", &pass));
     assert!(e.contains("not configured"), "{e}");
 
     // A wrong passphrase: a clear error, nothing mounted.
-    let e = fails(qube.run(&[
-        "unlock",
-        "work",
-        "--passphrase-file",
-        wrong.to_str().unwrap(),
-    ]));
+    let e = fails(qube.unlock("work", &wrong));
     assert!(e.contains("wrong passphrase for volume work"), "{e}");
     assert_eq!(mount_type(&mp), None, "mounted despite a wrong passphrase");
 
@@ -376,12 +367,7 @@ fn whole_life_cycle() {
     );
 
     // Unlock: the mount appears and works.
-    let msg = ok(qube.run(&[
-        "unlock",
-        "work",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    let msg = ok(qube.unlock("work", &pass));
     assert_eq!(mount_type(&mp).as_deref(), Some("cloudstore:work"), "{msg}");
     // ... here, in the qube's namespace, while the agent runs in its own without the
     // capability to mount: the helper made it.
@@ -415,12 +401,7 @@ fn whole_life_cycle() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("hello.txt")]);
-    let e = fails(qube.run(&[
-        "unlock",
-        "work",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    let e = fails(qube.unlock("work", &pass));
     assert!(e.contains("already unlocked"), "{e}");
 
     // status: one line per volume with the worker's view.
@@ -541,12 +522,7 @@ fn whole_life_cycle() {
     assert!(e.contains("not unlocked"), "{e}");
 
     // Unlock again: works, the content is there.
-    let msg = ok(qube.run(&[
-        "unlock",
-        "work",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    let msg = ok(qube.unlock("work", &pass));
     let pid2 = worker_pid(&msg);
     assert_ne!(pid2, pid1);
     assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"first");
@@ -683,20 +659,8 @@ fn mount_helper_refuses_what_is_not_its_job() {
     );
     // The helper served all of this and still mounts for the agent.
     let pass = qube.passfile("pass", PASS);
-    ok(qube.run(&[
-        "init",
-        "work",
-        "--scryptn",
-        "10",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
-    ok(qube.run(&[
-        "unlock",
-        "work",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]));
+    ok(qube.init("work", &pass));
+    ok(qube.unlock("work", &pass));
     assert_eq!(
         mount_type(&qube.mountpoint("work")).as_deref(),
         Some("cloudstore:work")

@@ -401,21 +401,19 @@ fn a_clean_close_is_trusted_even_by_the_next_boot() {
         open_marker(&f).exists(),
         "the journal is marked open while in use"
     );
-    let f = f.reopen();
     let head = f.vol.journal_head();
-    let data = f.data();
-    let cfg = StoreConfig {
-        boot_id: "a-later-boot".into(),
-        ..f.store.config().clone()
-    };
-    drop((f.vol, f.store));
-    let marker = data.join("volumes/work/journal/open");
-    assert!(!marker.exists(), "a clean close removes the open marker");
-    let store = Store::open(&data, cfg).unwrap();
-    let vol = store.volume("work").unwrap();
-    assert_eq!(vol.journal_head(), head);
+    let f = f.close_and_restart(
+        |data| {
+            assert!(
+                !data.join("volumes/work/journal/open").exists(),
+                "a clean close removes the open marker"
+            )
+        },
+        |cfg| cfg.boot_id = "a-later-boot".into(),
+    );
+    assert_eq!(f.vol.journal_head(), head);
     assert_eq!(
-        all_changes(&vol, 1).len(),
+        all_changes(&f.vol, 1).len(),
         5,
         "no rescan after a clean close"
     );

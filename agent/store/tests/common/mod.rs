@@ -67,7 +67,17 @@ impl Fixture {
 
     /// Drops the store and opens it again from disk, as after a restart.
     pub fn reopen(self) -> Fixture {
-        self.restart(false, |_| {}, |_| {})
+        self.close_and_restart(|_| {}, |_| {})
+    }
+
+    /// A clean stop (everything dropped), `between` run on the data directory, then a start
+    /// with `cfg` tweaked.
+    pub fn close_and_restart(
+        self,
+        between: impl FnOnce(&std::path::Path),
+        tweak: impl FnOnce(&mut StoreConfig),
+    ) -> Fixture {
+        self.restart(false, between, tweak)
     }
 
     /// The agent dying without closing anything (the volume is never dropped, so its
