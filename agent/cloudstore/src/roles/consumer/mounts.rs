@@ -548,14 +548,15 @@ fn serve(s: &UnixStream) -> anyhow::Result<()> {
             return Ok(());
         }
         if !line.ends_with(b"\n") {
+            let message = format!("a request longer than {MAX_LINE} bytes, or cut short");
             send_reply(
                 s,
                 &MountReply::Error {
-                    message: format!("a request longer than {MAX_LINE} bytes, or cut short"),
+                    message: message.clone(),
                 },
                 None,
             )?;
-            bail!("a request longer than {MAX_LINE} bytes, or cut short");
+            bail!(message);
         }
         let (reply, fd) = match serde_json::from_slice::<MountRequest>(&line) {
             Ok(req) => answer(req),
