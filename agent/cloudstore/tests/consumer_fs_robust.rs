@@ -30,7 +30,12 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// The ciphertext entry name of a file in the volume root.
 fn root_entry(v: &Volume, name: &str) -> String {
-    let iv = DirIv::parse(&fs::read(v.tree().join("gocryptfs.diriv")).unwrap()).unwrap();
+    entry_in(v, "", name)
+}
+
+/// The ciphertext entry name of `name` in the ciphertext directory `dir` ("" for the root).
+fn entry_in(v: &Volume, dir: &str, name: &str) -> String {
+    let iv = DirIv::parse(&fs::read(v.tree().join(dir).join("gocryptfs.diriv")).unwrap()).unwrap();
     let en = v
         .format_volume()
         .names()
@@ -451,6 +456,68 @@ fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
         Response::Versions(l) => assert!(l.versions.is_empty(), "nothing stays parked"),
         r => panic!("{r:?}"),
     }
+}
+
+#[test]
+fn a_directory_made_here_answers_for_missing_names_until_a_change_comes_from_elsewhere() {
+    let v = Volume::create();
+    let m = v.mount();
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    fs::create_dir(m.p("made-here")).unwrap();
+    fs::write(m.p("made-here/mine.txt"), b"mine").unwrap();
+    let cc = v
+        .format_volume()
+        .content_cipher()
+        .unwrap()
+        .encrypt_file(b"ghost")
+        .unwrap();
+    // Files put straight into the ciphertext tree, behind storage's back: storage pushes
+    // nothing about them, so the mount only sees them where it asks storage.
+    let dir = root_entry(&v, "made-here");
+    let ghost = format!("{dir}/{}", entry_in(&v, &dir, "ghost.txt"));
+    let owner = fs::metadata(v.tree()).unwrap();
+    for p in [
+        v.tree().join(&ghost),
+        v.tree().join(root_entry(&v, "ghost.txt")),
+    ] {
+        fs::write(&p, &cc).unwrap();
+        std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    assert_eq!(
+        fs::read(m.p("ghost.txt")).unwrap(),
+        b"ghost",
+        "the root was not made by this mount: its lookups reach storage"
+    );
+    let e = fs::metadata(m.p("made-here/ghost.txt")).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::NotFound,
+        "a name this mount never made in its own directory is answered without storage"
+    );
+    assert_eq!(fs::read(m.p("made-here/mine.txt")).unwrap(), b"mine");
+
+    // A change from elsewhere in that directory (a download) is pushed: from then on its
+    // names are asked about again, the unannounced one included.
+    let sync = sync_client(&v.storage);
+    let downloaded = format!("{dir}/{}", entry_in(&v, &dir, "downloaded.txt"));
+    put(&sync, &downloaded, &cc, 0o600);
+    support::wait_until("the downloaded file to show", || {
+        m.p("made-here/downloaded.txt").exists()
+    });
+    assert_eq!(fs::read(m.p("made-here/ghost.txt")).unwrap(), b"ghost");
+
+    // Deleted and made again here, the directory is known again, and a removal made here
+    // keeps it right.
+    fs::remove_dir_all(m.p("made-here")).unwrap();
+    fs::create_dir(m.p("made-here")).unwrap();
+    fs::write(m.p("made-here/a"), b"a").unwrap();
+    fs::rename(m.p("made-here/a"), m.p("made-here/b")).unwrap();
+    assert!(!m.p("made-here/a").exists());
+    assert_eq!(fs::read(m.p("made-here/b")).unwrap(), b"a");
+    fs::remove_file(m.p("made-here/b")).unwrap();
+    assert!(!m.p("made-here/b").exists());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{read_frame, write_frame, FrameError, FrameType, FLAG_FINAL, MAX_PAYLOAD};
 use crate::handshake::{client_handshake, HandshakeError, Hello, Session};
-use crate::message::{decode_error, Body, Push, Request, Response};
+use crate::message::{decode_error, Body, Op, Push, Request, Response};
 use crate::server::{CHUNK_SIZE, DEFAULT_MAX_STREAMS, STREAM_WINDOW};
 use crate::types::Attr;
 
@@ -230,6 +230,59 @@ impl Shared {
 }
 
 /// One slot of the in-flight window, freed on drop.
+/// A request sent by [`Client::begin`] whose answer has not been collected yet. Dropping it
+/// unanswered discards the answer when it comes.
+pub struct PendingCall {
+    shared: Arc<Shared>,
+    id: u64,
+    op: Op,
+    timeout: Duration,
+    deadline: Instant,
+    rx: Receiver<Result<Response, RemoteError>>,
+    /// The reader delivered the answer, and with it removed the request from the table.
+    answered: bool,
+    _permit: Permit,
+}
+
+impl PendingCall {
+    /// The answer, or an error once the call's time limit has passed.
+    pub fn wait(mut self) -> Result<Response, RemoteError> {
+        let (shared, id, op) = (&self.shared, self.id, self.op);
+        match self
+            .rx
+            .recv_timeout(self.deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(answer) => {
+                self.answered = true;
+                answer
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // The server may still run it; the cancel lets it drop a stream early, and
+                // the late answer is discarded here.
+                let _ = shared.write(FrameType::Cancel, 0, id, &[]);
+                Err(RemoteError::new(
+                    ErrorCode::TimedOut,
+                    format!(
+                        "{op} (request {id}) got no answer within {:?}",
+                        self.timeout
+                    ),
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        // Not taking the table's lock after an answer matters: the reader may still hold
+        // it, and waiting for it costs this thread a second wake-up.
+        if !self.answered {
+            self.shared.forget(self.id);
+        }
+    }
+}
+
 struct Permit {
     shared: Arc<Shared>,
 }
@@ -354,6 +407,13 @@ impl Client {
 
     /// [`Client::call`] with its own time limit.
     pub fn call_timeout(&self, req: Request, timeout: Duration) -> Result<Response, RemoteError> {
+        self.begin(req, timeout)?.wait()
+    }
+
+    /// Sends a request without waiting for its answer, so that one thread can have several
+    /// in flight (the pieces of one large read or write) and then collect them with
+    /// [`PendingCall::wait`]. `timeout` counts from now.
+    pub fn begin(&self, req: Request, timeout: Duration) -> Result<PendingCall, RemoteError> {
         let op = req.op();
         if op.body() != Body::None {
             return Err(RemoteError::new(
@@ -363,23 +423,19 @@ impl Client {
         }
         let shared = self.shared();
         let deadline = Instant::now() + timeout;
-        let _permit = shared.acquire(deadline)?;
+        let permit = shared.acquire(deadline)?;
         let (tx, rx) = mpsc::sync_channel(1);
         let id = self.start(&req, Pending::Call(tx))?;
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(answer) => answer,
-            Err(RecvTimeoutError::Timeout) => {
-                shared.forget(id);
-                // The server may still run it; the cancel lets it drop a stream early, and
-                // the late answer is discarded here.
-                let _ = shared.write(FrameType::Cancel, 0, id, &[]);
-                Err(RemoteError::new(
-                    ErrorCode::TimedOut,
-                    format!("{op} (request {id}) got no answer within {timeout:?}"),
-                ))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
-        }
+        Ok(PendingCall {
+            shared: shared.clone(),
+            id,
+            op,
+            timeout,
+            deadline,
+            rx,
+            answered: false,
+            _permit: permit,
+        })
     }
 
     /// Registers the request and sends it; returns its id.

@@ -11,6 +11,7 @@
 //! - [`Client`]: thread-safe calls over one stream (request ids, in-flight window, timeouts,
 //!   push channel, streaming [`Download`]/[`Upload`]).
 //! - [`serve`]: the server loop; a bounded worker pool runs a [`Handler`].
+//! - [`queue::WorkQueue`]: the job queue of that pool, shared with the consumer's.
 #![forbid(unsafe_code)]
 
 mod client;
@@ -18,11 +19,12 @@ mod error;
 pub mod frame;
 pub mod handshake;
 mod message;
+pub mod queue;
 mod server;
 mod types;
 mod wire;
 
-pub use client::{Client, ClientConfig, Download, Upload};
+pub use client::{Client, ClientConfig, Download, PendingCall, Upload};
 pub use error::{ErrorCode, RemoteError, MAX_ERROR_MESSAGE};
 pub use frame::{
     read_frame, write_frame, Frame, FrameError, FrameType, FLAG_FINAL, HEADER_LEN, MAX_PAYLOAD,

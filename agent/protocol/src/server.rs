@@ -1,6 +1,7 @@
 //! The server side of a connection: handshake, then a reader loop on the calling thread that
 //! decodes frames and hands requests to a small bounded pool of workers running the
-//! [`Handler`]; responses go out through one writer lock.
+//! [`Handler`] (or runs the ones the handler calls quick itself, see [`Handler::inline`]);
+//! responses go out through one writer lock.
 //!
 //! Bounds: at most `workers + queue` requests are held at once; when the queue is full the
 //! reader stops reading, so a flood fills the peer's pipe instead of our memory. Streams are
@@ -10,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{read_frame, write_frame, FrameError, FrameType, FLAG_FINAL, MAX_PAYLOAD};
 use crate::handshake::{features, server_handshake, Accept, HandshakeError, Session};
 use crate::message::{encode_error, Body, Op, Push, Request, Response, MAX_IO};
+use crate::queue::WorkQueue;
 
 /// Chunks a stream's sender may have outstanding before the receiver grants more credit.
 /// With [`CHUNK_SIZE`] chunks, 4 keep 1 MiB in flight per stream — enough to cover a pipe's
@@ -69,6 +71,14 @@ impl ServerConfig {
 pub trait Handler: Sync {
     /// Handles one request. Called from several worker threads at once.
     fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError>;
+
+    /// Whether `req` is quick enough to run on the reading thread instead of a worker. A
+    /// request handed to a worker pays a thread wake-up, which is most of the cost of a
+    /// lookup; one run here delays the frames behind it, so only short requests that never
+    /// wait on another request (a stream's chunks, a lock a streaming handler holds) belong.
+    fn inline(&self, _req: &Request) -> bool {
+        false
+    }
 
     /// Called once after the connection ended and every request finished: release handles,
     /// end sessions.
@@ -409,25 +419,20 @@ where
     });
     let mut stats = ServeStats::default();
     let errors = AtomicU64::new(0);
+    let jobs = WorkQueue::<Job>::new(config.queue);
     let result = std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<Job>(config.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
         for _ in 0..config.workers {
-            let rx = rx.clone();
-            let conn = &conn;
-            let errors = &errors;
-            s.spawn(move || loop {
-                let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                };
-                if !run_job(conn, handler, job) {
-                    errors.fetch_add(1, Ordering::Relaxed);
+            let (jobs, conn, errors) = (&jobs, &conn, &errors);
+            s.spawn(move || {
+                while let Some(job) = jobs.pop() {
+                    if !run_job(conn, handler, job) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
         }
-        let r = read_loop(&mut reader, &conn, config, &tx, &mut stats);
-        drop(tx);
+        let r = read_loop(&mut reader, &conn, config, handler, &jobs, &mut stats);
+        jobs.close();
         conn.end_streams();
         r
     });
@@ -502,11 +507,12 @@ fn run_job<H: Handler>(conn: &Arc<Conn>, handler: &H, job: Job) -> bool {
     }
 }
 
-fn read_loop(
+fn read_loop<H: Handler>(
     reader: &mut dyn Read,
     conn: &Arc<Conn>,
     config: &ServerConfig,
-    jobs: &SyncSender<Job>,
+    handler: &H,
+    jobs: &WorkQueue<Job>,
     stats: &mut ServeStats,
 ) -> Result<(), ServeError> {
     loop {
@@ -631,9 +637,15 @@ fn read_loop(
                         job.download = Some(ctl);
                     }
                 }
+                if job.upload.is_none() && job.download.is_none() && handler.inline(&job.req) {
+                    if !run_job(conn, handler, job) {
+                        stats.errors += 1;
+                    }
+                    continue;
+                }
                 // Blocks while the queue is full: the reader stops reading and the client's
                 // writes back up, which is the flood control.
-                if jobs.send(job).is_err() {
+                if jobs.push(job).is_err() {
                     return Ok(());
                 }
             }

@@ -24,8 +24,17 @@ struct Setup {
 }
 
 fn start_with(role: Role, server: ServerConfig, client: ClientConfig) -> Setup {
+    start_handler(role, server, client, MemHandler::default())
+}
+
+fn start_handler(
+    role: Role,
+    server: ServerConfig,
+    client: ClientConfig,
+    handler: MemHandler,
+) -> Setup {
     let (a, b) = UnixStream::pair().unwrap();
-    let handler = Arc::new(MemHandler::default());
+    let handler = Arc::new(handler);
     let h = handler.clone();
     let server_end = b.try_clone().unwrap();
     let r = b.try_clone().unwrap();
@@ -148,6 +157,55 @@ fn a_slow_answer_does_not_hold_up_a_fast_one() {
         "20 pings ({fast:?}) finished while the slow call ({slow:?}) was still running"
     );
     assert!(slow >= Duration::from_millis(700));
+}
+
+#[test]
+fn quick_requests_run_on_the_reading_thread_and_the_rest_on_workers() {
+    for inline_stat in [false, true] {
+        let s = start_handler(
+            Role::Volume,
+            ServerConfig::new(Accept::new(Role::Volume)),
+            ClientConfig::new(Hello::new(Role::Volume)),
+            MemHandler {
+                inline_stat,
+                ..MemHandler::default()
+            },
+        );
+        let stat = || {
+            s.client.call(Request::Stat {
+                file: FileRef::Path("sleep/300".into()),
+            })
+        };
+        stat().unwrap();
+        s.client.call(Request::Ping).unwrap();
+        // A ping sent while an inline stat runs waits for it: the reader is busy.
+        let c = s.client.clone();
+        let slow = std::thread::spawn(move || {
+            c.call(Request::Stat {
+                file: FileRef::Path("sleep/300".into()),
+            })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        s.client.call(Request::Ping).unwrap();
+        let ping = t.elapsed();
+        slow.join().unwrap().unwrap();
+        let reader = s.server.thread().id();
+        let ran_on = s.handler.ran_on.lock().unwrap().clone();
+        for (op, thread) in ran_on {
+            let on_reader = thread == reader;
+            let expected = inline_stat && op == Op::Stat;
+            assert_eq!(
+                on_reader, expected,
+                "{op} ran on the reading thread: {on_reader} (inline stat: {inline_stat})"
+            );
+        }
+        assert_eq!(
+            ping >= Duration::from_millis(150),
+            inline_stat,
+            "a ping behind a 300 ms stat took {ping:?} (inline stat: {inline_stat})"
+        );
+    }
 }
 
 #[test]

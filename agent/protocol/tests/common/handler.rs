@@ -25,6 +25,10 @@ pub struct MemHandler {
     pub closed: AtomicUsize,
     /// Turns off the special paths (sleep, hang, panic) for fuzzing.
     pub plain: bool,
+    /// `Stat` requests run on the server's reading thread ([`Handler::inline`]).
+    pub inline_stat: bool,
+    /// The thread each request ran on, by operation.
+    pub ran_on: Mutex<Vec<(Op, std::thread::ThreadId)>>,
 }
 
 /// Deterministic content for `Get` of `gen/<size>`.
@@ -90,7 +94,15 @@ impl MemHandler {
 }
 
 impl Handler for MemHandler {
+    fn inline(&self, req: &Request) -> bool {
+        self.inline_stat && matches!(req, Request::Stat { .. })
+    }
+
     fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {
+        self.ran_on
+            .lock()
+            .unwrap()
+            .push((req.op(), std::thread::current().id()));
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         let r = self.dispatch(req, call);

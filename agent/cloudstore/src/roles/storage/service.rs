@@ -355,6 +355,22 @@ fn no_upload() -> RemoteError {
 }
 
 impl Handler for Connection {
+    /// Lookups, listings and reads run on the connection's reading thread: each is a few
+    /// syscalls, cheaper than waking a worker for it, and none takes a lock that a
+    /// modification (which may copy a whole file into the version area) or a stream holds.
+    fn inline(&self, req: &Request) -> bool {
+        match req {
+            Request::Ping
+            | Request::Stat { .. }
+            | Request::ReadDir { .. }
+            | Request::ReadLink { .. }
+            | Request::Read { .. }
+            | Request::StatFs => true,
+            Request::Open { flags, .. } => !flags.write && !flags.truncate,
+            _ => false,
+        }
+    }
+
     fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {
         if let Scope::Discovery(names) = &self.scope {
             return match req {

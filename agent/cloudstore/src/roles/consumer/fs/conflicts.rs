@@ -64,6 +64,8 @@ fn adopt_one(core: &Core, v: &VersionInfo) -> Result<String, Fail> {
     }
     .map_err(|e| Fail::io(format!("its name does not decrypt: {e}")))?;
     let stamp = utc_stamp(v.time.secs);
+    // The conflict copy appears in `dir` as our own change, so no push will say so.
+    core.entries_unknown_in(&dir);
     for n in 1..=MAX_SUFFIX {
         let name = conflict_name(&plain, &stamp, n);
         let en = core.encrypt_name(&iv, &name, "conflict name")?;

@@ -209,31 +209,69 @@ impl Storage {
         &self,
         mut build: impl FnMut(&Arc<Client>, u64, Instant) -> Result<Request, Fail>,
     ) -> Result<(Response, bool, u64), Fail> {
+        let (mut answers, maybe_sent, gen) =
+            self.call_all(1, |client, gen, deadline, _| build(client, gen, deadline))?;
+        Ok((answers.remove(0), maybe_sent, gen))
+    }
+
+    /// `n` requests sent together on one connection before any answer is awaited (the
+    /// pieces of one large read or write: one round trip instead of `n`), answers in order.
+    /// A lost connection sends them all again on the next one, so each must be safe to
+    /// repeat. `build` makes request `i` for a connection, as in [`Storage::call_with`].
+    pub(crate) fn call_all(
+        &self,
+        n: usize,
+        mut build: impl FnMut(&Arc<Client>, u64, Instant, usize) -> Result<Request, Fail>,
+    ) -> Result<(Vec<Response>, bool, u64), Fail> {
         let deadline = Instant::now() + self.timeout;
         let mut maybe_sent = false;
-        loop {
+        'attempt: loop {
             let (client, gen) = self.client(deadline)?;
-            let req = match build(&client, gen, deadline) {
-                Ok(r) => r,
-                Err(f) if f.is(ErrorCode::ConnectionLost) => {
-                    self.drop_connection(gen);
-                    continue;
+            let mut pending = Vec::with_capacity(n);
+            for i in 0..n {
+                let req = match build(&client, gen, deadline, i) {
+                    Ok(r) => r,
+                    Err(f) if f.is(ErrorCode::ConnectionLost) => {
+                        self.drop_connection(gen);
+                        continue 'attempt;
+                    }
+                    Err(f) => return Err(f),
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                match client.begin(req, left.max(Duration::from_millis(1))) {
+                    Ok(p) => pending.push(p),
+                    Err(e) => match self.retry_after(e, gen, &mut maybe_sent) {
+                        Some(f) => return Err(f),
+                        None => continue 'attempt,
+                    },
                 }
-                Err(f) => return Err(f),
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match client.call_timeout(req, left.max(Duration::from_millis(1))) {
-                Ok(r) => return Ok((r, maybe_sent, gen)),
-                Err(e) if is_lost(&e) => {
-                    maybe_sent = true;
-                    self.drop_connection(gen);
-                }
-                Err(e) if e.code == ErrorCode::TimedOut => {
-                    return Err(Fail::timeout(e.message));
-                }
-                Err(e) => return Err(Fail::remote(e, maybe_sent)),
             }
+            let mut answers = Vec::with_capacity(n);
+            for p in pending {
+                match p.wait() {
+                    Ok(r) => answers.push(r),
+                    Err(e) => match self.retry_after(e, gen, &mut maybe_sent) {
+                        Some(f) => return Err(f),
+                        None => continue 'attempt,
+                    },
+                }
+            }
+            return Ok((answers, maybe_sent, gen));
         }
+    }
+
+    /// What a failed call means: `None` to try again on a new connection (this one is
+    /// lost, and the request may have reached storage), or the failure to report.
+    fn retry_after(&self, e: RemoteError, gen: u64, maybe_sent: &mut bool) -> Option<Fail> {
+        if is_lost(&e) {
+            *maybe_sent = true;
+            self.drop_connection(gen);
+            return None;
+        }
+        if e.code == ErrorCode::TimedOut {
+            return Some(Fail::timeout(e.message));
+        }
+        Some(Fail::remote(e, *maybe_sent))
     }
 
     /// A path-only request, retried across reconnections.

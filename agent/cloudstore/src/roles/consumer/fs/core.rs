@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +16,7 @@ use cloudstore_format::names::{classify, DIRIV_NAME, LONGNAME_SUFFIX};
 use cloudstore_format::{
     offsets, ContentCipher, DirIv, EncryptedName, FormatError, NameKind, HEADER_LEN,
 };
+use cloudstore_protocol::queue::WorkQueue;
 use cloudstore_protocol::{
     Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType, OpenFlags, Push,
     RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
@@ -70,10 +71,11 @@ pub(crate) struct Core {
     notifier: Mutex<Option<fuser::Notifier>>,
     pub status: Arc<FsStatus>,
     own: Mutex<HashMap<String, Instant>>,
-    jobs: Mutex<Option<Sender<Job>>>,
+    /// Requests for the workers; closed at stop, after which jobs run on the caller.
+    jobs: Arc<WorkQueue<Job>>,
     /// One conflict adoption at a time (at connect and on each parked-conflict push).
     pub adopting: Mutex<()>,
-    job_rx: Mutex<Option<Receiver<Job>>>,
+    started: AtomicBool,
     stopping: AtomicBool,
 }
 
@@ -178,6 +180,17 @@ impl Remote<'_> {
             .map(|(r, _)| r)
     }
 
+    /// Requests for the pieces of one large read or write, sent at once.
+    fn calls(
+        &self,
+        n: usize,
+        build: impl Fn(FileRef, usize) -> Request,
+    ) -> Result<Vec<Response>, Fail> {
+        self.core
+            .file_calls(self.ino, self.handle, n, build)
+            .map(|(r, _)| r)
+    }
+
     fn new<'a>(
         core: &'a Core,
         ino: u64,
@@ -222,38 +235,28 @@ impl Remote<'_> {
         Ok(())
     }
 
-    fn write_piece(&self, off: u64, chunk: &[u8]) -> Result<(), Fail> {
-        match self.call(|file| Request::Write {
-            file,
-            offset: off,
-            data: chunk.to_vec(),
-        })? {
-            Response::Written(n) if n as usize == chunk.len() => Ok(()),
-            Response::Written(n) => Err(Fail::io(format!(
-                "storage wrote {n} of {} bytes at {off}",
-                chunk.len()
-            ))),
-            r => Err(expect_resp(r, "Written")),
-        }
-    }
-
     /// Writes in protocol-sized pieces; a 1 MiB FUSE write is 1 MiB + 8 KiB of ciphertext,
     /// so its two pieces are sent at once.
     fn write_pieces(&self, offset: u64, data: &[u8]) -> Result<(), Fail> {
-        if data.len() <= MAX_IO {
-            return self.write_piece(offset, data);
+        let pieces: Vec<&[u8]> = data.chunks(MAX_IO).collect();
+        let answers = self.calls(pieces.len(), |file, i| Request::Write {
+            file,
+            offset: offset + (i * MAX_IO) as u64,
+            data: pieces[i].to_vec(),
+        })?;
+        for (i, r) in answers.into_iter().enumerate() {
+            let (off, want) = (offset + (i * MAX_IO) as u64, pieces[i].len());
+            match r {
+                Response::Written(n) if n as usize == want => {}
+                Response::Written(n) => {
+                    return Err(Fail::io(format!(
+                        "storage wrote {n} of {want} bytes at {off}"
+                    )))
+                }
+                r => return Err(expect_resp(r, "Written")),
+            }
         }
-        std::thread::scope(|s| {
-            let hs: Vec<_> = data
-                .chunks(MAX_IO)
-                .enumerate()
-                .map(|(i, c)| s.spawn(move || self.write_piece(offset + (i * MAX_IO) as u64, c)))
-                .collect();
-            hs.into_iter().try_for_each(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Fail::io("a write thread panicked")))
-            })
-        })
+        Ok(())
     }
 
     fn read_piece(&self, off: u64, len: usize) -> Result<Vec<u8>, Fail> {
@@ -296,26 +299,19 @@ impl CipherStore for Remote<'_> {
             .step_by(MAX_IO)
             .map(|s| (offset + s as u64, MAX_IO.min(buf.len() - s)))
             .collect();
-        let results: Vec<Result<Vec<u8>, Fail>> = if pieces.len() == 1 {
-            vec![self.read_piece(pieces[0].0, pieces[0].1)]
-        } else {
-            let this = &*self;
-            std::thread::scope(|s| {
-                let hs: Vec<_> = pieces
-                    .iter()
-                    .map(|&(o, l)| s.spawn(move || this.read_piece(o, l)))
-                    .collect();
-                hs.into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(Fail::io("a read thread panicked")))
-                    })
-                    .collect()
+        let answers = self
+            .calls(pieces.len(), |file, i| Request::Read {
+                file,
+                offset: pieces[i].0,
+                len: pieces[i].1 as u32,
             })
-        };
+            .map_err(|f| self.fail(f))?;
         let mut done = 0;
-        for (r, (_, want)) in results.into_iter().zip(pieces) {
-            let d = r.map_err(|f| self.fail(f))?;
+        for (r, (_, want)) in answers.into_iter().zip(pieces) {
+            let d = match r {
+                Response::Data(d) => d,
+                r => return Err(self.fail(expect_resp(r, "Data"))),
+            };
             buf[done..done + d.len()].copy_from_slice(&d);
             done += d.len();
             if d.len() < want {
@@ -390,7 +386,6 @@ impl Core {
         connector: Arc<dyn Connector>,
         status: Arc<FsStatus>,
     ) -> Core {
-        let (tx, rx) = mpsc::channel();
         Core {
             st: Storage::new(
                 connector,
@@ -408,9 +403,9 @@ impl Core {
             notifier: Mutex::new(None),
             status,
             own: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(Some(tx)),
+            jobs: Arc::new(WorkQueue::new(usize::MAX)),
             adopting: Mutex::new(()),
-            job_rx: Mutex::new(Some(rx)),
+            started: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
     }
@@ -421,18 +416,14 @@ impl Core {
 
     /// Starts the workers, the storage connection and its push listener.
     pub(crate) fn start(self: &Arc<Self>) {
-        let rx = Arc::new(Mutex::new(
-            lock(&self.job_rx).take().expect("started twice"),
-        ));
+        assert!(!self.started.swap(true, Ordering::Relaxed), "started twice");
         for i in 0..self.opts.workers.max(1) {
-            let rx = rx.clone();
+            let jobs = self.jobs.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("cloudstore-fs-{i}"))
-                .spawn(move || loop {
-                    let job = lock(&rx).recv();
-                    match job {
-                        Ok(j) => j(),
-                        Err(_) => return,
+                .spawn(move || {
+                    while let Some(job) = jobs.pop() {
+                        job();
                     }
                 });
         }
@@ -452,7 +443,7 @@ impl Core {
 
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        *lock(&self.jobs) = None;
+        self.jobs.close();
         if let Some((c, gen)) = self.st.current() {
             c.close();
             self.st.drop_connection(gen);
@@ -460,14 +451,8 @@ impl Core {
     }
 
     pub(crate) fn spawn(&self, job: Job) {
-        let tx = lock(&self.jobs).clone();
-        match tx {
-            Some(tx) => {
-                if let Err(e) = tx.send(job) {
-                    (e.0)();
-                }
-            }
-            None => job(),
+        if let Err(job) = self.jobs.push(job) {
+            job();
         }
     }
 
@@ -478,8 +463,11 @@ impl Core {
         let _ = std::thread::Builder::new()
             .name("cloudstore-push".into())
             .spawn(move || {
-                if let Err(e) = client.call(Request::Subscribe) {
-                    tracing::warn!(volume = %me.opts.volume_name, "subscribing to storage changes failed: {e}; changes made elsewhere show after the cache times out");
+                match client.call(Request::Subscribe) {
+                    Ok(_) => me.status.set_following(true),
+                    Err(e) => {
+                        tracing::warn!(volume = %me.opts.volume_name, "subscribing to storage changes failed: {e}; changes made elsewhere show after the cache times out");
+                    }
                 }
                 if gen > 1 {
                     me.invalidate_all();
@@ -496,6 +484,8 @@ impl Core {
                 }
                 // The stream ended: say so at once (status), and reconnect in the
                 // background so changes are followed again before the next operation.
+                me.status.set_following(false);
+                me.forget_listings();
                 me.st.drop_connection(gen);
                 while !me.stopping.load(Ordering::Relaxed) {
                     if me.st.client(Instant::now() + me.opts.request_timeout).is_ok() {
@@ -513,10 +503,26 @@ impl Core {
         }
     }
 
+    /// The directory at ciphertext path `dir` may hold entries this mount did not make.
+    pub(crate) fn entries_unknown_in(&self, dir: &str) {
+        let mut nodes = lock(&self.nodes);
+        if let (_, Some(ino)) = nodes.resolve(dir) {
+            nodes.unknown_entries(ino);
+        }
+    }
+
+    /// Every directory listing known so far may be out of date.
+    fn forget_listings(&self) {
+        for n in lock(&self.nodes).map.values_mut() {
+            n.entries = None;
+        }
+    }
+
     fn invalidate_all(&self) {
         let inos: Vec<u64> = {
             let mut nodes = lock(&self.nodes);
             for n in nodes.map.values_mut() {
+                n.entries = None;
                 n.diriv = None;
                 let mut c = lock(&n.file.cache);
                 c.clen = None;
@@ -551,8 +557,23 @@ impl Core {
             self.spawn(Box::new(move || super::conflicts::adopt_all(&me)));
             return;
         }
-        let foreign =
-            matches!(c.kind, ChangeKind::Put | ChangeKind::Restore) || !self.is_own(&c.path);
+        let own = self.is_own(&c.path);
+        let foreign = match c.kind {
+            ChangeKind::Restore => true,
+            // A put is never taken for our own (the transfer puts what it downloads,
+            // perhaps where we just wrote), except the IV and long-name files that a new
+            // directory or long name of ours is given: we made them and know them, and
+            // dropping the directory's entry from the kernel would also drop what we know
+            // of its listing.
+            ChangeKind::Put => {
+                !(own
+                    && matches!(
+                        classify(c.path.rsplit('/').next().unwrap_or("").as_bytes()),
+                        NameKind::DirIv | NameKind::LongNameFile
+                    ))
+            }
+            _ => !own,
+        };
         if !foreign {
             return;
         }
@@ -567,7 +588,8 @@ impl Core {
         }
     }
 
-    /// Drops what the kernel and we cache about a ciphertext path changed elsewhere.
+    /// Drops what the kernel and we cache about a ciphertext path changed elsewhere, the
+    /// listings around it included.
     fn invalidate_path(&self, cpath: &str) {
         let (dir, last) = match cpath.rsplit_once('/') {
             Some((d, l)) => (d, l),
@@ -583,8 +605,12 @@ impl Core {
             let (parent, ino) = nodes.resolve(&target);
             let last = target.rsplit('/').next().unwrap_or("").to_owned();
             let mut pname = None;
+            if let Some(p) = parent {
+                nodes.unknown_entries(p);
+            }
             if let Some(i) = ino {
                 if let Some(n) = nodes.map.get_mut(&i) {
+                    n.entries = None;
                     n.diriv = None;
                     let mut c = lock(&n.file.cache);
                     c.clen = None;
@@ -807,13 +833,31 @@ impl Core {
         of: Option<&OpenFile>,
         build: impl Fn(FileRef) -> Request,
     ) -> Result<(Response, bool), Fail> {
+        self.file_calls(ino, of, 1, |file, _| build(file))
+            .map(|(mut r, m)| (r.remove(0), m))
+    }
+
+    /// `n` requests on one file sent at once (see [`Storage::call_all`]).
+    fn file_calls(
+        &self,
+        ino: u64,
+        of: Option<&OpenFile>,
+        n: usize,
+        build: impl Fn(FileRef, usize) -> Request,
+    ) -> Result<(Vec<Response>, bool), Fail> {
+        let mut file = None;
         self.st
-            .call_with(|client, gen, deadline| {
-                let file = match of {
-                    Some(of) => self.handle_for(of, client, gen, deadline)?,
-                    None => FileRef::Path(self.cpath(ino)?),
-                };
-                Ok(build(file))
+            .call_all(n, |client, gen, deadline, i| {
+                if i == 0 {
+                    file = Some(match of {
+                        Some(of) => self.handle_for(of, client, gen, deadline)?,
+                        None => FileRef::Path(self.cpath(ino)?),
+                    });
+                }
+                Ok(build(
+                    file.clone().expect("resolved for the first piece"),
+                    i,
+                ))
             })
             .map(|(r, m, _)| (r, m))
     }
@@ -895,6 +939,13 @@ impl Core {
 
     pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Result<FileAttr, Fail> {
         let (_, entry, cpath) = self.child(parent, name)?;
+        // Only while storage's pushes are followed: they are what keeps a listing right.
+        if self.status.following() && lock(&self.nodes).known_absent(parent, &entry) {
+            return Err(Fail::new(
+                libc::ENOENT,
+                "no such file (its directory's entries are known)",
+            ));
+        }
         let a = self.stat_path(&cpath)?;
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
         Ok(self.attr_of(ino, &a))
@@ -1064,7 +1115,21 @@ impl Core {
             })
     }
 
+    /// Runs an operation that adds an entry to `dir`; when it fails, the entry may exist on
+    /// storage anyway (an answer lost with the connection), so the listing is no longer known.
+    fn adding_entry<T>(&self, dir: u64, op: impl FnOnce() -> Result<T, Fail>) -> Result<T, Fail> {
+        let r = op();
+        if r.is_err() {
+            lock(&self.nodes).unknown_entries(dir);
+        }
+        r
+    }
+
     pub(crate) fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<FileAttr, Fail> {
+        self.adding_entry(parent, || self.make_dir(parent, name, mode))
+    }
+
+    fn make_dir(&self, parent: u64, name: &[u8], mode: u32) -> Result<FileAttr, Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
         self.mark_own(&cpath);
         self.mark_own(&join(&cpath, DIRIV_NAME));
@@ -1100,7 +1165,17 @@ impl Core {
                 return Err(f);
             }
         };
-        let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+        let following = self.status.following();
+        let ino = {
+            let mut nodes = lock(&self.nodes);
+            let ino = nodes.register(parent, &entry, name, a.kind, a.ino);
+            // Made while pushes were not followed, a change from elsewhere could already
+            // be missed.
+            if following {
+                nodes.know_entries(ino);
+            }
+            ino
+        };
         Ok(self.attr_of(ino, &a))
     }
 
@@ -1132,6 +1207,16 @@ impl Core {
     }
 
     pub(crate) fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Fail> {
+        self.adding_entry(parent, || self.create_file(parent, name, mode, flags))
+    }
+
+    fn create_file(
         &self,
         parent: u64,
         name: &[u8],
@@ -1364,6 +1449,10 @@ impl Core {
         name: &[u8],
         target: &[u8],
     ) -> Result<FileAttr, Fail> {
+        self.adding_entry(parent, || self.make_symlink(parent, name, target))
+    }
+
+    fn make_symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<FileAttr, Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
         let enc = self
             .with_cc(|cc| self.vol.names().encrypt_symlink_target(cc, target))?
@@ -1391,6 +1480,10 @@ impl Core {
     }
 
     pub(crate) fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<FileAttr, Fail> {
+        self.adding_entry(newparent, || self.make_link(ino, newparent, newname))
+    }
+
+    fn make_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<FileAttr, Fail> {
         let existing = self.cpath(ino)?;
         let (en, entry, cpath) = self.child(newparent, newname)?;
         self.write_long_name(&en, &cpath)?;
@@ -1416,6 +1509,19 @@ impl Core {
     }
 
     pub(crate) fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Fail> {
+        self.adding_entry(newparent, || {
+            self.rename_entry(parent, name, newparent, newname, flags)
+        })
+    }
+
+    fn rename_entry(
         &self,
         parent: u64,
         name: &[u8],

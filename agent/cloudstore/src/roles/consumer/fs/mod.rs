@@ -122,6 +122,8 @@ impl FsOptions {
 #[derive(Debug, Default)]
 pub struct FsStatus {
     connected: AtomicBool,
+    /// Storage's change pushes reach the mount (its subscription is answered).
+    following: AtomicBool,
     pending_writes: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -129,6 +131,9 @@ pub struct FsStatus {
 impl FsStatus {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+    pub fn following(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
     }
     /// Writes received from applications and not yet acknowledged by storage.
     pub fn pending_writes(&self) -> u64 {
@@ -139,6 +144,9 @@ impl FsStatus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+    pub(crate) fn set_following(&self, yes: bool) {
+        self.following.store(yes, Ordering::SeqCst);
     }
     pub(crate) fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);

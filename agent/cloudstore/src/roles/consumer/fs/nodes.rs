@@ -5,13 +5,17 @@
 //! subtree at no cost. Hard links share one node, found by the storage's inode number
 //! (gocryptfs shows the backing inode numbers too, so `ls -i` matches).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use cloudstore_format::DirIv;
 use cloudstore_protocol::FileType;
 
 pub(crate) const ROOT: u64 = fuser::FUSE_ROOT_ID;
+
+/// The most entries a directory's known listing holds; a larger directory is asked about
+/// each name again (the set costs about 100 bytes per entry).
+pub(crate) const MAX_KNOWN_ENTRIES: usize = 65_536;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Name {
@@ -47,6 +51,12 @@ pub(crate) struct Node {
     pub sino: u64,
     pub diriv: Option<DirIv>,
     pub file: Arc<FileState>,
+    /// Every entry of this directory on storage, while known for certain: a directory this
+    /// mount made starts empty, and each change made here keeps the set right, so a name
+    /// not in it is answered "no such file" without asking storage (creating a file starts
+    /// with that lookup). Dropped for good on any change made elsewhere, a failed change
+    /// here, or a lost connection.
+    pub entries: Option<HashSet<String>>,
 }
 
 pub(crate) struct Nodes {
@@ -68,6 +78,7 @@ impl Nodes {
                 sino: 0,
                 diriv: None,
                 file: Arc::default(),
+                entries: None,
             },
         );
         Nodes {
@@ -133,6 +144,7 @@ impl Nodes {
         kind: FileType,
         sino: u64,
     ) -> u64 {
+        self.entry_added(parent, cname);
         let key = (parent, cname.to_owned());
         if let Some(&ino) = self.children.get(&key) {
             if let Some(n) = self.map.get_mut(&ino) {
@@ -179,6 +191,7 @@ impl Nodes {
                 sino,
                 diriv: None,
                 file: Arc::default(),
+                entries: None,
             },
         );
         self.children.insert(key, ino);
@@ -189,6 +202,9 @@ impl Nodes {
     /// Removes the name `parent/cname` (unlink, rmdir, replaced by a rename). The node
     /// stays while the kernel knows it; with no name left it is only reachable by handle.
     pub(crate) fn detach(&mut self, parent: u64, cname: &str) -> Option<u64> {
+        if let Some(set) = self.map.get_mut(&parent).and_then(|n| n.entries.as_mut()) {
+            set.remove(cname);
+        }
         let ino = self.children.remove(&(parent, cname.to_owned()))?;
         if let Some(n) = self.map.get_mut(&ino) {
             n.names
@@ -206,6 +222,10 @@ impl Nodes {
     /// Moves the name `from` to `to` (a rename), replacing whatever `to` named.
     pub(crate) fn rename(&mut self, from: (u64, &str), to: (u64, &str), to_pname: &[u8]) {
         self.detach(to.0, to.1);
+        if let Some(set) = self.map.get_mut(&from.0).and_then(|n| n.entries.as_mut()) {
+            set.remove(from.1);
+        }
+        self.entry_added(to.0, to.1);
         if let Some(ino) = self.children.remove(&(from.0, from.1.to_owned())) {
             if let Some(n) = self.map.get_mut(&ino) {
                 if let Some(x) = n
@@ -287,6 +307,39 @@ impl Nodes {
         }
     }
 
+    fn entry_added(&mut self, dir: u64, cname: &str) {
+        if let Some(n) = self.map.get_mut(&dir) {
+            if let Some(set) = n.entries.as_mut() {
+                set.insert(cname.to_owned());
+                if set.len() > MAX_KNOWN_ENTRIES {
+                    n.entries = None;
+                }
+            }
+        }
+    }
+
+    /// `dir` was just made by this mount: it is empty, and its listing is known from here.
+    pub(crate) fn know_entries(&mut self, dir: u64) {
+        if let Some(n) = self.map.get_mut(&dir) {
+            n.entries = Some(HashSet::new());
+        }
+    }
+
+    /// Whether `dir/cname` is known not to exist (see [`Node::entries`]).
+    pub(crate) fn known_absent(&self, dir: u64, cname: &str) -> bool {
+        self.map
+            .get(&dir)
+            .and_then(|n| n.entries.as_ref())
+            .is_some_and(|set| !set.contains(cname))
+    }
+
+    /// `dir` may hold entries this mount did not see being made.
+    pub(crate) fn unknown_entries(&mut self, dir: u64) {
+        if let Some(n) = self.map.get_mut(&dir) {
+            n.entries = None;
+        }
+    }
+
     /// Resolves a ciphertext path to the inodes along it that the kernel knows:
     /// (parent of the last component if known, the entry itself if known).
     pub(crate) fn resolve(&self, cpath: &str) -> (Option<u64>, Option<u64>) {
@@ -342,6 +395,40 @@ mod tests {
         assert!(n.cpath(f).is_none(), "unlinked: reachable by handle only");
         assert_eq!(n.resolve("E/F"), (Some(d), None));
         assert_eq!(n.resolve("E"), (Some(ROOT), Some(d)));
+    }
+
+    #[test]
+    fn a_known_listing_follows_every_change_made_through_the_table() {
+        let mut n = Nodes::new();
+        let d = n.register(ROOT, "D", b"dir", FileType::Dir, 100);
+        let e = n.register(ROOT, "E", b"other", FileType::Dir, 200);
+        assert!(
+            !n.known_absent(d, "x"),
+            "nothing is known before know_entries"
+        );
+        n.know_entries(d);
+        n.know_entries(e);
+        assert!(n.known_absent(d, "x"));
+        n.register(d, "x", b"x", FileType::File, 101);
+        assert!(!n.known_absent(d, "x"), "a registered entry exists");
+        n.rename((d, "x"), (e, "y"), b"y");
+        assert!(
+            n.known_absent(d, "x") && !n.known_absent(e, "y"),
+            "renamed across"
+        );
+        n.detach(e, "y");
+        assert!(n.known_absent(e, "y"), "detached");
+        // Forgotten by the kernel, an entry still exists on storage.
+        n.register(d, "z", b"z", FileType::File, 102);
+        let z = n.children[&(d, "z".to_owned())];
+        n.forget(z, 1);
+        assert!(!n.known_absent(d, "z"));
+        n.unknown_entries(d);
+        assert!(!n.known_absent(d, "anything"), "unknown again");
+        for i in 0..=MAX_KNOWN_ENTRIES {
+            n.register(e, &format!("f{i}"), b"f", FileType::File, 1000 + i as u64);
+        }
+        assert!(!n.known_absent(e, "never-made"), "too many entries to keep");
     }
 
     #[test]
