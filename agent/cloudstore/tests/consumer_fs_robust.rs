@@ -396,6 +396,103 @@ fn an_operation_storage_cannot_serve_in_time_fails_with_eio() {
     assert_eq!(fs::read(m.p("g")).unwrap(), b"y");
 }
 
+/// close(2) of `f`, with its result (dropping a `File` ignores it).
+fn close(f: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor is ours alone, taken out of the File.
+    if unsafe { libc::close(f.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn writes_answered_before_storage_are_ordered_and_their_failures_reported() {
+    let v = Volume::create();
+    let m = v.mount_with(|o| o.request_timeout = Duration::from_secs(2));
+    // Small unaligned writes: each rewrites the block the one before it wrote, so each
+    // must see it; a second handle reads them back before the first is closed.
+    let mut f = File::create(m.p("log.txt")).unwrap();
+    let mut want = Vec::new();
+    for i in 0..300 {
+        let line = format!("line {i:04} of an unaligned log\n");
+        f.write_all(line.as_bytes()).unwrap();
+        want.extend_from_slice(line.as_bytes());
+        if i % 50 == 49 {
+            assert_eq!(
+                fs::read(m.p("log.txt")).unwrap(),
+                want,
+                "after {} lines",
+                i + 1
+            );
+            assert_eq!(
+                fs::metadata(m.p("log.txt")).unwrap().len(),
+                want.len() as u64
+            );
+        }
+    }
+    close(f).unwrap();
+    // Truncated and rewritten at once: the truncate waits for the write before it.
+    let big = pattern(7, 3 << 20);
+    let mut f = File::create(m.p("big.bin")).unwrap();
+    f.write_all(&big).unwrap();
+    let mut g = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.p("big.bin"))
+        .unwrap();
+    g.write_all(b"short").unwrap();
+    close(g).unwrap();
+    close(f).unwrap();
+    assert_eq!(fs::read(m.p("big.bin")).unwrap(), b"short");
+
+    // Storage stops answering after the write was answered: fsync reports it. A close
+    // does not wait for it (as on a local file system); the failure is logged with the
+    // file's name when the handle is released.
+    let pid = nix::unistd::Pid::from_raw(v.storage.pid());
+    for how in ["fsync", "close"] {
+        let name = format!("{how}.bin");
+        let mut f = File::create(m.p(&name)).unwrap();
+        f.write_all(&pattern(1, 1 << 20)).unwrap();
+        f.sync_all().unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // Nothing is in flight before it, so it is answered as soon as it is sent (small
+        // enough to fit the socket's buffer: a stopped reader blocks larger ones there).
+        f.write_all(&pattern(2, 4096)).unwrap();
+        if how == "fsync" {
+            let err = f.sync_all().unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EIO), "{how}: {err}");
+        } else {
+            let t = Instant::now();
+            close(f).unwrap();
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "close waited for storage"
+            );
+            // The release runs after the close; its wait ends with the 2 s timeout.
+            std::thread::sleep(Duration::from_millis(3000));
+        }
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        support::wait_until("the failure in the log", || {
+            log_text()
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains(&format!("/{name}")))
+        });
+    }
+    // Storage is back: the mount serves, and a failure was reported once, not forever.
+    support::wait_until("the mount to serve again", || {
+        fs::write(m.p("after.txt"), b"after").is_ok()
+    });
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.p("fsync.bin"))
+        .unwrap();
+    f.write_all(b"again").unwrap();
+    f.sync_all().unwrap();
+    close(f).unwrap();
+}
+
 #[test]
 fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
     let v = Volume::create();

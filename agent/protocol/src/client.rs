@@ -407,13 +407,14 @@ impl Client {
 
     /// [`Client::call`] with its own time limit.
     pub fn call_timeout(&self, req: Request, timeout: Duration) -> Result<Response, RemoteError> {
-        self.begin(req, timeout)?.wait()
+        self.begin(&req, timeout)?.wait()
     }
 
     /// Sends a request without waiting for its answer, so that one thread can have several
     /// in flight (the pieces of one large read or write) and then collect them with
-    /// [`PendingCall::wait`]. `timeout` counts from now.
-    pub fn begin(&self, req: Request, timeout: Duration) -> Result<PendingCall, RemoteError> {
+    /// [`PendingCall::wait`]. `timeout` counts from now. The request is encoded at once:
+    /// the caller keeps it (to send again on another connection, say).
+    pub fn begin(&self, req: &Request, timeout: Duration) -> Result<PendingCall, RemoteError> {
         let op = req.op();
         if op.body() != Body::None {
             return Err(RemoteError::new(
@@ -425,7 +426,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let permit = shared.acquire(deadline)?;
         let (tx, rx) = mpsc::sync_channel(1);
-        let id = self.start(&req, Pending::Call(tx))?;
+        let id = self.start(req, Pending::Call(tx))?;
         Ok(PendingCall {
             shared: shared.clone(),
             id,

@@ -49,7 +49,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Whether the error means "the stream is gone" (retry on the next connection).
-fn is_lost(e: &RemoteError) -> bool {
+pub(crate) fn is_lost(e: &RemoteError) -> bool {
     matches!(e.code, ErrorCode::ConnectionLost)
 }
 
@@ -238,7 +238,7 @@ impl Storage {
                     Err(f) => return Err(f),
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
-                match client.begin(req, left.max(Duration::from_millis(1))) {
+                match client.begin(&req, left.max(Duration::from_millis(1))) {
                     Ok(p) => pending.push(p),
                     Err(e) => match self.retry_after(e, gen, &mut maybe_sent) {
                         Some(f) => return Err(f),

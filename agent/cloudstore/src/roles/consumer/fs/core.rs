@@ -47,7 +47,7 @@ pub(crate) struct OpenFile {
     write: bool,
     /// (connection generation, storage handle)
     remote: Mutex<Option<(u64, u64)>>,
-    file: Arc<FileState>,
+    pub file: Arc<FileState>,
 }
 
 pub(crate) struct DirItem {
@@ -140,7 +140,7 @@ fn name_fail(e: FormatError, shown: &str) -> Fail {
     Fail::new(errno, format!("{shown}: {e}"))
 }
 
-fn expect_resp(r: Response, want: &str) -> Fail {
+pub(crate) fn expect_resp(r: Response, want: &str) -> Fail {
     Fail::io(format!(
         "storage answered {} where {want} was expected",
         r.name()
@@ -153,6 +153,8 @@ struct Remote<'a> {
     core: &'a Core,
     ino: u64,
     handle: Option<&'a OpenFile>,
+    /// Writes go out through this handle without waiting for storage (see behind.rs).
+    behind: Option<&'a Arc<OpenFile>>,
     clen: u64,
     header: Option<[u8; HEADER_LEN]>,
     /// The storage failure behind an I/O error, kept for its errno.
@@ -202,6 +204,7 @@ impl Remote<'_> {
             core,
             ino,
             handle,
+            behind: None,
             clen,
             header,
             err: None,
@@ -239,6 +242,9 @@ impl Remote<'_> {
     /// so its two pieces are sent at once.
     fn write_pieces(&self, offset: u64, data: &[u8]) -> Result<(), Fail> {
         let pieces: Vec<&[u8]> = data.chunks(MAX_IO).collect();
+        if let Some(of) = self.behind {
+            return self.core.write_behind(self.ino, of, offset, &pieces);
+        }
         let answers = self.calls(pieces.len(), |file, i| Request::Write {
             file,
             offset: offset + (i * MAX_IO) as u64,
@@ -837,8 +843,24 @@ impl Core {
             .map(|(mut r, m)| (r.remove(0), m))
     }
 
-    /// `n` requests on one file sent at once (see [`Storage::call_all`]).
+    /// `n` requests on one file sent at once (see [`Storage::call_all`]), after the
+    /// file's write in flight, if any, is answered.
     fn file_calls(
+        &self,
+        ino: u64,
+        of: Option<&OpenFile>,
+        n: usize,
+        build: impl Fn(FileRef, usize) -> Request,
+    ) -> Result<(Vec<Response>, bool), Fail> {
+        match of {
+            Some(of) => self.settle(&of.file),
+            None => self.settle(&self.file_state(ino)),
+        }
+        self.file_calls_unsettled(ino, of, n, build)
+    }
+
+    /// [`Core::file_calls`] without waiting for a write in flight (that write's own sending).
+    pub(crate) fn file_calls_unsettled(
         &self,
         ino: u64,
         of: Option<&OpenFile>,
@@ -862,7 +884,7 @@ impl Core {
             .map(|(r, m, _)| (r, m))
     }
 
-    fn handle_for(
+    pub(crate) fn handle_for(
         &self,
         of: &OpenFile,
         client: &Arc<Client>,
@@ -946,6 +968,14 @@ impl Core {
                 "no such file (its directory's entries are known)",
             ));
         }
+        let known = lock(&self.nodes)
+            .children
+            .get(&(parent, entry.clone()))
+            .copied();
+        if let Some(child) = known {
+            // Its size is only right once its write in flight is answered.
+            self.settle(&self.file_state(child));
+        }
         let a = self.stat_path(&cpath)?;
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
         Ok(self.attr_of(ino, &a))
@@ -1021,6 +1051,7 @@ impl Core {
         &self,
         ino: u64,
         of: Option<&OpenFile>,
+        behind: Option<&Arc<OpenFile>>,
         state: &FileState,
         mut f: impl FnMut(&mut CryptFile<Remote<'_>>, &mut ContentCipher) -> Result<T, FormatError>,
     ) -> Result<T, Fail> {
@@ -1040,6 +1071,7 @@ impl Core {
                 clen,
                 if attempt == 0 { header } else { None },
             );
+            remote.behind = behind;
             // Storage is only reached outside CryptFile::open, so its failures keep their
             // errno; what CryptFile reports after this is about the bytes.
             if let Err(f) = remote.load_header() {
@@ -1097,7 +1129,7 @@ impl Core {
     fn truncate(&self, ino: u64, of: Option<&OpenFile>, size: u64) -> Result<(), Fail> {
         let state = self.file_state(ino);
         let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
-        self.with_crypt(ino, of, &state, |cf, cc| cf.truncate(cc, size))?;
+        self.with_crypt(ino, of, None, &state, |cf, cc| cf.truncate(cc, size))?;
         Ok(())
     }
 
@@ -1274,6 +1306,8 @@ impl Core {
     /// Opens a file; the flag says whether the kernel may keep its cached pages (the file
     /// is unchanged since it was last seen).
     pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Fail> {
+        // A truncating open must not overtake a write still on its way.
+        self.settle(&self.file_state(ino));
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -1316,7 +1350,7 @@ impl Core {
         let of = self.open_file(fh)?;
         let _g = of.file.io.read().unwrap_or_else(|p| p.into_inner());
         let mut buf = vec![0u8; size as usize];
-        let n = self.with_crypt(of.ino, Some(&of), &of.file, |cf, cc| {
+        let n = self.with_crypt(of.ino, Some(&of), None, &of.file, |cf, cc| {
             cf.read(cc, offset, &mut buf)
         })?;
         buf.truncate(n);
@@ -1331,7 +1365,7 @@ impl Core {
         self.status.write_started();
         let res = {
             let _g = of.file.io.write().unwrap_or_else(|p| p.into_inner());
-            self.with_crypt(of.ino, Some(&of), &of.file, |cf, cc| {
+            self.with_crypt(of.ino, Some(&of), Some(&of), &of.file, |cf, cc| {
                 cf.write(cc, offset, data)
             })
         };
@@ -1343,6 +1377,7 @@ impl Core {
 
     pub(crate) fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Fail> {
         let of = self.open_file(fh)?;
+        self.write_error(&of.file)?;
         self.file_call(of.ino, Some(&of), |file| Request::Fsync { file, datasync })?;
         Ok(())
     }
@@ -1358,6 +1393,13 @@ impl Core {
         let Some(of) = lock(&self.files).remove(&fh) else {
             return;
         };
+        // Not reported to the application unless it wrote again or called fsync: the
+        // handle is gone, so the log and the status say it (see behind.rs).
+        if let Err(f) = self.write_error(&of.file) {
+            let shown = self.shown(of.ino);
+            tracing::error!(volume = %self.opts.volume_name, path = %shown, "write {shown}: failed after it was answered: {}", f.msg);
+            self.status.set_error(format!("write {shown}: {}", f.msg));
+        }
         let Some((g, h)) = *lock(&of.remote) else {
             return;
         };

@@ -316,7 +316,8 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        // Every write was acknowledged by storage before it returned: nothing is buffered.
+        // A close does not wait for a write still on its way to storage (see behind.rs):
+        // its outcome is reported by the file's next write or fsync, and logged at release.
         reply.ok();
     }
 

@@ -40,6 +40,17 @@ pub(crate) struct FileCache {
 pub(crate) struct FileState {
     pub io: RwLock<()>,
     pub cache: Mutex<FileCache>,
+    pub behind: Mutex<super::behind::WriteBehind>,
+}
+
+impl FileState {
+    /// Nothing cached of the ciphertext is to be trusted (a write of it failed).
+    pub(crate) fn forget_cached(&self) {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.clen = None;
+        c.header = None;
+        c.seen = None;
+    }
 }
 
 pub(crate) struct Node {

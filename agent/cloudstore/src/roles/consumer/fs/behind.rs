@@ -1,0 +1,234 @@
+//! Write-behind: an application's write is answered once its ciphertext is on its way to
+//! storage, and storage's answer is collected by the next operation on the file.
+//!
+//! The kernel sends a file's writes one at a time (a FUSE mount without writeback caching
+//! holds the inode lock across each), so a synchronous write costs the whole round trip to
+//! storage and back before the application can hand over the next block. Here the round
+//! trip of write N overlaps the copy and encryption of write N+1; a streaming write is
+//! bound by the slower of the two instead of their sum.
+//!
+//! The rules that keep it safe:
+//! - At most one write per file is in flight. Any other request about the file (a read, a
+//!   stat, a truncate, an fsync, the next write) first waits for its answer
+//!   ([`Core::settle`]), so storage sees a file's requests in the order the application
+//!   made them, even though it serves a connection's requests concurrently.
+//! - A connection lost with the write in flight: the write is sent again on the next one
+//!   (the same bytes at the same offset), as a synchronous write would be.
+//! - A write storage refuses (a full disk, a timeout) is reported to the application by the
+//!   file's next write or `fsync` ([`Core::write_error`]), and logged with the file's name
+//!   (kept for `cloudstore status`) when the file is released; the cached size is dropped so
+//!   nothing is assumed about the file. `close` does not wait for it, as on a local file
+//!   system, where a writeback failure is not reported at close either: a close would
+//!   otherwise wait on storage, and a close happens behind every `exec` of a process that
+//!   inherited the descriptor.
+//! - Until storage has answered, the write counts in the status's pending writes.
+
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+use cloudstore_protocol::{ErrorCode, PendingCall, Request, Response, MAX_IO};
+
+use super::conn::is_lost;
+use super::core::{expect_resp, Core, OpenFile};
+use super::nodes::FileState;
+use super::{Fail, FsStatus};
+
+/// What one file has on its way to storage.
+#[derive(Default)]
+pub(crate) struct WriteBehind {
+    inflight: Option<SentWrite>,
+    /// The failure of a write already answered to the application, until reported.
+    failed: Option<Fail>,
+}
+
+impl std::fmt::Debug for WriteBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("inflight", &self.inflight.is_some())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// The pieces of one write (two for a 1 MiB write: 1 MiB + 8 KiB of ciphertext), sent.
+struct SentWrite {
+    ino: u64,
+    of: Arc<OpenFile>,
+    requests: Vec<Request>,
+    calls: Vec<PendingCall>,
+    _pending: PendingWrite,
+}
+
+/// Counts a write as pending in the status until storage has answered it.
+struct PendingWrite(Arc<FsStatus>);
+
+impl PendingWrite {
+    fn new(status: &Arc<FsStatus>) -> PendingWrite {
+        status.write_started();
+        PendingWrite(status.clone())
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        self.0.write_ended();
+    }
+}
+
+fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
+    state.behind.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks storage's answers to the pieces of a write.
+fn check_written(requests: &[Request], answers: Vec<Response>) -> Result<(), Fail> {
+    for (req, answer) in requests.iter().zip(answers) {
+        let Request::Write { offset, data, .. } = req else {
+            return Err(Fail::io("a write-behind piece is not a write"));
+        };
+        match answer {
+            Response::Written(n) if n as usize == data.len() => {}
+            Response::Written(n) => {
+                return Err(Fail::io(format!(
+                    "storage wrote {n} of {} bytes at {offset}",
+                    data.len()
+                )))
+            }
+            r => return Err(expect_resp(r, "Written")),
+        }
+    }
+    Ok(())
+}
+
+impl Core {
+    /// Waits for the write in flight on this file, if any. A failure is kept for
+    /// [`Core::write_error`] rather than returned: the operation waiting here is not the
+    /// one that failed.
+    pub(crate) fn settle(&self, state: &FileState) {
+        let mut wb = lock(state);
+        self.settle_locked(state, &mut wb);
+    }
+
+    fn settle_locked(&self, state: &FileState, wb: &mut WriteBehind) {
+        if let Some(sent) = wb.inflight.take() {
+            if let Err(f) = self.finish_write(sent) {
+                state.forget_cached();
+                wb.failed.get_or_insert(f);
+            }
+        }
+    }
+
+    /// Waits for the write in flight, and reports (once) a write of this file that failed
+    /// after the application was told it succeeded.
+    pub(crate) fn write_error(&self, state: &FileState) -> Result<(), Fail> {
+        let mut wb = lock(state);
+        self.settle_locked(state, &mut wb);
+        match wb.failed.take() {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the pieces of a write through `of` and returns before storage answers; the
+    /// write before it is collected first, and its failure fails this one.
+    pub(crate) fn write_behind(
+        &self,
+        ino: u64,
+        of: &Arc<OpenFile>,
+        offset: u64,
+        pieces: &[&[u8]],
+    ) -> Result<(), Fail> {
+        let state = &of.file;
+        let mut wb = lock(state);
+        self.settle_locked(state, &mut wb);
+        if let Some(f) = wb.failed.take() {
+            return Err(f);
+        }
+        let timeout = self.opts.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let (client, gen) = self.st.client(deadline)?;
+        let file = match self.handle_for(of, &client, gen, deadline) {
+            Ok(f) => f,
+            // Sent the ordinary way, which reconnects and retries.
+            Err(f) if f.is(ErrorCode::ConnectionLost) => {
+                return self.write_now(ino, of, offset, pieces)
+            }
+            Err(f) => return Err(f),
+        };
+        let requests: Vec<Request> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Request::Write {
+                file: file.clone(),
+                offset: offset + (i * MAX_IO) as u64,
+                data: p.to_vec(),
+            })
+            .collect();
+        let mut calls = Vec::with_capacity(requests.len());
+        for r in &requests {
+            match client.begin(r, timeout) {
+                Ok(c) => calls.push(c),
+                // Whatever was sent is sent again, the same bytes at the same offsets.
+                Err(_) => return self.write_now(ino, of, offset, pieces),
+            }
+        }
+        wb.inflight = Some(SentWrite {
+            ino,
+            of: of.clone(),
+            requests,
+            calls,
+            _pending: PendingWrite::new(&self.status),
+        });
+        Ok(())
+    }
+
+    /// A write sent and answered before returning.
+    fn write_now(
+        &self,
+        ino: u64,
+        of: &OpenFile,
+        offset: u64,
+        pieces: &[&[u8]],
+    ) -> Result<(), Fail> {
+        let requests: Vec<Request> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Request::Write {
+                file: cloudstore_protocol::FileRef::Handle(0),
+                offset: offset + (i * MAX_IO) as u64,
+                data: p.to_vec(),
+            })
+            .collect();
+        self.send_writes(ino, of, &requests)
+    }
+
+    /// Sends `requests` (writes) on whatever connection is up, retrying across
+    /// reconnections, and checks the answers.
+    fn send_writes(&self, ino: u64, of: &OpenFile, requests: &[Request]) -> Result<(), Fail> {
+        let answers = self.file_calls_unsettled(ino, Some(of), requests.len(), |file, i| {
+            match &requests[i] {
+                Request::Write { offset, data, .. } => Request::Write {
+                    file,
+                    offset: *offset,
+                    data: data.clone(),
+                },
+                other => other.clone(),
+            }
+        })?;
+        check_written(requests, answers.0)
+    }
+
+    fn finish_write(&self, sent: SentWrite) -> Result<(), Fail> {
+        let mut answers = Vec::with_capacity(sent.calls.len());
+        for call in sent.calls {
+            match call.wait() {
+                Ok(r) => answers.push(r),
+                Err(e) if is_lost(&e) => {
+                    return self.send_writes(sent.ino, &sent.of, &sent.requests);
+                }
+                Err(e) if e.code == ErrorCode::TimedOut => return Err(Fail::timeout(e.message)),
+                Err(e) => return Err(Fail::remote(e, false)),
+            }
+        }
+        check_written(&sent.requests, answers)
+    }
+}
