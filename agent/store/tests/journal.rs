@@ -11,6 +11,16 @@ use std::time::Duration;
 use cloudstore_store::*;
 use common::*;
 
+/// Cuts `file` to `len` bytes, as a disk that lost the writes past it.
+fn cut(file: &std::path::Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_len(len)
+        .unwrap()
+}
+
 fn journal_file(f: &Fixture) -> std::path::PathBuf {
     f.data().join("volumes/work/journal/journal.log")
 }
@@ -348,17 +358,7 @@ fn a_session_end_lost_in_a_crash_is_written_again_on_reopen() {
     let before_end = std::fs::metadata(&jf).unwrap().len();
     f.vol.release(&p("f")).unwrap();
     assert!(std::fs::metadata(&jf).unwrap().len() > before_end);
-    let f = f.die_and_restart(
-        |_| {
-            OpenOptions::new()
-                .write(true)
-                .open(&jf)
-                .unwrap()
-                .set_len(before_end)
-                .unwrap()
-        },
-        |_| {},
-    );
+    let f = f.die_and_restart(|_| cut(&jf, before_end), |_| {});
     let e = all_changes(&f.vol, head);
     assert_eq!(kinds(&e), vec![(ChangeKind::ModifyEnd, "f".into(), None)]);
     assert_eq!(e[0].size, 7);
@@ -448,14 +448,7 @@ fn a_machine_crash_makes_every_reader_rescan_and_never_reuses_a_number() {
     // The machine stops: the disk kept only the first 5 records; the next boot has
     // another id.
     let f = f.die_and_restart(
-        |_| {
-            OpenOptions::new()
-                .write(true)
-                .open(&jf)
-                .unwrap()
-                .set_len(len_after_5)
-                .unwrap()
-        },
+        |_| cut(&jf, len_after_5),
         |cfg| cfg.boot_id = "the-next-boot".into(),
     );
     let head = f.vol.journal_head();

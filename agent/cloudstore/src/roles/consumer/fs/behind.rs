@@ -28,7 +28,6 @@ use std::time::Instant;
 
 use cloudstore_protocol::{ErrorCode, PendingCall, Request, Response, MAX_IO};
 
-use super::conn::is_lost;
 use super::core::{expect_resp, Core, OpenFile};
 use super::nodes::FileState;
 use super::{Fail, FsStatus};
@@ -50,13 +49,34 @@ impl std::fmt::Debug for WriteBehind {
     }
 }
 
-/// The pieces of one write (two for a 1 MiB write: 1 MiB + 8 KiB of ciphertext), sent.
+/// The pieces of one write (two for a 1 MiB write: 1 MiB + 8 KiB of ciphertext), sent on
+/// connection `gen`.
 struct SentWrite {
     ino: u64,
     of: Arc<OpenFile>,
+    gen: u64,
     requests: Vec<Request>,
     calls: Vec<PendingCall>,
     _pending: PendingWrite,
+}
+
+/// The pieces of a write: (offset in the ciphertext, bytes), each at most `MAX_IO`.
+pub(crate) fn pieces(offset: u64, data: &[u8]) -> Vec<(u64, &[u8])> {
+    data.chunks(MAX_IO)
+        .enumerate()
+        .map(|(i, p)| (offset + (i * MAX_IO) as u64, p))
+        .collect()
+}
+
+/// The pieces a sent write carries.
+fn pieces_of(requests: &[Request]) -> Vec<(u64, &[u8])> {
+    requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Write { offset, data, .. } => Some((*offset, data.as_slice())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Counts a write as pending in the status until storage has answered it.
@@ -80,11 +100,8 @@ fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
 }
 
 /// Checks storage's answers to the pieces of a write.
-fn check_written(requests: &[Request], answers: Vec<Response>) -> Result<(), Fail> {
-    for (req, answer) in requests.iter().zip(answers) {
-        let Request::Write { offset, data, .. } = req else {
-            return Err(Fail::io("a write-behind piece is not a write"));
-        };
+fn check_written(pieces: &[(u64, &[u8])], answers: Vec<Response>) -> Result<(), Fail> {
+    for (&(offset, data), answer) in pieces.iter().zip(answers) {
         match answer {
             Response::Written(n) if n as usize == data.len() => {}
             Response::Written(n) => {
@@ -134,8 +151,7 @@ impl Core {
         &self,
         ino: u64,
         of: &Arc<OpenFile>,
-        offset: u64,
-        pieces: &[&[u8]],
+        pieces: &[(u64, &[u8])],
     ) -> Result<(), Fail> {
         let state = &of.file;
         let mut wb = lock(state);
@@ -150,17 +166,16 @@ impl Core {
             Ok(f) => f,
             // Sent the ordinary way, which reconnects and retries.
             Err(f) if f.is(ErrorCode::ConnectionLost) => {
-                return self.write_now(ino, of, offset, pieces)
+                return self.send_writes(ino, Some(of), pieces)
             }
             Err(f) => return Err(f),
         };
         let requests: Vec<Request> = pieces
             .iter()
-            .enumerate()
-            .map(|(i, p)| Request::Write {
+            .map(|&(offset, data)| Request::Write {
                 file: file.clone(),
-                offset: offset + (i * MAX_IO) as u64,
-                data: p.to_vec(),
+                offset,
+                data: data.to_vec(),
             })
             .collect();
         let mut calls = Vec::with_capacity(requests.len());
@@ -168,12 +183,13 @@ impl Core {
             match client.begin(r, timeout) {
                 Ok(c) => calls.push(c),
                 // Whatever was sent is sent again, the same bytes at the same offsets.
-                Err(_) => return self.write_now(ino, of, offset, pieces),
+                Err(_) => return self.send_writes(ino, Some(of), pieces),
             }
         }
         wb.inflight = Some(SentWrite {
             ino,
             of: of.clone(),
+            gen,
             requests,
             calls,
             _pending: PendingWrite::new(&self.status),
@@ -181,54 +197,40 @@ impl Core {
         Ok(())
     }
 
-    /// A write sent and answered before returning.
-    fn write_now(
+    /// Sends the pieces of a write and waits for storage's answers, on whatever connection
+    /// is up (retrying across reconnections), without waiting for the file's write in
+    /// flight: the caller has settled it.
+    pub(crate) fn send_writes(
         &self,
         ino: u64,
-        of: &OpenFile,
-        offset: u64,
-        pieces: &[&[u8]],
+        of: Option<&OpenFile>,
+        pieces: &[(u64, &[u8])],
     ) -> Result<(), Fail> {
-        let requests: Vec<Request> = pieces
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Request::Write {
-                file: cloudstore_protocol::FileRef::Handle(0),
-                offset: offset + (i * MAX_IO) as u64,
-                data: p.to_vec(),
-            })
-            .collect();
-        self.send_writes(ino, of, &requests)
-    }
-
-    /// Sends `requests` (writes) on whatever connection is up, retrying across
-    /// reconnections, and checks the answers.
-    fn send_writes(&self, ino: u64, of: &OpenFile, requests: &[Request]) -> Result<(), Fail> {
-        let answers = self.file_calls_unsettled(ino, Some(of), requests.len(), |file, i| {
-            match &requests[i] {
-                Request::Write { offset, data, .. } => Request::Write {
-                    file,
-                    offset: *offset,
-                    data: data.clone(),
-                },
-                other => other.clone(),
-            }
-        })?;
-        check_written(requests, answers.0)
+        let (answers, _) =
+            self.file_calls_unsettled(ino, of, pieces.len(), |file, i| Request::Write {
+                file,
+                offset: pieces[i].0,
+                data: pieces[i].1.to_vec(),
+            })?;
+        check_written(pieces, answers)
     }
 
     fn finish_write(&self, sent: SentWrite) -> Result<(), Fail> {
+        let pieces = pieces_of(&sent.requests);
         let mut answers = Vec::with_capacity(sent.calls.len());
         for call in sent.calls {
             match call.wait() {
                 Ok(r) => answers.push(r),
-                Err(e) if is_lost(&e) => {
-                    return self.send_writes(sent.ino, &sent.of, &sent.requests);
+                Err(e) => {
+                    // A lost connection (None) sends the write again on the next one.
+                    let mut maybe_sent = false;
+                    return match self.st.retry_after(e, sent.gen, &mut maybe_sent) {
+                        Some(f) => Err(f),
+                        None => self.send_writes(sent.ino, Some(&sent.of), &pieces),
+                    };
                 }
-                Err(e) if e.code == ErrorCode::TimedOut => return Err(Fail::timeout(e.message)),
-                Err(e) => return Err(Fail::remote(e, false)),
             }
         }
-        check_written(&sent.requests, answers)
+        check_written(&pieces, answers)
     }
 }

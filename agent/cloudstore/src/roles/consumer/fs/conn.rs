@@ -49,7 +49,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Whether the error means "the stream is gone" (retry on the next connection).
-pub(crate) fn is_lost(e: &RemoteError) -> bool {
+fn is_lost(e: &RemoteError) -> bool {
     matches!(e.code, ErrorCode::ConnectionLost)
 }
 
@@ -262,7 +262,12 @@ impl Storage {
 
     /// What a failed call means: `None` to try again on a new connection (this one is
     /// lost, and the request may have reached storage), or the failure to report.
-    fn retry_after(&self, e: RemoteError, gen: u64, maybe_sent: &mut bool) -> Option<Fail> {
+    pub(crate) fn retry_after(
+        &self,
+        e: RemoteError,
+        gen: u64,
+        maybe_sent: &mut bool,
+    ) -> Option<Fail> {
         if is_lost(&e) {
             *maybe_sent = true;
             self.drop_connection(gen);

@@ -241,28 +241,12 @@ impl Remote<'_> {
     /// Writes in protocol-sized pieces; a 1 MiB FUSE write is 1 MiB + 8 KiB of ciphertext,
     /// so its two pieces are sent at once.
     fn write_pieces(&self, offset: u64, data: &[u8]) -> Result<(), Fail> {
-        let pieces: Vec<&[u8]> = data.chunks(MAX_IO).collect();
+        let pieces = super::behind::pieces(offset, data);
         if let Some(of) = self.behind {
-            return self.core.write_behind(self.ino, of, offset, &pieces);
+            return self.core.write_behind(self.ino, of, &pieces);
         }
-        let answers = self.calls(pieces.len(), |file, i| Request::Write {
-            file,
-            offset: offset + (i * MAX_IO) as u64,
-            data: pieces[i].to_vec(),
-        })?;
-        for (i, r) in answers.into_iter().enumerate() {
-            let (off, want) = (offset + (i * MAX_IO) as u64, pieces[i].len());
-            match r {
-                Response::Written(n) if n as usize == want => {}
-                Response::Written(n) => {
-                    return Err(Fail::io(format!(
-                        "storage wrote {n} of {want} bytes at {off}"
-                    )))
-                }
-                r => return Err(expect_resp(r, "Written")),
-            }
-        }
-        Ok(())
+        self.core.settle_file(self.ino, self.handle);
+        self.core.send_writes(self.ino, self.handle, &pieces)
     }
 
     fn read_piece(&self, off: u64, len: usize) -> Result<Vec<u8>, Fail> {
@@ -852,11 +836,17 @@ impl Core {
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<(Vec<Response>, bool), Fail> {
+        self.settle_file(ino, of);
+        self.file_calls_unsettled(ino, of, n, build)
+    }
+
+    /// Waits for the write in flight on `ino` (through `of`, for a file that may have lost
+    /// its name).
+    fn settle_file(&self, ino: u64, of: Option<&OpenFile>) {
         match of {
             Some(of) => self.settle(&of.file),
             None => self.settle(&self.file_state(ino)),
         }
-        self.file_calls_unsettled(ino, of, n, build)
     }
 
     /// [`Core::file_calls`] without waiting for a write in flight (that write's own sending).
