@@ -565,6 +565,81 @@ fn webdav_server_stopped_mid_transfer() {
     let _ = server.wait();
 }
 
+/// Directories new to the cloud are filled in the partial area and moved into place whole:
+/// one MOVE per directory on webdav, where moving each file costs a MOVE per file (and the
+/// requests around it). Counted in the server's own request log.
+fn new_directories_move_into_place_whole() {
+    let storage = StorageAgent::start("work");
+    let served = shared_tempdir();
+    let cloud = served.path().join("CloudStore").join("work");
+    fs::create_dir_all(&cloud).unwrap();
+    let port = free_port();
+    let log_path = served.path().join("server.log");
+    let mut server = rclone_server()
+        .args(["serve", "webdav", "-v", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(served.path())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port("the webdav server", port);
+    let (_conf_dir, conf) = webdav_conf(port);
+    let c = sync_client(&storage);
+    // Nested new directories (the deepest may finish first and must wait for its parent),
+    // a large file among small ones, and an empty directory.
+    let dirs = ["a", "a/b", "a/b/c", "d"];
+    for (k, d) in dirs.iter().enumerate() {
+        for i in 0..6 {
+            put(&c, &format!("{d}/f{i}"), format!("{d} {i}").as_bytes());
+        }
+        put(&c, &format!("{d}/big"), &vec![k as u8; (2 << 20) + k]);
+    }
+    c.call(Request::Mkdir {
+        path: "a/empty".into(),
+        mode: 0o700,
+    })
+    .unwrap();
+    let t = Transfer::start(
+        &storage,
+        "dav:CloudStore",
+        &[("CLOUDSTORE_RCLONE_CONFIG", conf.to_str().unwrap())],
+    );
+    let got = wait_converged(&storage, &cloud, "new directories");
+    assert_eq!(got.len(), dirs.len() * 7);
+    wait_for("a clean pass", 30, || {
+        t.status().contains("last error:   none")
+    });
+    assert!(
+        cloud.join("a/empty").is_dir(),
+        "the empty directory is made"
+    );
+    let log = fs::read_to_string(&log_path).unwrap();
+    let moves: Vec<&str> = log.lines().filter(|l| l.contains(": MOVE from")).collect();
+    assert_eq!(
+        moves.len(),
+        dirs.len(),
+        "one MOVE per new directory, none per file:\n{}",
+        moves.join("\n")
+    );
+    assert!(
+        moves.iter().all(|m| m.contains("/.cloudstore-partial/")),
+        "each moved from the partial area"
+    );
+    // Recorded: a deletion in storage afterwards reaches the cloud as one.
+    delete(&c, "a/b/c/f0");
+    wait_for("the deletion in the cloud", 30, || {
+        !cloud.join("a/b/c/f0").exists()
+    });
+    assert!(
+        parked_conflicts(&storage).is_empty(),
+        "a recorded directory made conflicts"
+    );
+    drop(t);
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
 /// A flaky cloud in front of `rclone serve webdav`: every third connection is answered
 /// 503 with Retry-After (a throttling cloud), the others are cut after a random time (a
 /// network that drops). Returns the proxy's port and how many requests it refused; it runs
@@ -920,6 +995,10 @@ fn main() {
         (
             "webdav_server_stopped_mid_transfer",
             webdav_server_stopped_mid_transfer,
+        ),
+        (
+            "new_directories_move_into_place_whole",
+            new_directories_move_into_place_whole,
         ),
         (
             "flaky_cloud_and_storage_restart",

@@ -29,8 +29,9 @@ use cloudstore_protocol::{
     Attr, ChangeKind, Changes, Client, ErrorCode, Expect, FileState, FileType, RemoteError,
     Request, Response, Timespec,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::newdirs::{NewDirs, Ready, Sent};
 use super::rclone::{AddError, CloudEntry, Rclone};
 use super::statedb::{CloudSig, Entry, StateDb, StoreSig};
 use super::status::VolumeStatus;
@@ -128,6 +129,8 @@ enum Action {
     MkdirCloud {
         path: String,
         s: StoreSig,
+        /// The cloud has nothing under this name (see newdirs.rs).
+        fresh: bool,
     },
     MkdirStore {
         path: String,
@@ -605,7 +608,11 @@ impl VolumeSync {
             let a = match (s_changed, c_changed) {
                 (false, false) => continue,
                 (true, false) => match (s, &c) {
-                    (Some(s @ StoreSig { dir: true, .. }), _) => Action::MkdirCloud { path, s },
+                    (Some(s @ StoreSig { dir: true, .. }), _) => Action::MkdirCloud {
+                        path,
+                        s,
+                        fresh: c.is_none(),
+                    },
                     (Some(s), _) => Action::Upload { path, size: s.size },
                     (None, Some(c)) => Action::DeleteCloud {
                         path,
@@ -652,7 +659,11 @@ impl VolumeSync {
                         warn!(volume = %self.volume, path = %p, "a directory in the cloud where storage has a file; left alone");
                         continue;
                     }
-                    (Some(s), None) if s.dir => Action::MkdirCloud { path, s },
+                    (Some(s), None) if s.dir => Action::MkdirCloud {
+                        path,
+                        s,
+                        fresh: true,
+                    },
                     // Edited in storage, deleted in the cloud: the edit wins.
                     (Some(s), None) => Action::Upload { path, size: s.size },
                     (None, Some(c)) if c.is_dir => Action::MkdirStore { path, c },
@@ -669,8 +680,16 @@ impl VolumeSync {
         let mut dirs_first: Vec<Action> = Vec::new();
         let mut files: VecDeque<Action> = VecDeque::new();
         let mut dirs_last: Vec<Action> = Vec::new();
+        let mut fresh_dirs: BTreeMap<String, StoreSig> = BTreeMap::new();
         for a in plan {
             match &a {
+                Action::MkdirCloud {
+                    path,
+                    s,
+                    fresh: true,
+                } => {
+                    fresh_dirs.insert(path.clone(), *s);
+                }
                 Action::MkdirCloud { .. } | Action::MkdirStore { .. } => dirs_first.push(a),
                 Action::DeleteCloud { dir: true, .. }
                 | Action::DeleteStore {
@@ -681,6 +700,20 @@ impl VolumeSync {
             }
         }
         dirs_last.sort_by(|a, b| b.path().cmp(a.path()));
+        let uploads: Vec<(String, u64)> = files
+            .iter()
+            .filter_map(|a| match a {
+                Action::Upload { path, size } => Some((path.clone(), *size)),
+                _ => None,
+            })
+            .collect();
+        let (new_dirs, create_first) =
+            NewDirs::choose(&fresh_dirs, &uploads, || self.cloud.partial_dir());
+        dirs_first.extend(create_first.into_iter().map(|path| Action::MkdirCloud {
+            s: fresh_dirs[&path],
+            path,
+            fresh: true,
+        }));
         let report_m = Mutex::new(std::mem::take(report));
         let made_dirs = Mutex::new(BTreeSet::new());
         // Cloud failures in a row: past CLOUD_FAILURES_TO_STOP the cloud is taken to be down
@@ -708,43 +741,97 @@ impl VolumeSync {
             settle(&what, self.apply(a, &made_dirs, &report_m));
         };
         let cloud_down = || cloud_failures.load(Ordering::Relaxed) >= CLOUD_FAILURES_TO_STOP;
+        let uploaded = |o: Outcome| {
+            let r = o.result.and_then(|e| {
+                self.record(&o.path, Some(e))?;
+                let mut rep = report_m.lock().unwrap();
+                rep.uploaded += 1;
+                rep.bytes += o.size;
+                Ok(())
+            });
+            settle(&format!("{:?}", o.path), r);
+        };
+        // New directories whose files have all arrived, and those they let go after them.
+        let place = |ready: Vec<Ready>| {
+            let mut ready = ready;
+            while let Some(r) = ready.pop() {
+                let n = r.sent.len();
+                let outcomes = self.place_files(&r.partial, &r.dir, r.sent);
+                let in_place = outcomes.iter().any(|o| o.result.is_ok());
+                if in_place && n > 1 {
+                    debug!(volume = %self.volume, path = %r.dir, files = n, "new directory moved into place");
+                }
+                outcomes.into_iter().for_each(uploaded);
+                // In place with its files, or made empty (nothing of it arrived).
+                let made = if in_place {
+                    Ok(())
+                } else {
+                    self.cloud
+                        .mkdir(&self.cloud_path(&r.dir))
+                        .map_err(SyncError::from)
+                };
+                let dir_entry = Entry {
+                    s: r.sig,
+                    c: CloudSig::DIR,
+                };
+                settle(
+                    &format!("{:?}", r.dir),
+                    made.and_then(|()| self.record(&r.dir, Some(dir_entry))),
+                );
+                ready.extend(new_dirs.moved(&r.dir));
+            }
+        };
         for a in dirs_first {
             run(a);
         }
+        place(new_dirs.start());
         let queue = Mutex::new(files);
+        // Files into a new directory go to its partial directory and are counted there.
+        let send_into = |dir: &str, partial: &str, files: &[(String, u64)]| -> Result<()> {
+            let (failed, sent) = self.send_files(partial, files)?;
+            failed.into_iter().for_each(uploaded);
+            place(new_dirs.arrived(dir, sent, files.len()));
+            Ok(())
+        };
         let run_uploads = |files: Vec<(String, u64)>| {
-            let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
-            match self.upload_files(&paths) {
-                Ok(results) => {
-                    for ((path, size), r) in files.into_iter().zip(results) {
-                        let r = r.and_then(|e| {
-                            self.record(&path, Some(e))?;
-                            let mut rep = report_m.lock().unwrap();
-                            rep.uploaded += 1;
-                            rep.bytes += size;
-                            Ok(())
-                        });
-                        settle(&format!("{path:?}"), r);
-                    }
-                }
-                Err(e) => {
-                    // One file rclone refuses fails the whole call: each goes again on its
-                    // own, so only that one fails; a cloud that is down shows in a few single
-                    // failures and stops the pass.
-                    warn!(volume = %self.volume, files = files.len(), "upload of several files failed, sending them one by one: {e}");
-                    cloud_failures.fetch_add(1, Ordering::Relaxed);
-                    let mut files = files.into_iter();
-                    for (path, size) in files.by_ref() {
-                        run(Action::Upload { path, size });
-                        if cloud_down() {
-                            break;
+            let dir = parent_dir(&files[0].0).to_owned();
+            let partial = new_dirs.partial_of(&dir);
+            let sent = match &partial {
+                Some(partial) => send_into(&dir, partial, &files),
+                None => self
+                    .upload_files(&files)
+                    .map(|outcomes| outcomes.into_iter().for_each(uploaded)),
+            };
+            let Err(e) = sent else { return };
+            // One file rclone refuses fails the whole call: each goes again on its own, so
+            // only that one fails; a cloud that is down shows in a few single failures and
+            // stops the pass.
+            warn!(volume = %self.volume, files = files.len(), "upload of several files failed, sending them one by one: {e}");
+            cloud_failures.fetch_add(1, Ordering::Relaxed);
+            let mut files = files.into_iter();
+            for (path, size) in files.by_ref() {
+                match &partial {
+                    Some(partial) => {
+                        let one = [(path, size)];
+                        if let Err(e) = send_into(&dir, partial, &one) {
+                            let [(path, size)] = one;
+                            uploaded(Outcome {
+                                path,
+                                size,
+                                result: Err(e),
+                            });
+                            place(new_dirs.arrived(&dir, Vec::new(), 1));
                         }
                     }
-                    let mut q = queue.lock().unwrap();
-                    for (path, size) in files.rev() {
-                        q.push_front(Action::Upload { path, size });
-                    }
+                    None => run(Action::Upload { path, size }),
                 }
+                if cloud_down() {
+                    break;
+                }
+            }
+            let mut q = queue.lock().unwrap();
+            for (path, size) in files.rev() {
+                q.push_front(Action::Upload { path, size });
             }
         };
         std::thread::scope(|sc| {
@@ -755,6 +842,11 @@ impl VolumeSync {
                     }
                     let next = next_work(&mut queue.lock().unwrap(), self.workers);
                     match next {
+                        Some(Work::One(Action::Upload { path, size }))
+                            if new_dirs.partial_of(parent_dir(&path)).is_some() =>
+                        {
+                            run_uploads(vec![(path, size)])
+                        }
                         Some(Work::One(a)) => run(a),
                         Some(Work::Uploads(files)) => run_uploads(files),
                         None => break,
@@ -772,6 +864,18 @@ impl VolumeSync {
         } else {
             for a in dirs_last {
                 run(a);
+            }
+        }
+        // A pass that stopped early leaves new directories unmoved: what arrived of them is
+        // not recorded (the next pass sends it again) and is removed now while the cloud
+        // answers, else at the agent's next start.
+        let unfinished = new_dirs.unfinished();
+        if !unfinished.is_empty() {
+            info!(volume = %self.volume, dirs = unfinished.len(), "new directories not moved into place: the pass stopped early");
+            if !cloud_down() {
+                for (_, partial) in unfinished {
+                    let _ = self.cloud.purge(&partial);
+                }
             }
         }
         *report = report_m.into_inner().unwrap();
@@ -817,31 +921,41 @@ impl VolumeSync {
     }
 
     /// Storage's file → cloud. Returns the recorded entry.
-    fn upload(&self, p: &str) -> Result<Entry> {
-        let mut r = self.upload_files(&[p.to_owned()])?;
-        r.pop().expect("one result per file")
+    fn upload(&self, p: &str, size: u64) -> Result<Entry> {
+        let mut r = self.upload_files(&[(p.to_owned(), size)])?;
+        r.pop().expect("one outcome per file").result
     }
 
-    /// Storage's files → cloud in one rclone call (see `UPLOAD_BATCH_*`), all of them in
-    /// one directory: each streamed from storage into a fresh directory of the partial
-    /// area under its own name, checked against one listing of it, then moved into place
-    /// together with one `sync/move` (a file that needs another name on the way moves on
-    /// its own). The entry to record for each file, in order, or why it was not uploaded;
-    /// `Err` if the call failed as a whole (no file is known to have arrived).
-    fn upload_files(&self, paths: &[String]) -> Result<Vec<Result<Entry>>> {
-        let parent = parent_dir(&paths[0]);
-        debug_assert!(paths.iter().all(|p| parent_dir(p) == parent));
-        let mut results: Vec<Option<Result<Entry>>> = paths.iter().map(|_| None).collect();
-        // (index, partial path, what storage sent)
-        let mut sent: Vec<(usize, String, Attr)> = Vec::new();
+    /// Storage's files (path, size), all of one directory, → cloud: sent with one rclone
+    /// call into a fresh directory of the partial area, then moved into place (see
+    /// [`Engine::place_files`]). The outcome of each file; `Err` if the call failed as a
+    /// whole (no file is known to have arrived).
+    fn upload_files(&self, files: &[(String, u64)]) -> Result<Vec<Outcome>> {
+        let dir = self.cloud.partial_dir();
+        let (mut outcomes, sent) = self.send_files(&dir, files)?;
+        outcomes.extend(self.place_files(&dir, parent_dir(&files[0].0), sent));
+        Ok(outcomes)
+    }
+
+    /// Streams `files` (path, size) from storage into `dir` of the partial area with one
+    /// `uploadfile` call (see `UPLOAD_BATCH_*`), each under its own name. Returns the files
+    /// that failed, and those stored complete; `Err` if the call failed as a whole (no file
+    /// is known to have arrived).
+    fn send_files(&self, dir: &str, files: &[(String, u64)]) -> Result<(Vec<Outcome>, Vec<Sent>)> {
+        let mut failed = Vec::new();
+        let mut sent = Vec::new();
         let mut cut: Vec<String> = Vec::new();
-        let mut batch = self.cloud.begin_upload()?;
-        let dir = batch.dir().to_owned();
-        for (i, p) in paths.iter().enumerate() {
+        let mut batch = self.cloud.begin_upload(dir)?;
+        for (p, size) in files {
+            let fail = |e: SyncError| Outcome {
+                path: p.clone(),
+                size: *size,
+                result: Err(e),
+            };
             let mut dl = match self.store.get(p, None) {
                 Ok(dl) => dl,
                 Err(e) => {
-                    results[i] = Some(Err(e.into()));
+                    failed.push(fail(e.into()));
                     continue;
                 }
             };
@@ -856,15 +970,20 @@ impl VolumeSync {
             );
             match added {
                 Ok(partial) => match dl.finish() {
-                    Ok(attr) => sent.push((i, partial, attr)),
+                    Ok(attr) => sent.push(Sent {
+                        path: p.clone(),
+                        size: *size,
+                        partial,
+                        s: store_sig(&attr).expect("a file"),
+                    }),
                     Err(e) => {
-                        results[i] = Some(Err(e.into()));
+                        failed.push(fail(e.into()));
                         cut.push(partial);
                     }
                 },
                 Err(AddError::Content { partial, source }) => {
                     // What storage said is the better explanation (e.g. the file changed).
-                    results[i] = Some(Err(match dl.finish() {
+                    failed.push(fail(match dl.finish() {
                         Err(e) => e.into(),
                         Ok(_) => SyncError::Other {
                             op: "upload",
@@ -884,70 +1003,96 @@ impl VolumeSync {
         for partial in &cut {
             let _ = self.cloud.delete_file(partial);
         }
+        Ok((failed, sent))
+    }
+
+    /// Moves files stored complete in `dir` of the partial area into the volume directory
+    /// `target`, after checking them against one listing of `dir`: with one `sync/move`
+    /// while `dir` holds nothing else (a rename of `dir` itself where `target` does not
+    /// exist yet), else one by one. Removes `dir`. The outcome of each file.
+    fn place_files(&self, dir: &str, target: &str, sent: Vec<Sent>) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        if sent.is_empty() {
+            let _ = self.cloud.rmdir(dir);
+            return outcomes;
+        }
         // What rclone stored, read back in one listing rather than a stat per file; a
         // server-side move keeps size and modification time (rclone's Move contract, checked
         // by its backend tests), so the listing also describes each object once in place.
-        let stored = if sent.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.cloud.files_in(&dir)?
+        let stored = match self.cloud.files_in(dir) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Counts once towards the cloud being down; the next pass sends them again.
+                let why = format!("reading back what arrived: {e}");
+                let mut first = Some(SyncError::from(e));
+                for x in sent {
+                    let e = first.take().unwrap_or_else(|| SyncError::Other {
+                        op: "upload",
+                        path: x.path.clone(),
+                        why: why.clone(),
+                    });
+                    outcomes.push(x.outcome(Err(e)));
+                }
+                return outcomes;
+            }
         };
         // The directory moves as a whole only while it holds nothing but complete files
         // under their own names: a cut file still there, anything unexpected, a file that
         // failed its check or its own move, and every file moves alone.
+        let prefix = format!("{dir}/");
         let expected: BTreeSet<&str> = sent
             .iter()
-            .filter_map(|(_, partial, _)| partial.strip_prefix(&format!("{dir}/")))
+            .filter_map(|x| x.partial.strip_prefix(&prefix))
             .collect();
         let mut whole_dir = stored.keys().all(|n| expected.contains(n.as_str()));
-        let mut together: Vec<(usize, String, Entry)> = Vec::new();
-        for (i, partial, attr) in sent {
-            let p = &paths[i];
-            let name = partial.rsplit('/').next().unwrap_or_default().to_owned();
-            let checked = (|| {
-                let c = stored.get(&name).ok_or_else(|| SyncError::Other {
+        drop(expected);
+        let mut together: Vec<(Sent, Entry)> = Vec::new();
+        for x in sent {
+            let name = x.partial.rsplit('/').next().unwrap_or_default().to_owned();
+            let checked = match stored.get(&name) {
+                None => Err(SyncError::Other {
                     op: "upload",
-                    path: p.clone(),
-                    why: format!("rclone reported it stored, yet {partial} is not in the cloud"),
-                })?;
-                if c.size != attr.size {
-                    if self.cloud.delete_file(&partial).is_err() {
+                    path: x.path.clone(),
+                    why: format!(
+                        "rclone reported it stored, yet {} is not in the cloud",
+                        x.partial
+                    ),
+                }),
+                Some(c) if c.size != x.s.size => {
+                    if self.cloud.delete_file(&x.partial).is_err() {
                         whole_dir = false;
                     }
-                    return Err(SyncError::Other {
+                    Err(SyncError::Other {
                         op: "upload",
-                        path: p.clone(),
+                        path: x.path.clone(),
                         why: format!(
                             "the cloud holds {} bytes after the upload of {} bytes",
-                            c.size, attr.size
+                            c.size, x.s.size
                         ),
-                    });
+                    })
                 }
-                Ok(Entry {
-                    s: store_sig(&attr).expect("a file"),
+                Some(c) => Ok(Entry {
+                    s: x.s,
                     c: cloud_sig(c),
-                })
-            })();
+                }),
+            };
             match checked {
-                Ok(e) if name == file_name(p) => together.push((i, name, e)),
+                Ok(e) if name == file_name(&x.path) => together.push((x, e)),
                 Ok(e) => {
-                    // Sent under another name: moved to its own on its own.
-                    let moved = self.cloud.move_file(&partial, &self.cloud_path(p));
+                    // Sent under another name: moved to its own on its own (first, so that
+                    // it is not left for the `sync/move` under the name it travelled with).
+                    let moved = self.cloud.move_file(&x.partial, &self.cloud_path(&x.path));
                     whole_dir &= moved.is_ok();
-                    results[i] = Some(moved.map(|()| e).map_err(Into::into));
+                    outcomes.push(x.outcome(moved.map(|()| e).map_err(Into::into)));
                 }
-                Err(e) => results[i] = Some(Err(e)),
+                Err(e) => outcomes.push(x.outcome(Err(e))),
             }
         }
         if together.len() > 1 && whole_dir {
-            let target = self.cloud_path(parent);
+            let target = self.cloud_path(target);
             let target = target.trim_end_matches('/');
-            match self.cloud.move_files_of(&dir, target) {
-                Ok(()) => {
-                    for (i, _, e) in together {
-                        results[i] = Some(Ok(e));
-                    }
-                }
+            match self.cloud.move_files_of(dir, target) {
+                Ok(()) => outcomes.extend(together.into_iter().map(|(x, e)| x.outcome(Ok(e)))),
                 Err(err) => {
                     // Some may have moved; not asking the cloud which just after it failed,
                     // each counts as not uploaded. The next pass compares a moved one with
@@ -955,33 +1100,26 @@ impl VolumeSync {
                     // counts once towards the cloud being down.
                     let why = format!("moving it into place: {err}");
                     let mut first = Some(SyncError::from(err));
-                    for (i, _, _) in together {
-                        results[i] = Some(Err(first.take().unwrap_or_else(|| SyncError::Other {
+                    for (x, _) in together {
+                        let e = first.take().unwrap_or_else(|| SyncError::Other {
                             op: "upload",
-                            path: paths[i].clone(),
+                            path: x.path.clone(),
                             why: why.clone(),
-                        })));
+                        });
+                        outcomes.push(x.outcome(Err(e)));
                     }
                 }
             }
         } else {
             // One file (a `sync/move` would list the target directory for it), or a
             // directory that cannot move as a whole.
-            for (i, name, e) in together {
-                let partial = format!("{dir}/{name}");
-                results[i] = Some(
-                    self.cloud
-                        .move_file(&partial, &self.cloud_path(&paths[i]))
-                        .map(|()| e)
-                        .map_err(Into::into),
-                );
+            for (x, e) in together {
+                let moved = self.cloud.move_file(&x.partial, &self.cloud_path(&x.path));
+                outcomes.push(x.outcome(moved.map(|()| e).map_err(Into::into)));
             }
-            let _ = self.cloud.rmdir(&dir);
+            let _ = self.cloud.rmdir(dir);
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every file has an outcome"))
-            .collect())
+        outcomes
     }
 
     /// Streams the cloud object into `put`.
@@ -1104,7 +1242,7 @@ impl VolumeSync {
     ) -> Result<()> {
         match a {
             Action::Upload { path, size } => {
-                let e = self.upload(&path)?;
+                let e = self.upload(&path, size)?;
                 self.record(&path, Some(e))?;
                 let mut r = report.lock().unwrap();
                 r.uploaded += 1;
@@ -1156,7 +1294,7 @@ impl VolumeSync {
                 self.record(&path, None)?;
                 report.lock().unwrap().deleted_store += 1;
             }
-            Action::MkdirCloud { path, s } => {
+            Action::MkdirCloud { path, s, .. } => {
                 self.cloud.mkdir(&self.cloud_path(&path))?;
                 self.record(
                     &path,
@@ -1202,7 +1340,7 @@ impl VolumeSync {
                 report.lock().unwrap().conflicts += 1;
                 match s {
                     Some(s) if !s.dir => {
-                        let e = self.upload(&path)?;
+                        let e = self.upload(&path, s.size)?;
                         self.record(&path, Some(e))?;
                         let mut r = report.lock().unwrap();
                         r.uploaded += 1;
@@ -1241,6 +1379,24 @@ fn parent_dir(p: &str) -> &str {
 /// The last component of `p`.
 fn file_name(p: &str) -> &str {
     p.rsplit_once('/').map_or(p, |(_, n)| n)
+}
+
+/// How the upload of one file ended.
+struct Outcome {
+    path: String,
+    /// The size the pass planned with (for its report).
+    size: u64,
+    result: Result<Entry>,
+}
+
+impl Sent {
+    fn outcome(self, result: Result<Entry>) -> Outcome {
+        Outcome {
+            path: self.path,
+            size: self.size,
+            result,
+        }
+    }
 }
 
 /// What a sync worker does next.

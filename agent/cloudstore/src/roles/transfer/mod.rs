@@ -30,6 +30,7 @@
 //! beside this file), so rclone and every qrexec client inherit the sandbox. [`run`] syncs.
 
 pub mod engine;
+mod newdirs;
 pub mod rclone;
 pub mod statedb;
 pub mod status;

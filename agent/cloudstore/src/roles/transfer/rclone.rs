@@ -391,8 +391,9 @@ impl Rclone {
                 .unwrap_or("unknown error")
                 .to_owned();
             // rclone's wording varies by backend: "object not found", "directory not
-            // found", webdav's "Not Found: 404 Not Found".
-            if message.to_ascii_lowercase().contains("not found") {
+            // found", webdav's "Not Found: 404 Not Found", the local backend's ENOENT.
+            let lower = message.to_ascii_lowercase();
+            if lower.contains("not found") || lower.contains("no such file or directory") {
                 return Err(CloudError::NotFound {
                     op,
                     path: path.to_owned(),
@@ -492,17 +493,24 @@ impl Rclone {
         })
     }
 
-    /// Starts one `operations/uploadfile` call into a fresh directory of the partial area
-    /// ([`UploadBatch::dir`]); [`UploadBatch::add`] streams files into it one after the
-    /// other and [`UploadBatch::finish`] ends it. Not retried here (the content is a
-    /// stream): the engine retries the files.
-    pub fn begin_upload(&self) -> Result<UploadBatch<'_>> {
+    /// A fresh directory name in the partial area, for [`Rclone::begin_upload`] (created by
+    /// the first upload into it).
+    pub fn partial_dir(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = format!(
+        format!(
             "{PARTIAL_DIR}/{}-{}-{n}",
             std::process::id(),
             random_token()
-        );
+        )
+    }
+
+    /// Starts one `operations/uploadfile` call into `dir` of the partial area (from
+    /// [`Rclone::partial_dir`]; several calls may fill one directory);
+    /// [`UploadBatch::add`] streams files into it one after the other and
+    /// [`UploadBatch::finish`] ends it. Not retried here (the content is a stream): the
+    /// engine retries the files.
+    pub fn begin_upload(&self, dir: &str) -> Result<UploadBatch<'_>> {
+        let dir = dir.to_owned();
         let server = self.ensure()?;
         let boundary = format!("cloudstore{}", random_token());
         let s = server.connection("upload", &dir)?;
@@ -538,8 +546,9 @@ impl Rclone {
     }
 
     /// Moves every file of directory `from` into directory `to` (created if missing),
-    /// server-side, in one call (rc `sync/move`: one directory move where `to` does not
-    /// exist and the backend can, else a move per file inside rclone), then removes `from`.
+    /// server-side, in one call (rc `sync/move`: where `to` does not exist and the backend
+    /// can, `from` itself is renamed to `to` — one rename on the local backend, one MOVE on
+    /// webdav — else a move per file inside rclone), then removes `from` if still there.
     pub fn move_files_of(&self, from: &str, to: &str) -> Result<()> {
         self.rc(
             "move",
@@ -597,6 +606,11 @@ impl Rclone {
     /// Removes an empty directory; an absent one is not an error.
     pub fn rmdir(&self, path: &str) -> Result<()> {
         absent_is_done(self.rc_path("rmdir", "operations/rmdir", path))
+    }
+
+    /// Removes `dir` and everything in it; an absent one is not an error.
+    pub fn purge(&self, dir: &str) -> Result<()> {
+        absent_is_done(self.rc_path("purge", "operations/purge", dir))
     }
 
     /// Removes what cut uploads left in the partial directory.
@@ -1193,7 +1207,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let r = rclone(tmp.path());
         let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-        let mut batch = r.begin_upload().unwrap();
+        let mut batch = r.begin_upload(&r.partial_dir()).unwrap();
         let dir = batch.dir().to_owned();
         let a = batch.add("a", "vol/a", &mut &b"first"[..]).unwrap();
         assert_eq!(a, format!("{dir}/a"), "a plain name travels as it is");
@@ -1241,6 +1255,41 @@ mod tests {
         );
         // The same connection carries the next call.
         assert_eq!(r.ensure().unwrap().idle.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn calls_filling_one_directory_move_into_a_new_one_with_a_single_rename() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let r = rclone(tmp.path());
+        let dir = r.partial_dir();
+        for (names, content) in [(["a", "b"], &b"first call"[..]), (["c", "d"], b"second")] {
+            let mut batch = r.begin_upload(&dir).unwrap();
+            for n in names {
+                batch
+                    .add(n, &format!("vol/new/{n}"), &mut &content[..])
+                    .unwrap();
+            }
+            batch.finish().unwrap();
+        }
+        assert_eq!(
+            r.files_in(&dir).unwrap().len(),
+            4,
+            "both calls filled one directory"
+        );
+        let partial_inode = std::fs::metadata(tmp.path().join("cloud").join(&dir))
+            .unwrap()
+            .ino();
+        r.move_files_of(&dir, "vol/new").unwrap();
+        let target = tmp.path().join("cloud/vol/new");
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().ino(),
+            partial_inode,
+            "the directory itself was renamed into place, not its files one by one"
+        );
+        assert_eq!(std::fs::read(target.join("a")).unwrap(), b"first call");
+        assert_eq!(std::fs::read(target.join("d")).unwrap(), b"second");
+        assert!(!tmp.path().join("cloud").join(&dir).exists());
     }
 
     #[test]
