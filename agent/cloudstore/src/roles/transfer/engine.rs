@@ -808,6 +808,9 @@ impl VolumeSync {
             // stops the pass.
             warn!(volume = %self.volume, files = files.len(), "upload of several files failed, sending them one by one: {e}");
             cloud_failures.fetch_add(1, Ordering::Relaxed);
+            // Shown at once: against a cloud that has gone, each of the retries below can
+            // sit through rclone's own retries before it fails.
+            self.status.lock().unwrap().last_error = Some(e.to_string());
             let mut files = files.into_iter();
             for (path, size) in files.by_ref() {
                 match &partial {
