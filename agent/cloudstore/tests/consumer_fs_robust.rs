@@ -9,7 +9,7 @@ mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use cloudstore_format::{DirIv, PLAIN_BS};
@@ -497,7 +497,10 @@ fn writes_answered_before_storage_are_ordered_and_their_failures_reported() {
 fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
     let v = Volume::create();
     // Long cache times: only storage's change notifications can make the change visible.
-    let m = v.mount_with(|o| o.attr_ttl = Duration::from_secs(600));
+    let m = v.mount_with(|o| {
+        o.attr_ttl = Duration::from_secs(600);
+        o.followed_ttl = Duration::from_secs(600);
+    });
     fs::write(m.p("note.txt"), b"version one").unwrap();
     for _ in 0..2 {
         let mut s = String::new();
@@ -553,6 +556,61 @@ fn changes_from_elsewhere_show_without_remount_and_conflicts_are_adopted() {
         Response::Versions(l) => assert!(l.versions.is_empty(), "nothing stays parked"),
         r => panic!("{r:?}"),
     }
+}
+
+#[test]
+fn names_and_attributes_the_kernel_keeps_long_follow_changes_made_by_another_mount() {
+    let v = Volume::create();
+    // This mount's kernel may keep what it was told for ten minutes while it follows
+    // storage's pushes; the other mount changes things behind its back.
+    let here = v.mount_with(|o| o.followed_ttl = Duration::from_secs(600));
+    let there = v.mount();
+    fs::create_dir(here.p("dir")).unwrap();
+    for name in ["stays", "goes", "moves", "grows", "dir/inner"] {
+        fs::write(here.p(name), name.as_bytes()).unwrap();
+    }
+    support::wait_until("the other mount to see the files", || {
+        there.p("dir/inner").exists()
+    });
+    let looked_at = |m: &Mount| {
+        for name in ["stays", "goes", "moves", "grows", "dir/inner"] {
+            fs::metadata(m.p(name)).unwrap();
+        }
+    };
+    looked_at(&here);
+    looked_at(&there);
+    fs::remove_file(there.p("goes")).unwrap();
+    fs::rename(there.p("moves"), there.p("dir/moved")).unwrap();
+    fs::write(there.p("grows"), b"grown by the other mount").unwrap();
+    fs::set_permissions(there.p("stays"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::remove_file(there.p("dir/inner")).unwrap();
+    support::wait_until("the deletion to show", || !here.p("goes").exists());
+    support::wait_until("the rename to show", || {
+        !here.p("moves").exists()
+            && fs::read(here.p("dir/moved")).ok().as_deref() == Some(b"moves".as_slice())
+    });
+    support::wait_until("the new size to show", || {
+        fs::metadata(here.p("grows")).map(|m| m.len()).ok() == Some(24)
+    });
+    assert_eq!(
+        fs::read(here.p("grows")).unwrap(),
+        b"grown by the other mount"
+    );
+    support::wait_until("the new mode to show", || {
+        fs::metadata(here.p("stays"))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok()
+            == Some(0o640)
+    });
+    support::wait_until("the deletion inside a directory to show", || {
+        !here.p("dir/inner").exists()
+    });
+    let mut names: Vec<String> = fs::read_dir(here.p("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["moved"]);
 }
 
 #[test]

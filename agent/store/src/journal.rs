@@ -115,6 +115,27 @@ impl Subscription {
 struct Subscriber {
     tx: SyncSender<ChangeEntry>,
     lagged: Arc<AtomicBool>,
+    /// Entries appended on behalf of this origin are not sent (see [`acting_for`]); 0: none.
+    origin: u64,
+}
+
+thread_local! {
+    static ACTING_FOR: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the journal entries it appends on this thread attributed to `origin`
+/// (non-zero): a subscription made for the same origin is not sent them. A storage
+/// connection acts for itself, so its own changes are not pushed back to it and every
+/// change it is told of was made elsewhere.
+pub fn acting_for<R>(origin: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTING_FOR.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTING_FOR.with(|a| a.replace(origin)));
+    f()
 }
 
 struct State {
@@ -604,14 +625,20 @@ impl Journal {
         st.next += 1;
         st.index.push((e.seq, off));
         // Notified under the state lock so that subscribers see entries in sequence order.
+        let origin = ACTING_FOR.with(|a| a.get());
         let mut subs = self.subs.lock().unwrap();
-        subs.retain(|s| match s.tx.try_send(e.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                s.lagged.store(true, Ordering::Release);
-                true
+        subs.retain(|s| {
+            if origin != 0 && s.origin == origin {
+                return true;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            match s.tx.try_send(e.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.lagged.store(true, Ordering::Release);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
         });
         drop(subs);
         let over = st.len > self.max_bytes;
@@ -624,12 +651,13 @@ impl Journal {
         Ok(e)
     }
 
-    pub(crate) fn subscribe(&self) -> Subscription {
+    pub(crate) fn subscribe(&self, origin: u64) -> Subscription {
         let (tx, rx) = mpsc::sync_channel(SUBSCRIBER_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         self.subs.lock().unwrap().push(Subscriber {
             tx,
             lagged: lagged.clone(),
+            origin,
         });
         Subscription { rx, lagged }
     }

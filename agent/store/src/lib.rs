@@ -33,7 +33,7 @@ mod versions;
 mod volume;
 
 pub use error::{ErrorKind, Result, StoreError};
-pub use journal::{Notice, Subscription};
+pub use journal::{acting_for, Notice, Subscription};
 pub use path::{
     parse_path, validate_volume_name, PathProblem, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN,
     MAX_VOLUME_NAME_LEN,

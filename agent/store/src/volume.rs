@@ -1293,7 +1293,13 @@ impl Volume {
 
     /// Subscribes to new journal entries of this volume, delivered after they are durable.
     pub fn subscribe(&self) -> Subscription {
-        self.journal.subscribe()
+        self.journal.subscribe(0)
+    }
+
+    /// The same, without the entries appended while acting for `origin` (non-zero; see
+    /// [`crate::acting_for`]).
+    pub fn subscribe_for(&self, origin: u64) -> Subscription {
+        self.journal.subscribe(origin)
     }
 
     // ---- versions -----------------------------------------------------------------------

@@ -334,6 +334,33 @@ fn subscribers_get_entries_in_order_and_lag_notices() {
 }
 
 #[test]
+fn a_subscriber_is_not_sent_what_was_done_for_its_own_origin() {
+    let f = Fixture::new();
+    let mine = f.vol.subscribe_for(7);
+    let other = f.vol.subscribe_for(8);
+    let everything = f.vol.subscribe();
+    acting_for(7, || f.vol.create(&p("by-7"), 0o600, true)).unwrap();
+    f.vol.create(&p("by-nobody"), 0o600, true).unwrap();
+    let paths = |s: &Subscription| {
+        let mut out = Vec::new();
+        while let Some(n) = s.try_recv() {
+            match n {
+                Notice::Change(e) => out.push(e.path),
+                Notice::Lagged => panic!("lagged"),
+            }
+        }
+        out
+    };
+    assert_eq!(paths(&mine), ["by-nobody"]);
+    assert_eq!(paths(&other), ["by-7", "by-nobody"]);
+    assert_eq!(paths(&everything), ["by-7", "by-nobody"]);
+    // The attribution ends with the call, panicking or not.
+    let _ = std::panic::catch_unwind(|| acting_for(7, || panic!("inside")));
+    f.vol.create(&p("after"), 0o600, true).unwrap();
+    assert_eq!(paths(&mine), ["after"]);
+}
+
+#[test]
 fn a_session_open_at_a_crash_is_closed_on_reopen() {
     let f = Fixture::new();
     put_bytes(&f.vol, "f", b"before");

@@ -56,6 +56,9 @@ struct OpenFile {
 }
 
 pub struct Connection {
+    /// What the journal entries this connection causes are attributed to, so that its
+    /// change subscription is not sent them (`store::acting_for`).
+    id: u64,
     scope: Scope,
     peer: String,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -83,7 +86,9 @@ fn bad_handle(h: u64) -> RemoteError {
 
 impl Connection {
     pub fn new(scope: Scope, peer: String) -> Connection {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Connection {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             scope,
             peer,
             handles: Mutex::new(HashMap::new()),
@@ -256,7 +261,7 @@ impl Connection {
         }
         // Subscribe before reading the head: an entry written in between is pushed, and the
         // client ignores entries below the head it was given.
-        let sub = vol.subscribe();
+        let sub = vol.subscribe_for(self.id);
         let head = vol.journal_head();
         let stop = Arc::new(AtomicBool::new(false));
         let pusher = call.pusher();
@@ -372,6 +377,16 @@ impl Handler for Connection {
     }
 
     fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {
+        store::acting_for(self.id, || self.serve(req, call))
+    }
+
+    fn closed(&self) {
+        self.end();
+    }
+}
+
+impl Connection {
+    fn serve(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {
         if let Scope::Discovery(names) = &self.scope {
             return match req {
                 Request::Ping => Ok(Response::Ok),
@@ -662,7 +677,8 @@ impl Handler for Connection {
         }
     }
 
-    fn closed(&self) {
+    /// The connection is over: its subscription ends and its open handles are released.
+    fn end(&self) {
         self.unsubscribe();
         let open: Vec<Arc<OpenFile>> = self
             .handles

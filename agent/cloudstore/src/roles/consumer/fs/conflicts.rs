@@ -71,7 +71,6 @@ fn adopt_one(core: &Core, v: &VersionInfo) -> Result<String, Fail> {
         let en = core.encrypt_name(&iv, &name, "conflict name")?;
         let dest = join(&dir, &String::from_utf8_lossy(en.entry()));
         core.write_long_name(&en, &dest)?;
-        core.mark_own(&dest);
         match core.st.call(Request::AdoptConflict {
             id: v.id,
             dest: dest.clone(),

@@ -27,11 +27,6 @@ use super::conn::Storage;
 use super::nodes::{FileState, Nodes, ROOT};
 use super::{Connector, Fail, FsOptions, FsStatus};
 
-/// How long a change we made ourselves is recognised in storage's push notifications
-/// (so our own writes do not throw away our page cache). Storage ends a modification
-/// session after 5 s of quiet; 15 s covers that with margin.
-const OWN_WINDOW: Duration = Duration::from_secs(15);
-
 /// Longest `.name` file: a 255-byte plaintext name encrypts to 344 base64 characters.
 const LONGNAME_FILE_READ: u32 = 4096;
 
@@ -70,7 +65,6 @@ pub(crate) struct Core {
     ciphers: Mutex<Vec<ContentCipher>>,
     notifier: Mutex<Option<fuser::Notifier>>,
     pub status: Arc<FsStatus>,
-    own: Mutex<HashMap<String, Instant>>,
     /// Requests for the workers; closed at stop, after which jobs run on the caller.
     jobs: Arc<WorkQueue<Job>>,
     /// One conflict adoption at a time (at connect and on each parked-conflict push).
@@ -392,7 +386,6 @@ impl Core {
             ciphers: Mutex::new(Vec::new()),
             notifier: Mutex::new(None),
             status,
-            own: Mutex::new(HashMap::new()),
             jobs: Arc::new(WorkQueue::new(usize::MAX)),
             adopting: Mutex::new(()),
             started: AtomicBool::new(false),
@@ -473,7 +466,10 @@ impl Core {
                     }
                 }
                 // The stream ended: say so at once (status), and reconnect in the
-                // background so changes are followed again before the next operation.
+                // background so changes are followed again before the next operation. What
+                // the kernel was allowed to keep on the strength of the stream is dropped
+                // once the new one is up (above), not now: dropping a file's pages waits for
+                // its write in flight, which waits for the new connection.
                 me.status.set_following(false);
                 me.forget_listings();
                 me.st.drop_connection(gen);
@@ -508,9 +504,21 @@ impl Core {
         }
     }
 
+    /// How long the kernel may keep the names and attributes it is given now.
+    pub(crate) fn ttl(&self) -> Duration {
+        if self.status.following() {
+            self.opts.followed_ttl
+        } else {
+            self.opts.attr_ttl
+        }
+    }
+
+    /// Drops everything cached here and in the kernel (names, attributes, pages): changes
+    /// may have been missed.
     fn invalidate_all(&self) {
-        let inos: Vec<u64> = {
+        let (inos, names): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
             let mut nodes = lock(&self.nodes);
+            let mut names = Vec::new();
             for n in nodes.map.values_mut() {
                 n.entries = None;
                 n.diriv = None;
@@ -518,27 +526,17 @@ impl Core {
                 c.clen = None;
                 c.header = None;
                 c.seen = None;
+                names.extend(n.names.iter().map(|x| (x.parent, x.pname.clone())));
             }
-            nodes.map.keys().copied().collect()
+            (nodes.map.keys().copied().collect(), names)
         };
         for ino in inos {
             self.notify(|n| n.inval_inode(ino, 0, 0));
         }
-    }
-
-    pub(crate) fn mark_own(&self, cpath: &str) {
-        let mut own = lock(&self.own);
-        let now = Instant::now();
-        if own.len() > 4096 {
-            own.retain(|_, t| now.duration_since(*t) < OWN_WINDOW);
+        for (parent, name) in names {
+            use std::os::unix::ffi::OsStrExt;
+            self.notify(|n| n.inval_entry(parent, std::ffi::OsStr::from_bytes(&name)));
         }
-        own.insert(cpath.to_owned(), now);
-    }
-
-    fn is_own(&self, cpath: &str) -> bool {
-        lock(&self.own)
-            .get(cpath)
-            .is_some_and(|t| t.elapsed() < OWN_WINDOW)
     }
 
     fn on_change(self: &Arc<Self>, c: &ChangeEntry) {
@@ -547,26 +545,8 @@ impl Core {
             self.spawn(Box::new(move || super::conflicts::adopt_all(&me)));
             return;
         }
-        let own = self.is_own(&c.path);
-        let foreign = match c.kind {
-            ChangeKind::Restore => true,
-            // A put is never taken for our own (the transfer puts what it downloads,
-            // perhaps where we just wrote), except the IV and long-name files that a new
-            // directory or long name of ours is given: we made them and know them, and
-            // dropping the directory's entry from the kernel would also drop what we know
-            // of its listing.
-            ChangeKind::Put => {
-                !(own
-                    && matches!(
-                        classify(c.path.rsplit('/').next().unwrap_or("").as_bytes()),
-                        NameKind::DirIv | NameKind::LongNameFile
-                    ))
-            }
-            _ => !own,
-        };
-        if !foreign {
-            return;
-        }
+        // Storage does not push a connection's own changes back to it: this one was made
+        // elsewhere (another mount, the transfer, a restore).
         self.invalidate_path(&c.path);
         if let Some(np) = &c.new_path {
             if matches!(
@@ -1003,9 +983,6 @@ impl Core {
         if of.is_none() && lock(&self.nodes).cpath(ino).is_none() {
             of = self.any_handle(ino);
         }
-        if let Ok(p) = self.cpath(ino) {
-            self.mark_own(&p);
-        }
         if let Some(size) = size {
             self.truncate(ino, of.as_deref(), size)?;
         }
@@ -1153,8 +1130,6 @@ impl Core {
 
     fn make_dir(&self, parent: u64, name: &[u8], mode: u32) -> Result<FileAttr, Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
-        self.mark_own(&cpath);
-        self.mark_own(&join(&cpath, DIRIV_NAME));
         self.write_long_name(&en, &cpath)?;
         let mode = mode & 0o7777;
         match self.st.call_with(|_, _, _| {
@@ -1247,7 +1222,6 @@ impl Core {
     ) -> Result<(FileAttr, u64), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
         // Before the request: storage may push the change before it answers.
-        self.mark_own(&cpath);
         self.write_long_name(&en, &cpath)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let (resp, gen) = match self.st.call_with(|_, _, _| {
@@ -1301,9 +1275,6 @@ impl Core {
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
-        if truncate {
-            self.mark_own(&cpath);
-        }
         let (resp, _, gen) = self.st.call_with(|_, _, _| {
             Ok(Request::Open {
                 path: cpath.clone(),
@@ -1349,9 +1320,6 @@ impl Core {
 
     pub(crate) fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Fail> {
         let of = self.open_file(fh)?;
-        if let Ok(p) = self.cpath(of.ino) {
-            self.mark_own(&p);
-        }
         self.status.write_started();
         let res = {
             let _g = of.file.io.write().unwrap_or_else(|p| p.into_inner());
@@ -1404,7 +1372,6 @@ impl Core {
 
     pub(crate) fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
-        self.mark_own(&cpath);
         match self.st.call_with(|_, _, _| {
             Ok(Request::Unlink {
                 path: cpath.clone(),
@@ -1467,8 +1434,6 @@ impl Core {
 
     pub(crate) fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
-        self.mark_own(&cpath);
-        self.mark_own(&join(&cpath, DIRIV_NAME));
         self.rmdir_cpath(&cpath)?;
         self.remove_long_name(&en, &cpath);
         lock(&self.nodes).detach(parent, &entry);
@@ -1490,7 +1455,6 @@ impl Core {
             .with_cc(|cc| self.vol.names().encrypt_symlink_target(cc, target))?
             .map_err(|e| Fail::new(libc::ENAMETOOLONG, format!("symlink target: {e}")))?;
         self.write_long_name(&en, &cpath)?;
-        self.mark_own(&cpath);
         match self.st.call_with(|_, _, _| {
             Ok(Request::Symlink {
                 path: cpath.clone(),
@@ -1519,7 +1483,6 @@ impl Core {
         let existing = self.cpath(ino)?;
         let (en, entry, cpath) = self.child(newparent, newname)?;
         self.write_long_name(&en, &cpath)?;
-        self.mark_own(&cpath);
         match self.st.call_with(|_, _, _| {
             Ok(Request::Link {
                 existing: existing.clone(),
@@ -1574,8 +1537,6 @@ impl Core {
         };
         let (from_en, from_entry, from) = self.child(parent, name)?;
         let (to_en, to_entry, to) = self.child(newparent, newname)?;
-        self.mark_own(&from);
-        self.mark_own(&to);
         self.write_long_name(&to_en, &to)?;
         let attempt = || {
             let mut sent = false;

@@ -104,7 +104,7 @@ impl fuser::Filesystem for FuseFs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         self.run(move |c| match c.lookup(parent, &name) {
-            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Ok(a) => reply.entry(&c.ttl(), &a, 0),
             Err(f) => reply.error(errno(c, "lookup", &c.shown_child(parent, &name), &f)),
         });
     }
@@ -115,7 +115,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
         self.run(move |c| match c.getattr(ino, fh) {
-            Ok(a) => reply.attr(&c.opts.attr_ttl, &a),
+            Ok(a) => reply.attr(&c.ttl(), &a),
             Err(f) => reply.error(errno(c, "getattr", &c.shown(ino), &f)),
         });
     }
@@ -142,7 +142,7 @@ impl fuser::Filesystem for FuseFs {
         // without effect, so `tar` and `cp -a` as root work).
         self.run(
             move |c| match c.setattr(ino, fh, mode, size, atime, mtime) {
-                Ok(a) => reply.attr(&c.opts.attr_ttl, &a),
+                Ok(a) => reply.attr(&c.ttl(), &a),
                 Err(f) => reply.error(errno(c, "setattr", &c.shown(ino), &f)),
             },
         );
@@ -175,7 +175,7 @@ impl fuser::Filesystem for FuseFs {
             move |c| match c.create(parent, &name, mode & !umask, libc::O_EXCL) {
                 Ok((a, fh)) => {
                     c.release(fh);
-                    reply.entry(&c.opts.attr_ttl, &a, 0)
+                    reply.entry(&c.ttl(), &a, 0)
                 }
                 Err(f) => reply.error(errno(c, "mknod", &c.shown_child(parent, &name), &f)),
             },
@@ -193,7 +193,7 @@ impl fuser::Filesystem for FuseFs {
     ) {
         let name = name.as_bytes().to_vec();
         self.run(move |c| match c.mkdir(parent, &name, mode & !umask) {
-            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Ok(a) => reply.entry(&c.ttl(), &a, 0),
             Err(f) => reply.error(errno(c, "mkdir", &c.shown_child(parent, &name), &f)),
         });
     }
@@ -225,7 +225,7 @@ impl fuser::Filesystem for FuseFs {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         self.run(move |c| match c.symlink(parent, &name, &target) {
-            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Ok(a) => reply.entry(&c.ttl(), &a, 0),
             Err(f) => reply.error(errno(c, "symlink", &c.shown_child(parent, &name), &f)),
         });
     }
@@ -260,7 +260,7 @@ impl fuser::Filesystem for FuseFs {
     ) {
         let newname = newname.as_bytes().to_vec();
         self.run(move |c| match c.link(ino, newparent, &newname) {
-            Ok(a) => reply.entry(&c.opts.attr_ttl, &a, 0),
+            Ok(a) => reply.entry(&c.ttl(), &a, 0),
             Err(f) => reply.error(errno(c, "link", &c.shown_child(newparent, &newname), &f)),
         });
     }
@@ -388,7 +388,7 @@ impl fuser::Filesystem for FuseFs {
             reply.error(libc::EBADF);
             return;
         };
-        let ttl = self.core.opts.attr_ttl;
+        let ttl = self.core.ttl();
         for (i, it) in items.iter().enumerate().skip(offset.max(0) as usize) {
             let off = (i + 1) as i64;
             let name = OsStr::from_bytes(&it.name);
@@ -465,7 +465,7 @@ impl fuser::Filesystem for FuseFs {
         let name = name.as_bytes().to_vec();
         self.run(
             move |c| match c.create(parent, &name, mode & !umask, flags) {
-                Ok((a, fh)) => reply.created(&c.opts.attr_ttl, &a, 0, fh, 0),
+                Ok((a, fh)) => reply.created(&c.ttl(), &a, 0, fh, 0),
                 Err(f) => reply.error(errno(c, "create", &c.shown_child(parent, &name), &f)),
             },
         );

@@ -95,14 +95,19 @@ pub struct FsOptions {
     pub allow_other: bool,
     /// Longest any operation may take, reconnection included; then EIO and a log entry.
     pub request_timeout: Duration,
-    /// How long the kernel may trust attributes and names without asking.
+    /// How long the kernel may trust attributes and names without asking, while storage's
+    /// change pushes are not followed (before subscribing, after the stream is lost).
     pub attr_ttl: Duration,
+    /// The same while they are followed: every change made elsewhere is then pushed and
+    /// dropped from the kernel's caches as it comes (and all of them when the stream is
+    /// lost), so the time only bounds how long a missed push could go unnoticed.
+    pub followed_ttl: Duration,
     /// Worker threads serving requests.
     pub workers: usize,
 }
 
 impl FsOptions {
-    /// Defaults: 1 s caches (storage pushes invalidations anyway), 30 s request timeout
+    /// Defaults: 1 s caches, 60 s while storage's pushes are followed, 30 s request timeout
     /// (a storage qube restart takes a few seconds), 16 workers (enough to keep the
     /// protocol's 64-request window busy with 1 MiB writes on two cores).
     pub fn new(volume_name: &str, mountpoint: impl Into<PathBuf>, uid: u32, gid: u32) -> Self {
@@ -114,6 +119,7 @@ impl FsOptions {
             allow_other: false,
             request_timeout: Duration::from_secs(30),
             attr_ttl: Duration::from_secs(1),
+            followed_ttl: Duration::from_secs(60),
             workers: 16,
         }
     }
