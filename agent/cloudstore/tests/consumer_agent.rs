@@ -408,7 +408,7 @@ fn whole_life_cycle() {
     let st = ok(qube.run(&["status"]));
     assert!(
         st.contains(&format!(
-            "volume work: unlocked at {}; connected; 0 pending writes; last error: none",
+            "volume work: unlocked at {}; connected, following changes made elsewhere; 0 pending writes; last error: none",
             mp.display()
         )),
         "{st}"

@@ -487,7 +487,7 @@ fn webdav_server_stopped_mid_transfer() {
         let c = rclone_server()
             .args(["serve", "webdav", "--addr"])
             .arg(format!("127.0.0.1:{port}"))
-            .args(["--bwlimit", "4M"])
+            .args(["--bwlimit", "1M"])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

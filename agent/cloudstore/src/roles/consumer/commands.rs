@@ -217,10 +217,12 @@ pub fn write_volume_status(out: &mut impl Write, volumes: &[VolumeStatus]) -> io
                 "volume {}: unlocked at {}; {}; {} pending writes; last error: {}{}",
                 v.volume,
                 v.mountpoint.display(),
-                match v.connected {
-                    Some(true) => "connected",
-                    Some(false) => "NOT connected to storage",
-                    None => "connection unknown",
+                match (v.connected, v.following) {
+                    (Some(true), Some(true)) => "connected, following changes made elsewhere",
+                    (Some(true), _) =>
+                        "connected, NOT following changes made elsewhere (seen within a second)",
+                    (Some(false), _) => "NOT connected to storage",
+                    (None, _) => "connection unknown",
                 },
                 v.pending_writes.unwrap_or(0),
                 v.last_error.as_deref().unwrap_or("none"),

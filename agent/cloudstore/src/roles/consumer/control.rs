@@ -131,6 +131,9 @@ pub struct VolumeStatus {
     pub keyfile: bool,
     /// From the worker; absent while locked.
     pub connected: Option<bool>,
+    /// Whether changes made elsewhere are followed as storage pushes them.
+    #[serde(default)]
+    pub following: Option<bool>,
     pub pending_writes: Option<u64>,
     pub last_error: Option<String>,
 }

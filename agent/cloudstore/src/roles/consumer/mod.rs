@@ -553,6 +553,7 @@ impl Agent {
                     .unwrap_or_default(),
                 keyfile,
                 connected: None,
+                following: None,
                 pending_writes: None,
                 last_error: None,
             };
@@ -560,10 +561,12 @@ impl Agent {
                 match w.request(&WorkerRequest::Status) {
                     Ok(WorkerReply::Status {
                         connected,
+                        following,
                         pending_writes,
                         last_error,
                     }) => {
                         st.connected = Some(connected);
+                        st.following = Some(following);
                         st.pending_writes = Some(pending_writes);
                         st.last_error = last_error;
                     }

@@ -91,6 +91,9 @@ pub enum WorkerReply {
     },
     Status {
         connected: bool,
+        /// Storage's change pushes are followed (changes made elsewhere show at once).
+        #[serde(default)]
+        following: bool,
         pending_writes: u64,
         last_error: Option<String>,
     },
@@ -483,6 +486,7 @@ fn handle(ctl: &Control, status: &fs::FsStatus, req: WorkerRequest) -> anyhow::R
     match req {
         WorkerRequest::Status => Ok(WorkerReply::Status {
             connected: status.connected(),
+            following: status.following(),
             pending_writes: status.pending_writes(),
             last_error: status.last_error(),
         }),

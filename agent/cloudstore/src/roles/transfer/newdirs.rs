@@ -8,9 +8,10 @@
 //! place as a whole once every file of it has arrived (rclone's `DirMove`). An interrupted
 //! pass leaves such a directory in the partial area, never half of it under its own name.
 //!
-//! Only directories whose whole new subtree is small enough take part (`MAX_FILES`,
-//! `MAX_BYTES`: what a kill costs to upload again), and a directory moves only after
-//! the new directory above it is in place, so each move is a rename into an existing
+//! A directory takes part if its own uploads are few and small enough (`MAX_FILES`,
+//! `MAX_BYTES`: what a kill costs to upload again) and no new directory beneath it is too
+//! big (that one is created first, and so must its parents be). A directory moves only
+//! after the new directory above it is in place, so each move is a rename into an existing
 //! parent. This module is the bookkeeping alone (no I/O); engine.rs does the uploads and
 //! moves.
 

@@ -1221,7 +1221,6 @@ impl Core {
         flags: i32,
     ) -> Result<(FileAttr, u64), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
-        // Before the request: storage may push the change before it answers.
         self.write_long_name(&en, &cpath)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let (resp, gen) = match self.st.call_with(|_, _, _| {

@@ -99,8 +99,8 @@ pub struct FsOptions {
     /// change pushes are not followed (before subscribing, after the stream is lost).
     pub attr_ttl: Duration,
     /// The same while they are followed: every change made elsewhere is then pushed and
-    /// dropped from the kernel's caches as it comes (and all of them when the stream is
-    /// lost), so the time only bounds how long a missed push could go unnoticed.
+    /// dropped from the kernel's caches as it comes (and everything once a lost stream is
+    /// replaced), so the time only bounds how long a missed push could go unnoticed.
     pub followed_ttl: Duration,
     /// Worker threads serving requests.
     pub workers: usize,
