@@ -319,18 +319,99 @@ pub fn fdatasync(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// filesystems that can (btrfs, xfs); fails with EOPNOTSUPP/EXDEV/EINVAL elsewhere.
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
-/// Makes `dst` a copy of `src`: a reflink where the filesystem supports it, else a byte copy
-/// (copy_file_range under `io::copy`).
+/// Makes `dst` (empty) a copy of `src`: a reflink where the filesystem supports it, else a
+/// copy of the data `src` holds, its holes left holes. A peer can make a file of any
+/// size out of holes (a truncate is cheap); copying the zeros would let it fill the disk
+/// with one write.
 pub fn clone_or_copy(src: &File, dst: &File) -> io::Result<u64> {
     // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are open.
     let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
     if r == 0 {
         return Ok(src.metadata()?.len());
     }
-    let mut from = src;
-    let mut to = dst;
-    std::io::Seek::seek(&mut from, io::SeekFrom::Start(0))?;
-    io::copy(&mut from, &mut to)
+    let len = src.metadata()?.len();
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(src, pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            // No data after `pos`: the rest is a hole.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            // A filesystem that cannot say where its holes are: all of it is data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pos == 0 => 0,
+            Err(e) => return Err(e),
+        };
+        let end = match seek(src, data, libc::SEEK_HOLE) {
+            Ok(h) => h.min(len),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => len,
+            Err(e) => return Err(e),
+        };
+        copy_range(src, dst, data, end)?;
+        pos = end;
+    }
+    dst.set_len(len)?;
+    Ok(len)
+}
+
+fn seek(f: &File, pos: u64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: plain syscall on an open descriptor; the offset is checked by the kernel.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// Copies bytes `[from, to)` of `src` to the same offsets of `dst`, in the kernel where it
+/// can (copy_file_range), else through a buffer.
+fn copy_range(src: &File, dst: &File, from: u64, to: u64) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (from as libc::loff_t, from as libc::loff_t);
+    while (off_in as u64) < to {
+        let want = ((to - off_in as u64) as usize).min(1 << 30);
+        // SAFETY: both descriptors are open; the offsets are ours and updated by the kernel.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        match n {
+            n if n > 0 => {}
+            // The file shrank under us: what is left is gone.
+            0 => return Ok(()),
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
+                        return copy_range_buffered(src, dst, off_in as u64, to)
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_buffered(src: &File, dst: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = from;
+    while off < to {
+        let want = ((to - off) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            return Ok(());
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
 }
 
 /// One directory entry as `getdents64` reports it.

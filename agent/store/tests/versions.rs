@@ -284,3 +284,46 @@ fn the_maintenance_thread_ends_quiet_sessions() {
     let e = all_changes(&f.vol, 1);
     assert_eq!(e.last().unwrap().kind, ChangeKind::ModifyEnd);
 }
+
+#[test]
+fn a_file_made_of_holes_is_kept_without_writing_them_out() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let f = Fixture::new();
+    let v = &f.vol;
+    // 64 GiB that is almost all hole, as one cheap truncate makes it: copying the zeros
+    // would fill the disk.
+    const BIG: u64 = 64 << 30;
+    put_bytes(v, "sparse", b"head");
+    v.truncate(&p("sparse"), BIG).unwrap();
+    v.write(&p("sparse"), BIG - 4, b"tail").unwrap();
+    v.write(&p("sparse"), 1 << 30, b"middle").unwrap();
+    v.release(&p("sparse")).unwrap();
+    v.write(&p("sparse"), 0, b"HEAD").unwrap();
+    let versions = v.list_versions(&p("sparse"));
+    let kept = versions
+        .iter()
+        .find(|i| i.size == BIG)
+        .expect("the 64 GiB state kept");
+    // The version's own file, as it lies in the version area.
+    let file = std::fs::File::open(
+        f.data()
+            .join(format!("volumes/work/versions/{:016x}.data", kept.id.0)),
+    )
+    .unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta.len(), BIG);
+    assert!(
+        meta.blocks() * 512 < 16 << 20,
+        "the holes stayed holes: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let at = |off: u64, n: usize| {
+        let mut b = vec![0u8; n];
+        file.read_exact_at(&mut b, off).unwrap();
+        b
+    };
+    assert_eq!(at(0, 4), b"head");
+    assert_eq!(at(1 << 30, 6), b"middle");
+    assert_eq!(at(BIG - 4, 4), b"tail");
+    assert_eq!(at(4096, 8), [0u8; 8], "a hole reads as zeros");
+}
