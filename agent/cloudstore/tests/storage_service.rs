@@ -104,8 +104,8 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
 /// The caller's side of a qrexec call: the client reads and writes pipes; a relay (qrexec's
 /// place) copies them to and from the service socket, half-closing on EOF.
 fn over_pipes(stream: UnixStream, role: Role) -> Client {
-    let (to_relay_r, to_relay_w) = nix::unistd::pipe().unwrap();
-    let (from_relay_r, from_relay_w) = nix::unistd::pipe().unwrap();
+    let (to_relay_r, to_relay_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let (from_relay_r, from_relay_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let mut up_in = File::from(to_relay_r);
     let mut down_out = File::from(from_relay_w);
     let mut sock_w = stream.try_clone().unwrap();

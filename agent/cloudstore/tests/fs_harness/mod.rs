@@ -334,13 +334,15 @@ pub fn hex(b: &[u8]) -> String {
 
 /// A connector whose streams are two pipes, pumped to and from the socket service by two
 /// threads: what the filesystem sees is exactly a qrexec-client-vm child's stdin/stdout.
+/// Close-on-exec: a process another test spawns meanwhile must not keep a pipe open, or the
+/// filesystem would never see the end of a stream whose storage died.
 struct PipeRelay(UnixSocketConnector);
 
 impl Connector for PipeRelay {
     fn connect(&self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {
         let (mut sock_r, mut sock_w) = self.0.connect()?;
-        let (down_r, down_w) = nix::unistd::pipe()?;
-        let (up_r, up_w) = nix::unistd::pipe()?;
+        let (down_r, down_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (up_r, up_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let mut down_w = std::fs::File::from(down_w);
         let mut up_r = std::fs::File::from(up_r);
         std::thread::spawn(move || {
