@@ -931,7 +931,7 @@ impl VolumeSync {
 
     /// Storage's files (path, size), all of one directory, → cloud: sent with one rclone
     /// call into a fresh directory of the partial area, then moved into place (see
-    /// [`Engine::place_files`]). The outcome of each file; `Err` if the call failed as a
+    /// [`VolumeSync::place_files`]). The outcome of each file; `Err` if the call failed as a
     /// whole (no file is known to have arrived).
     fn upload_files(&self, files: &[(String, u64)]) -> Result<Vec<Outcome>> {
         let dir = self.cloud.partial_dir();
@@ -1025,17 +1025,8 @@ impl VolumeSync {
         let stored = match self.cloud.files_in(dir) {
             Ok(stored) => stored,
             Err(e) => {
-                // Counts once towards the cloud being down; the next pass sends them again.
-                let why = format!("reading back what arrived: {e}");
-                let mut first = Some(SyncError::from(e));
-                for x in sent {
-                    let e = first.take().unwrap_or_else(|| SyncError::Other {
-                        op: "upload",
-                        path: x.path.clone(),
-                        why: why.clone(),
-                    });
-                    outcomes.push(x.outcome(Err(e)));
-                }
+                // The next pass sends them again.
+                outcomes.extend(all_failed(sent, "reading back what arrived", e));
                 return outcomes;
             }
         };
@@ -1099,18 +1090,9 @@ impl VolumeSync {
                 Err(err) => {
                     // Some may have moved; not asking the cloud which just after it failed,
                     // each counts as not uploaded. The next pass compares a moved one with
-                    // storage and records it; the others go again. The call's own error
-                    // counts once towards the cloud being down.
-                    let why = format!("moving it into place: {err}");
-                    let mut first = Some(SyncError::from(err));
-                    for (x, _) in together {
-                        let e = first.take().unwrap_or_else(|| SyncError::Other {
-                            op: "upload",
-                            path: x.path.clone(),
-                            why: why.clone(),
-                        });
-                        outcomes.push(x.outcome(Err(e)));
-                    }
+                    // storage and records it; the others go again.
+                    let files = together.into_iter().map(|(x, _)| x);
+                    outcomes.extend(all_failed(files, "moving it into place", err));
                 }
             }
         } else {
@@ -1375,7 +1357,7 @@ impl VolumeSync {
 }
 
 /// The directory `p` is in (`""` at the top of the volume).
-fn parent_dir(p: &str) -> &str {
+pub(super) fn parent_dir(p: &str) -> &str {
     p.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
@@ -1390,6 +1372,29 @@ struct Outcome {
     /// The size the pass planned with (for its report).
     size: u64,
     result: Result<Entry>,
+}
+
+/// `files` not uploaded because one cloud call for all of them failed (`doing` it): the
+/// first carries the call's own error, so that it counts once towards the cloud being
+/// down; the others say why.
+fn all_failed(
+    files: impl IntoIterator<Item = Sent>,
+    doing: &str,
+    err: super::rclone::CloudError,
+) -> Vec<Outcome> {
+    let why = format!("{doing}: {err}");
+    let mut first = Some(SyncError::from(err));
+    files
+        .into_iter()
+        .map(|x| {
+            let e = first.take().unwrap_or_else(|| SyncError::Other {
+                op: "upload",
+                path: x.path.clone(),
+                why: why.clone(),
+            });
+            x.outcome(Err(e))
+        })
+        .collect()
 }
 
 impl Sent {

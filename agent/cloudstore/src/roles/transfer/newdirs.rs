@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use super::engine::parent_dir;
 use super::statedb::StoreSig;
 
 /// At most this many files and bytes uploaded into one new directory wait for each
@@ -72,10 +73,6 @@ struct NewDir {
 #[derive(Debug, Default)]
 pub struct NewDirs {
     dirs: Mutex<BTreeMap<String, NewDir>>,
-}
-
-fn parent_dir(p: &str) -> &str {
-    p.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 impl NewDirs {

@@ -615,7 +615,7 @@ impl Rclone {
 
     /// Removes what cut uploads left in the partial directory.
     pub fn clean_partial(&self) -> Result<()> {
-        match absent_is_done(self.rc_path("purge", "operations/purge", PARTIAL_DIR)) {
+        match self.purge(PARTIAL_DIR) {
             Err(CloudError::Remote { message, .. }) if message.contains("directory not found") => {
                 Ok(())
             }
