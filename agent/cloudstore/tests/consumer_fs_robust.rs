@@ -614,6 +614,84 @@ fn names_and_attributes_the_kernel_keeps_long_follow_changes_made_by_another_mou
 }
 
 #[test]
+fn the_stat_after_a_write_is_answered_from_the_write_until_anything_may_have_changed_it() {
+    let v = Volume::create();
+    // The kernel keeps nothing, so each stat reaches the mount.
+    let m = v.mount_with(|o| o.followed_ttl = Duration::ZERO);
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.p("f"))
+        .unwrap();
+    f.write_all(&pattern(1, 4096)).unwrap();
+    // Once storage has written it, its ciphertext's mtime is changed behind storage's back:
+    // a stat that asks storage shows it, one answered from the write's answer does not.
+    let cipher = v.tree().join(root_entry(&v, "f"));
+    support::wait_until("storage to write the file", || {
+        fs::metadata(&cipher).map(|m| m.len()).ok() == Some(18 + 4096 + 32)
+    });
+    sh(
+        &format!("touch -m -d 2001-01-01T00:00:00Z {}", cipher.display()),
+        v.tree().as_path(),
+    );
+    let first = f.metadata().unwrap();
+    assert_eq!(first.len(), 4096);
+    assert!(
+        first.mtime() > 1_600_000_000,
+        "the stat after the write is the write's own answer, not a new question to storage: mtime {}",
+        first.mtime()
+    );
+    let second = f.metadata().unwrap();
+    assert_eq!(
+        (second.len(), second.mtime()),
+        (4096, 978_307_200),
+        "the next stat asks storage"
+    );
+    // Any other request about the file may change it: the attributes the write left are
+    // not used after an fsync.
+    f.write_all_at(b"x", 10).unwrap();
+    f.sync_all().unwrap();
+    sh(
+        &format!("touch -m -d 2001-01-01T00:00:00Z {}", cipher.display()),
+        v.tree().as_path(),
+    );
+    assert_eq!(f.metadata().unwrap().mtime(), 978_307_200);
+    drop(f);
+
+    // A change made elsewhere after this mount's write is what a stat shows, although the
+    // kernel may keep what it is told for ten minutes.
+    let here = v.mount_with(|o| o.followed_ttl = Duration::from_secs(600));
+    let there = v.mount();
+    support::wait_until("both mounts to follow storage's changes", || {
+        here.status.following() && there.status.following()
+    });
+    fs::write(here.p("g"), b"first").unwrap();
+    // Held open so the mount keeps the file's node (and what it knows of it) throughout.
+    let held = File::open(here.p("g")).unwrap();
+    let mut writer = OpenOptions::new().write(true).open(here.p("g")).unwrap();
+    writer.write_all(&pattern(2, 100)).unwrap();
+    drop(writer);
+    let cipher = v.tree().join(root_entry(&v, "g"));
+    support::wait_until("storage to write g", || {
+        fs::metadata(&cipher).map(|m| m.len()).ok() == Some(18 + 100 + 32)
+    });
+    fs::write(there.p("g"), pattern(3, 300)).unwrap();
+    support::wait_until("storage to write the other mount's g", || {
+        fs::metadata(&cipher).map(|m| m.len()).ok() == Some(18 + 300 + 32)
+    });
+    // Time for the push to reach this mount, so the stat below comes after it.
+    std::thread::sleep(Duration::from_millis(500));
+    support::wait_until("the other mount's size to show", || {
+        held.metadata().map(|m| m.len()).ok() == Some(300)
+    });
+    assert_eq!(fs::read(here.p("g")).unwrap(), pattern(3, 300));
+}
+
+#[test]
 fn a_directory_made_here_answers_for_missing_names_until_a_change_comes_from_elsewhere() {
     let v = Volume::create();
     let m = v.mount();

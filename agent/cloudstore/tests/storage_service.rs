@@ -12,8 +12,8 @@ use std::thread;
 use std::time::Duration;
 
 use cloudstore_protocol::{
-    Changes, Client, ClientConfig, ErrorCode, Expect, FileRef, HandshakeError, Hello, OpenFlags,
-    Push, RenameMode, Request, Response, Role,
+    features, Changes, Client, ClientConfig, ErrorCode, Expect, FileRef, HandshakeError, Hello,
+    OpenFlags, Push, RenameMode, Request, Response, Role,
 };
 use support::*;
 
@@ -439,6 +439,82 @@ fn handles_keep_naming_their_file_through_rename_and_unlink() {
         Response::Versions(v) => assert!(!v.versions.is_empty()),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_write_answers_with_the_attributes_it_left_only_to_a_client_that_asked() {
+    let agent = StorageAgent::start("work");
+    let (c, _) = agent
+        .client("cloudstore.Volume", "work", "my-work")
+        .unwrap();
+    assert_ne!(c.session().features & features::WRITE_ATTR, 0);
+    let h = opened(
+        c.call(Request::Create {
+            path: "a".into(),
+            mode: 0o600,
+            exclusive: true,
+        })
+        .unwrap(),
+    );
+    let stat = |c: &Client| match c
+        .call(Request::Stat {
+            file: FileRef::Path("a".into()),
+        })
+        .unwrap()
+    {
+        Response::Attr(a) => a,
+        other => panic!("expected Attr, got {other:?}"),
+    };
+    let written = |r: Response| match r {
+        Response::WrittenAttr { written, attr } => (written, attr),
+        other => panic!("expected WrittenAttr, got {other:?}"),
+    };
+    let (n, attr) = written(
+        c.call(Request::Write {
+            file: FileRef::Handle(h),
+            offset: 0,
+            data: vec![7; 5000],
+        })
+        .unwrap(),
+    );
+    assert_eq!((n, attr.size), (5000, 5000));
+    assert_eq!(
+        attr,
+        stat(&c),
+        "the answer is the file as a stat sees it after the write"
+    );
+    // By path, past the end: the size the hole makes.
+    let (n, attr) = written(
+        c.call(Request::Write {
+            file: FileRef::Path("a".into()),
+            offset: 9999,
+            data: vec![1],
+        })
+        .unwrap(),
+    );
+    assert_eq!((n, attr.size), (1, 10_000));
+    assert_eq!(attr, stat(&c));
+    c.call(Request::Close { handle: h }).unwrap();
+
+    // A client from before the feature gets the answer it knows.
+    let mut hello = Hello::new(Role::Volume);
+    hello.features = features::PUSH;
+    let old = Client::connect_unix(
+        agent.raw("cloudstore.Volume", "work", "my-work"),
+        ClientConfig::new(hello),
+    )
+    .unwrap()
+    .0;
+    assert_eq!(old.session().features, features::PUSH);
+    assert_eq!(
+        old.call(Request::Write {
+            file: FileRef::Path("a".into()),
+            offset: 0,
+            data: b"xy".to_vec(),
+        })
+        .unwrap(),
+        Response::Written(2)
+    );
 }
 
 #[test]

@@ -64,8 +64,11 @@ impl Role {
 pub mod features {
     /// The server pushes journal entries after `Subscribe`.
     pub const PUSH: u32 = 1 << 0;
+    /// A `Write` is answered `WrittenAttr`: the bytes written and the file's attributes
+    /// after them, so a client can answer the stat that follows a write without asking.
+    pub const WRITE_ATTR: u32 = 1 << 1;
     /// Every feature this build knows.
-    pub const ALL: u32 = PUSH;
+    pub const ALL: u32 = PUSH | WRITE_ATTR;
 }
 
 /// The client's side of the handshake.

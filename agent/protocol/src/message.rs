@@ -130,7 +130,8 @@ pub enum Request {
         offset: u64,
         len: u32,
     },
-    /// Writes all of `data` (≤ [`MAX_IO`]) at `offset` → `Written`.
+    /// Writes all of `data` (≤ [`MAX_IO`]) at `offset` → `Written`, or `WrittenAttr` on a
+    /// connection granted `features::WRITE_ATTR`.
     Write {
         file: FileRef,
         offset: u64,
@@ -594,6 +595,11 @@ pub enum Response {
     Got {
         attr: Attr,
     },
+    /// The bytes written and the file's attributes taken after writing them.
+    WrittenAttr {
+        written: u32,
+        attr: Attr,
+    },
 }
 
 impl Response {
@@ -614,6 +620,7 @@ impl Response {
             Response::Versions(_) => 13,
             Response::Version(_) => 14,
             Response::Got { .. } => 15,
+            Response::WrittenAttr { .. } => 16,
         }
     }
 
@@ -635,6 +642,7 @@ impl Response {
             Response::Versions(_) => "Versions",
             Response::Version(_) => "Version",
             Response::Got { .. } => "Got",
+            Response::WrittenAttr { .. } => "WrittenAttr",
         }
     }
 
@@ -661,6 +669,10 @@ impl Response {
             Response::TreePage(p) => p.enc(&mut e),
             Response::Versions(v) => v.enc(&mut e),
             Response::Version(v) => v.enc(&mut e),
+            Response::WrittenAttr { written, attr } => {
+                e.u32(*written);
+                attr.enc(&mut e);
+            }
         }
         e.buf
     }
@@ -692,6 +704,10 @@ impl Response {
             13 => Response::Versions(VersionList::dec(d)?),
             14 => Response::Version(VersionInfo::dec(d)?),
             15 => Response::Got {
+                attr: Attr::dec(d)?,
+            },
+            16 => Response::WrittenAttr {
+                written: d.u32("written")?,
                 attr: Attr::dec(d)?,
             },
             t => return Err(DecodeError::new("response", format!("unknown kind {t}"))),

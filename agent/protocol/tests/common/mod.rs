@@ -264,6 +264,10 @@ pub fn responses() -> Vec<Response> {
         Response::Got {
             attr: attr(FileType::File, 3),
         },
+        Response::WrittenAttr {
+            written: 4096,
+            attr: attr(FileType::File, 4096),
+        },
     ]
 }
 

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::Duration;
 
 use cloudstore_protocol::{
-    self as wire, Call, ErrorCode, FileRef, Handler, Push, RemoteError, Request, Response,
+    self as wire, features, Call, ErrorCode, FileRef, Handler, Push, RemoteError, Request, Response,
 };
 use cloudstore_store::{self as store, parse_path, FileKey, RelPath, Volume};
 use tracing::{debug, warn};
@@ -144,6 +144,14 @@ impl Connection {
             path: Mutex::new(Some(p.clone())),
         })?;
         Ok((h, convert::attr(&attr)))
+    }
+
+    fn fstat(&self, of: &OpenFile) -> Result<wire::Attr, RemoteError> {
+        let m = of
+            .file
+            .metadata()
+            .map_err(|e| convert::io_error("stat", &Connection::label(of), &e))?;
+        Ok(convert::attr_of_metadata(&m))
     }
 
     fn label(of: &OpenFile) -> String {
@@ -416,14 +424,7 @@ impl Connection {
                 FileRef::Path(s) => Ok(Response::Attr(convert::attr(&st(
                     vol.stat(&path("stat", &s)?)
                 )?))),
-                FileRef::Handle(h) => {
-                    let of = self.handle(h)?;
-                    let m = of
-                        .file
-                        .metadata()
-                        .map_err(|e| convert::io_error("stat", &Connection::label(&of), &e))?;
-                    Ok(Response::Attr(convert::attr_of_metadata(&m)))
-                }
+                FileRef::Handle(h) => Ok(Response::Attr(self.fstat(&*self.handle(h)?)?)),
             },
             Request::ReadDir {
                 path: s,
@@ -491,21 +492,43 @@ impl Connection {
                 Ok(Response::Data(self.read(vol, file, offset, len)?))
             }
             Request::Write { file, offset, data } => {
-                let n = match file {
-                    FileRef::Path(s) => st(vol.write(&path("write", &s)?, offset, &data))?,
+                let with_attr = call.session().features & features::WRITE_ATTR != 0;
+                let (n, attr) = match file {
+                    FileRef::Path(s) => {
+                        let p = path("write", &s)?;
+                        let n = st(vol.write(&p, offset, &data))?;
+                        let attr = match with_attr {
+                            true => Some(convert::attr(&st(vol.stat(&p))?)),
+                            false => None,
+                        };
+                        (n, attr)
+                    }
                     FileRef::Handle(h) => {
                         let of = self.handle(h)?;
                         self.writable(h, &of)?;
-                        self.modify_handle(
+                        let n = self.modify_handle(
                             vol,
                             &of,
                             |p, k| vol.write_if(p, Some(k), offset, &data),
                             |f| f.write_all_at(&data, offset).map(|_| data.len()),
                             "write",
-                        )?
+                        )?;
+                        // The descriptor names the file written whichever way the write
+                        // went (through the tree only while the path is still this file).
+                        let attr = match with_attr {
+                            true => Some(self.fstat(&of)?),
+                            false => None,
+                        };
+                        (n, attr)
                     }
                 };
-                Ok(Response::Written(n as u32))
+                Ok(match attr {
+                    Some(attr) => Response::WrittenAttr {
+                        written: n as u32,
+                        attr,
+                    },
+                    None => Response::Written(n as u32),
+                })
             }
             Request::Create {
                 path: s,

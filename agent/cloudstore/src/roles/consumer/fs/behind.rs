@@ -26,7 +26,7 @@
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
-use cloudstore_protocol::{ErrorCode, PendingCall, Request, Response, MAX_IO};
+use cloudstore_protocol::{Attr, ErrorCode, PendingCall, Request, Response, MAX_IO};
 
 use super::core::{expect_resp, Core, OpenFile};
 use super::nodes::FileState;
@@ -57,6 +57,9 @@ struct SentWrite {
     gen: u64,
     requests: Vec<Request>,
     calls: Vec<PendingCall>,
+    /// The file's cache drops when it was sent, if the attributes its answer carries may be
+    /// kept (pushes were followed).
+    drops: Option<u64>,
     _pending: PendingWrite,
 }
 
@@ -99,21 +102,37 @@ fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
     state.behind.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Checks storage's answers to the pieces of a write.
-fn check_written(pieces: &[(u64, &[u8])], answers: Vec<Response>) -> Result<(), Fail> {
+/// Checks storage's answers to the pieces of a write, and returns the file's attributes
+/// after all of them if storage gave them (`WRITE_ATTR`). Storage may serve the pieces
+/// concurrently, so each answer's attributes may predate the other pieces; the answer
+/// taken last saw every piece written, and its change time (or, within one tick of the
+/// clock, its size: writes only grow a file) is the largest.
+fn check_written(pieces: &[(u64, &[u8])], answers: Vec<Response>) -> Result<Option<Attr>, Fail> {
+    let mut after: Option<Attr> = None;
+    let mut every_answer_has_attrs = true;
     for (&(offset, data), answer) in pieces.iter().zip(answers) {
-        match answer {
-            Response::Written(n) if n as usize == data.len() => {}
+        let n = match answer {
             Response::Written(n) => {
-                return Err(Fail::io(format!(
-                    "storage wrote {n} of {} bytes at {offset}",
-                    data.len()
-                )))
+                every_answer_has_attrs = false;
+                n
+            }
+            Response::WrittenAttr { written, attr } => {
+                let later = |a: &Attr| (a.ctime, a.size) > (attr.ctime, attr.size);
+                if !after.as_ref().is_some_and(later) {
+                    after = Some(attr);
+                }
+                written
             }
             r => return Err(expect_resp(r, "Written")),
+        };
+        if n as usize != data.len() {
+            return Err(Fail::io(format!(
+                "storage wrote {n} of {} bytes at {offset}",
+                data.len()
+            )));
         }
     }
-    Ok(())
+    Ok(after.filter(|_| every_answer_has_attrs))
 }
 
 impl Core {
@@ -170,6 +189,8 @@ impl Core {
             }
             Err(f) => return Err(f),
         };
+        state.attrs_changing();
+        let drops = self.status.following().then(|| state.drops());
         let requests: Vec<Request> = pieces
             .iter()
             .map(|&(offset, data)| Request::Write {
@@ -192,6 +213,7 @@ impl Core {
             gen,
             requests,
             calls,
+            drops,
             _pending: PendingWrite::new(&self.status),
         });
         Ok(())
@@ -206,13 +228,22 @@ impl Core {
         of: Option<&OpenFile>,
         pieces: &[(u64, &[u8])],
     ) -> Result<(), Fail> {
+        let state = self.state_of(ino, of);
+        let drops = self.status.following().then(|| state.drops());
         let (answers, _) =
             self.file_calls_unsettled(ino, of, pieces.len(), |file, i| Request::Write {
                 file,
                 offset: pieces[i].0,
                 data: pieces[i].1.to_vec(),
             })?;
-        check_written(pieces, answers)
+        self.keep(&state, check_written(pieces, answers)?, drops);
+        Ok(())
+    }
+
+    fn keep(&self, state: &FileState, attr: Option<Attr>, drops: Option<u64>) {
+        if let (Some(attr), Some(drops)) = (attr, drops) {
+            state.keep_written(attr, drops);
+        }
     }
 
     fn finish_write(&self, sent: SentWrite) -> Result<(), Fail> {
@@ -231,6 +262,8 @@ impl Core {
                 }
             }
         }
-        check_written(&pieces, answers)
+        let attr = check_written(&pieces, answers)?;
+        self.keep(&sent.of.file, attr, sent.drops);
+        Ok(())
     }
 }

@@ -471,7 +471,7 @@ impl Core {
                 // once the new one is up (above), not now: dropping a file's pages waits for
                 // its write in flight, which waits for the new connection.
                 me.status.set_following(false);
-                me.forget_listings();
+                me.forget_followed();
                 me.st.drop_connection(gen);
                 while !me.stopping.load(Ordering::Relaxed) {
                     if me.st.client(Instant::now() + me.opts.request_timeout).is_ok() {
@@ -497,10 +497,14 @@ impl Core {
         }
     }
 
-    /// Every directory listing known so far may be out of date.
-    fn forget_listings(&self) {
+    /// The push stream ended: every directory listing known so far may be out of date,
+    /// and the attributes writes left may have been changed elsewhere since.
+    fn forget_followed(&self) {
         for n in lock(&self.nodes).map.values_mut() {
             n.entries = None;
+            let mut c = lock(&n.file.cache);
+            c.written = None;
+            c.drops += 1;
         }
     }
 
@@ -522,10 +526,7 @@ impl Core {
             for n in nodes.map.values_mut() {
                 n.entries = None;
                 n.diriv = None;
-                let mut c = lock(&n.file.cache);
-                c.clen = None;
-                c.header = None;
-                c.seen = None;
+                n.file.forget_cached();
                 names.extend(n.names.iter().map(|x| (x.parent, x.pname.clone())));
             }
             (nodes.map.keys().copied().collect(), names)
@@ -582,10 +583,7 @@ impl Core {
                 if let Some(n) = nodes.map.get_mut(&i) {
                     n.entries = None;
                     n.diriv = None;
-                    let mut c = lock(&n.file.cache);
-                    c.clen = None;
-                    c.header = None;
-                    c.seen = None;
+                    n.file.forget_cached();
                     pname = n
                         .names
                         .iter()
@@ -823,9 +821,14 @@ impl Core {
     /// Waits for the write in flight on `ino` (through `of`, for a file that may have lost
     /// its name).
     fn settle_file(&self, ino: u64, of: Option<&OpenFile>) {
+        self.settle(&self.state_of(ino, of));
+    }
+
+    /// The state of the file `ino`, through `of` for a file that may have lost its name.
+    pub(crate) fn state_of(&self, ino: u64, of: Option<&OpenFile>) -> Arc<FileState> {
         match of {
-            Some(of) => self.settle(&of.file),
-            None => self.settle(&self.file_state(ino)),
+            Some(of) => of.file.clone(),
+            None => self.file_state(ino),
         }
     }
 
@@ -837,6 +840,7 @@ impl Core {
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<(Vec<Response>, bool), Fail> {
+        self.state_of(ino, of).attrs_changing();
         let mut file = None;
         self.st
             .call_all(n, |client, gen, deadline, i| {
@@ -944,7 +948,9 @@ impl Core {
             .copied();
         if let Some(child) = known {
             // Its size is only right once its write in flight is answered.
-            self.settle(&self.file_state(child));
+            if let Some(a) = self.written_attr(child, None) {
+                return Ok(self.attr_of(child, &a));
+            }
         }
         let a = self.stat_path(&cpath)?;
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
@@ -966,8 +972,33 @@ impl Core {
         if of.is_none() && lock(&self.nodes).cpath(ino).is_none() {
             of = self.any_handle(ino);
         }
+        if let Some(a) = self.written_attr(ino, of.as_deref()) {
+            return Ok(self.attr_of(ino, &a));
+        }
         let a = self.stat_ref(ino, of.as_deref())?;
         Ok(self.attr_of(ino, &a))
+    }
+
+    /// The attributes the file's last write left, if nothing may have changed them since:
+    /// the kernel drops a file's attributes after every write, and asks again at the next
+    /// stat. Only while pushes are followed, which drop them on a change made elsewhere.
+    fn written_attr(&self, ino: u64, of: Option<&OpenFile>) -> Option<Attr> {
+        let state = self.state_of(ino, of);
+        self.settle(&state);
+        let a = state.take_written()?;
+        self.status.following().then_some(a)
+    }
+
+    /// Requests about the entry `entry` of `parent` (an unlink, a rename) change the
+    /// attributes of the file it names (its link count, its ctime).
+    fn entry_attrs_changing(&self, parent: u64, entry: &str) {
+        let child = lock(&self.nodes)
+            .children
+            .get(&(parent, entry.to_owned()))
+            .copied();
+        if let Some(ino) = child {
+            self.file_state(ino).attrs_changing();
+        }
     }
 
     pub(crate) fn setattr(
@@ -1270,7 +1301,9 @@ impl Core {
     /// is unchanged since it was last seen).
     pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Fail> {
         // A truncating open must not overtake a write still on its way.
-        self.settle(&self.file_state(ino));
+        let state = self.file_state(ino);
+        self.settle(&state);
+        state.attrs_changing();
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -1371,6 +1404,7 @@ impl Core {
 
     pub(crate) fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
+        self.entry_attrs_changing(parent, &entry);
         match self.st.call_with(|_, _, _| {
             Ok(Request::Unlink {
                 path: cpath.clone(),
@@ -1480,6 +1514,7 @@ impl Core {
 
     fn make_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<FileAttr, Fail> {
         let existing = self.cpath(ino)?;
+        self.file_state(ino).attrs_changing();
         let (en, entry, cpath) = self.child(newparent, newname)?;
         self.write_long_name(&en, &cpath)?;
         match self.st.call_with(|_, _, _| {
@@ -1536,6 +1571,8 @@ impl Core {
         };
         let (from_en, from_entry, from) = self.child(parent, name)?;
         let (to_en, to_entry, to) = self.child(newparent, newname)?;
+        self.entry_attrs_changing(parent, &from_entry);
+        self.entry_attrs_changing(newparent, &to_entry);
         self.write_long_name(&to_en, &to)?;
         let attempt = || {
             let mut sent = false;

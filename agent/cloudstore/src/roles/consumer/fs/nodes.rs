@@ -6,10 +6,10 @@
 //! (gocryptfs shows the backing inode numbers too, so `ls -i` matches).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cloudstore_format::DirIv;
-use cloudstore_protocol::FileType;
+use cloudstore_protocol::{Attr, FileType};
 
 pub(crate) const ROOT: u64 = fuser::FUSE_ROOT_ID;
 
@@ -32,6 +32,13 @@ pub(crate) struct FileCache {
     pub header: Option<[u8; cloudstore_format::HEADER_LEN]>,
     /// (size, mtime) last seen at open: unchanged means the kernel may keep its pages.
     pub seen: Option<(u64, i64, u32)>,
+    /// Storage's attributes of the file as its last write left them, for the stat the
+    /// kernel sends after every write; taken by it, dropped by any other request about the
+    /// file and by every change pushed from elsewhere.
+    pub written: Option<Attr>,
+    /// How often what is cached here was dropped: an answer to a write sent before a drop
+    /// is not kept.
+    pub drops: u64,
 }
 
 /// Per-file state shared by every handle: reads share the lock, writes (read-modify-write
@@ -44,12 +51,43 @@ pub(crate) struct FileState {
 }
 
 impl FileState {
-    /// Nothing cached of the ciphertext is to be trusted (a write of it failed).
+    fn cache(&self) -> MutexGuard<'_, FileCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Nothing cached of the file is to be trusted (a write of it failed, or it was changed
+    /// elsewhere).
     pub(crate) fn forget_cached(&self) {
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.cache();
         c.clen = None;
         c.header = None;
         c.seen = None;
+        c.written = None;
+        c.drops += 1;
+    }
+
+    /// A request about the file is on its way: whatever its attributes were, they may
+    /// change.
+    pub(crate) fn attrs_changing(&self) {
+        self.cache().written = None;
+    }
+
+    /// What to hand [`FileState::keep_written`] with the answer of a write sent now.
+    pub(crate) fn drops(&self) -> u64 {
+        self.cache().drops
+    }
+
+    /// Keeps the attributes a write's answer carried, unless the cache was dropped since
+    /// the write was sent (`drops` from then).
+    pub(crate) fn keep_written(&self, attr: Attr, drops: u64) {
+        let mut c = self.cache();
+        if c.drops == drops {
+            c.written = Some(attr);
+        }
+    }
+
+    pub(crate) fn take_written(&self) -> Option<Attr> {
+        self.cache().written.take()
     }
 }
 
