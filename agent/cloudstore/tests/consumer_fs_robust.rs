@@ -692,6 +692,60 @@ fn the_stat_after_a_write_is_answered_from_the_write_until_anything_may_have_cha
 }
 
 #[test]
+fn a_directory_stat_after_an_entry_made_or_removed_here_is_answered_from_that_change() {
+    let v = Volume::create();
+    // The kernel keeps nothing, so each stat reaches the mount.
+    let m = v.mount_with(|o| o.followed_ttl = Duration::ZERO);
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    fs::create_dir(m.p("d")).unwrap();
+    let dir = File::open(m.p("d")).unwrap();
+    let cdir = v.tree().join(root_entry(&v, "d"));
+    // Changed behind storage's back: a stat that asks storage shows this mtime.
+    let backdate = || {
+        sh(
+            &format!("touch -m -d 2001-01-01T00:00:00Z {}", cdir.display()),
+            v.tree().as_path(),
+        );
+    };
+    let cname = entry_in(&v, &root_entry(&v, "d"), "x");
+    drop(File::create(m.p("d/x")).unwrap());
+    assert!(cdir.join(&cname).exists());
+    backdate();
+    let first = dir.metadata().unwrap();
+    assert!(
+        first.mtime() > 1_600_000_000,
+        "the stat after a create is the create's own answer: mtime {}",
+        first.mtime()
+    );
+    assert_eq!(
+        dir.metadata().unwrap().mtime(),
+        978_307_200,
+        "the next one asks storage"
+    );
+
+    fs::remove_file(m.p("d/x")).unwrap();
+    assert!(!cdir.join(&cname).exists());
+    backdate();
+    assert!(
+        dir.metadata().unwrap().mtime() > 1_600_000_000,
+        "after an unlink"
+    );
+    assert_eq!(dir.metadata().unwrap().mtime(), 978_307_200);
+
+    // A change whose answer does not carry the directory (a mkdir) leaves it to storage.
+    drop(File::create(m.p("d/y")).unwrap());
+    fs::create_dir(m.p("d/sub")).unwrap();
+    backdate();
+    assert_eq!(
+        dir.metadata().unwrap().mtime(),
+        978_307_200,
+        "after a mkdir"
+    );
+}
+
+#[test]
 fn a_directory_made_here_answers_for_missing_names_until_a_change_comes_from_elsewhere() {
     let v = Volume::create();
     let m = v.mount();

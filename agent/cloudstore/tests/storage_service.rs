@@ -19,8 +19,8 @@ use support::*;
 
 fn opened(r: Response) -> u64 {
     match r {
-        Response::Opened { handle, .. } => handle,
-        other => panic!("expected Opened, got {other:?}"),
+        Response::Opened { handle, .. } | Response::Created { handle, .. } => handle,
+        other => panic!("expected Opened or Created, got {other:?}"),
     }
 }
 
@@ -442,12 +442,56 @@ fn handles_keep_naming_their_file_through_rename_and_unlink() {
 }
 
 #[test]
-fn a_write_answers_with_the_attributes_it_left_only_to_a_client_that_asked() {
+fn changes_answer_with_the_attributes_they_left_only_to_a_client_that_asked() {
     let agent = StorageAgent::start("work");
     let (c, _) = agent
         .client("cloudstore.Volume", "work", "my-work")
         .unwrap();
-    assert_ne!(c.session().features & features::WRITE_ATTR, 0);
+    assert_ne!(c.session().features & features::ATTRS_AFTER, 0);
+    c.call(Request::Mkdir {
+        path: "d".into(),
+        mode: 0o700,
+    })
+    .unwrap();
+    let stat_of = |c: &Client, p: &str| match c
+        .call(Request::Stat {
+            file: FileRef::Path(p.into()),
+        })
+        .unwrap()
+    {
+        Response::Attr(a) => a,
+        other => panic!("expected Attr, got {other:?}"),
+    };
+    // A create and an unlink carry their directory as a stat sees it after them.
+    let before = stat_of(&c, "d");
+    match c
+        .call(Request::Create {
+            path: "d/x".into(),
+            mode: 0o600,
+            exclusive: true,
+        })
+        .unwrap()
+    {
+        Response::Created {
+            handle,
+            attr,
+            parent,
+        } => {
+            assert_eq!(attr, stat_of(&c, "d/x"));
+            assert_eq!(parent, stat_of(&c, "d"));
+            assert!(parent.ctime > before.ctime || parent.size != before.size);
+            c.call(Request::Close { handle }).unwrap();
+        }
+        other => panic!("expected Created, got {other:?}"),
+    }
+    match c.call(Request::Unlink { path: "d/x".into() }).unwrap() {
+        Response::Unlinked { parent } => assert_eq!(parent, stat_of(&c, "d")),
+        other => panic!("expected Unlinked, got {other:?}"),
+    }
+    match c.call(Request::Unlink { path: "d".into() }) {
+        Err(e) => assert_eq!(e.code, ErrorCode::IsDir),
+        Ok(other) => panic!("unlink of a directory answered {other:?}"),
+    }
     let h = opened(
         c.call(Request::Create {
             path: "a".into(),
@@ -456,15 +500,7 @@ fn a_write_answers_with_the_attributes_it_left_only_to_a_client_that_asked() {
         })
         .unwrap(),
     );
-    let stat = |c: &Client| match c
-        .call(Request::Stat {
-            file: FileRef::Path("a".into()),
-        })
-        .unwrap()
-    {
-        Response::Attr(a) => a,
-        other => panic!("expected Attr, got {other:?}"),
-    };
+    let stat = |c: &Client| stat_of(c, "a");
     let written = |r: Response| match r {
         Response::WrittenAttr { written, attr } => (written, attr),
         other => panic!("expected WrittenAttr, got {other:?}"),
@@ -514,6 +550,18 @@ fn a_write_answers_with_the_attributes_it_left_only_to_a_client_that_asked() {
         })
         .unwrap(),
         Response::Written(2)
+    );
+    let created = old
+        .call(Request::Create {
+            path: "b".into(),
+            mode: 0o600,
+            exclusive: true,
+        })
+        .unwrap();
+    assert!(matches!(created, Response::Opened { .. }), "{created:?}");
+    assert_eq!(
+        old.call(Request::Unlink { path: "b".into() }).unwrap(),
+        Response::Ok
     );
 }
 

@@ -64,11 +64,13 @@ impl Role {
 pub mod features {
     /// The server pushes journal entries after `Subscribe`.
     pub const PUSH: u32 = 1 << 0;
-    /// A `Write` is answered `WrittenAttr`: the bytes written and the file's attributes
-    /// after them, so a client can answer the stat that follows a write without asking.
-    pub const WRITE_ATTR: u32 = 1 << 1;
+    /// Changes are answered with the attributes they left: `Write` with `WrittenAttr` (the
+    /// file's), `Create` with `Created` and `Unlink` with `Unlinked` (the parent
+    /// directory's), so a client can answer the stat the kernel sends after each of them
+    /// without asking.
+    pub const ATTRS_AFTER: u32 = 1 << 1;
     /// Every feature this build knows.
-    pub const ALL: u32 = PUSH | WRITE_ATTR;
+    pub const ALL: u32 = PUSH | ATTRS_AFTER;
 }
 
 /// The client's side of the handshake.

@@ -131,7 +131,7 @@ pub enum Request {
         len: u32,
     },
     /// Writes all of `data` (≤ [`MAX_IO`]) at `offset` → `Written`, or `WrittenAttr` on a
-    /// connection granted `features::WRITE_ATTR`.
+    /// connection granted `features::ATTRS_AFTER`.
     Write {
         file: FileRef,
         offset: u64,
@@ -600,6 +600,16 @@ pub enum Response {
         written: u32,
         attr: Attr,
     },
+    /// `Opened`, and the attributes of the directory the file was created in, taken after.
+    Created {
+        handle: u64,
+        attr: Attr,
+        parent: Attr,
+    },
+    /// Done; the attributes of the directory the entry was removed from, taken after.
+    Unlinked {
+        parent: Attr,
+    },
 }
 
 impl Response {
@@ -621,6 +631,8 @@ impl Response {
             Response::Version(_) => 14,
             Response::Got { .. } => 15,
             Response::WrittenAttr { .. } => 16,
+            Response::Created { .. } => 17,
+            Response::Unlinked { .. } => 18,
         }
     }
 
@@ -643,6 +655,8 @@ impl Response {
             Response::Version(_) => "Version",
             Response::Got { .. } => "Got",
             Response::WrittenAttr { .. } => "WrittenAttr",
+            Response::Created { .. } => "Created",
+            Response::Unlinked { .. } => "Unlinked",
         }
     }
 
@@ -673,6 +687,16 @@ impl Response {
                 e.u32(*written);
                 attr.enc(&mut e);
             }
+            Response::Created {
+                handle,
+                attr,
+                parent,
+            } => {
+                e.u64(*handle);
+                attr.enc(&mut e);
+                parent.enc(&mut e);
+            }
+            Response::Unlinked { parent } => parent.enc(&mut e),
         }
         e.buf
     }
@@ -709,6 +733,14 @@ impl Response {
             16 => Response::WrittenAttr {
                 written: d.u32("written")?,
                 attr: Attr::dec(d)?,
+            },
+            17 => Response::Created {
+                handle: d.u64("handle")?,
+                attr: Attr::dec(d)?,
+                parent: Attr::dec(d)?,
+            },
+            18 => Response::Unlinked {
+                parent: Attr::dec(d)?,
             },
             t => return Err(DecodeError::new("response", format!("unknown kind {t}"))),
         };

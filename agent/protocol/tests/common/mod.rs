@@ -268,6 +268,14 @@ pub fn responses() -> Vec<Response> {
             written: 4096,
             attr: attr(FileType::File, 4096),
         },
+        Response::Created {
+            handle: 7,
+            attr: attr(FileType::File, 0),
+            parent: attr(FileType::Dir, 4096),
+        },
+        Response::Unlinked {
+            parent: attr(FileType::Dir, 4096),
+        },
     ]
 }
 

@@ -77,6 +77,17 @@ fn st<T>(r: store::Result<T>) -> Result<T, RemoteError> {
     r.map_err(|e| convert::error(&e))
 }
 
+/// Whether the connection asked for changes to be answered with the attributes they left.
+fn attrs_after(call: &Call<'_>) -> bool {
+    call.session().features & features::ATTRS_AFTER != 0
+}
+
+/// The attributes of the directory holding `p`, after a change to its entries.
+fn parent_attr(vol: &Volume, p: &RelPath) -> Result<wire::Attr, RemoteError> {
+    let parent = p.parent().unwrap_or_else(RelPath::root);
+    Ok(convert::attr(&st(vol.stat(&parent))?))
+}
+
 fn bad_handle(h: u64) -> RemoteError {
     RemoteError::new(
         ErrorCode::BadHandle,
@@ -492,7 +503,7 @@ impl Connection {
                 Ok(Response::Data(self.read(vol, file, offset, len)?))
             }
             Request::Write { file, offset, data } => {
-                let with_attr = call.session().features & features::WRITE_ATTR != 0;
+                let with_attr = attrs_after(call);
                 let (n, attr) = match file {
                     FileRef::Path(s) => {
                         let p = path("write", &s)?;
@@ -537,8 +548,15 @@ impl Connection {
             } => {
                 let p = path("create", &s)?;
                 st(vol.create(&p, mode, exclusive))?;
-                let (h, attr) = self.open(vol, &p, true)?;
-                Ok(Response::Opened { handle: h, attr })
+                let (handle, attr) = self.open(vol, &p, true)?;
+                match attrs_after(call) {
+                    true => Ok(Response::Created {
+                        handle,
+                        attr,
+                        parent: parent_attr(vol, &p)?,
+                    }),
+                    false => Ok(Response::Opened { handle, attr }),
+                }
             }
             Request::Mkdir { path: s, mode } => Ok(Response::Attr(convert::attr(&st(
                 vol.mkdir(&path("mkdir", &s)?, mode)
@@ -556,7 +574,12 @@ impl Connection {
                 let p = path("unlink", &s)?;
                 st(vol.unlink(&p))?;
                 self.unlinked(&p);
-                Ok(Response::Ok)
+                match attrs_after(call) {
+                    true => Ok(Response::Unlinked {
+                        parent: parent_attr(vol, &p)?,
+                    }),
+                    false => Ok(Response::Ok),
+                }
             }
             Request::Rmdir { path: s } => {
                 st(vol.rmdir(&path("rmdir", &s)?))?;

@@ -57,9 +57,8 @@ struct SentWrite {
     gen: u64,
     requests: Vec<Request>,
     calls: Vec<PendingCall>,
-    /// The file's cache drops when it was sent, if the attributes its answer carries may be
-    /// kept (pushes were followed).
-    drops: Option<u64>,
+    /// The stamp under which the attributes its answer carries may be kept.
+    stamp: Option<u64>,
     _pending: PendingWrite,
 }
 
@@ -189,8 +188,7 @@ impl Core {
             }
             Err(f) => return Err(f),
         };
-        state.attrs_changing();
-        let drops = self.status.following().then(|| state.drops());
+        let stamp = self.stamp(state);
         let requests: Vec<Request> = pieces
             .iter()
             .map(|&(offset, data)| Request::Write {
@@ -213,7 +211,7 @@ impl Core {
             gen,
             requests,
             calls,
-            drops,
+            stamp,
             _pending: PendingWrite::new(&self.status),
         });
         Ok(())
@@ -228,22 +226,15 @@ impl Core {
         of: Option<&OpenFile>,
         pieces: &[(u64, &[u8])],
     ) -> Result<(), Fail> {
-        let state = self.state_of(ino, of);
-        let drops = self.status.following().then(|| state.drops());
-        let (answers, _) =
-            self.file_calls_unsettled(ino, of, pieces.len(), |file, i| Request::Write {
+        let (answers, _, stamp) =
+            self.file_calls_stamped(ino, of, pieces.len(), |file, i| Request::Write {
                 file,
                 offset: pieces[i].0,
                 data: pieces[i].1.to_vec(),
             })?;
-        self.keep(&state, check_written(pieces, answers)?, drops);
+        let attr = check_written(pieces, answers)?;
+        self.keep_attr(&self.state_of(ino, of), attr, stamp);
         Ok(())
-    }
-
-    fn keep(&self, state: &FileState, attr: Option<Attr>, drops: Option<u64>) {
-        if let (Some(attr), Some(drops)) = (attr, drops) {
-            state.keep_written(attr, drops);
-        }
     }
 
     fn finish_write(&self, sent: SentWrite) -> Result<(), Fail> {
@@ -263,7 +254,7 @@ impl Core {
             }
         }
         let attr = check_written(&pieces, answers)?;
-        self.keep(&sent.of.file, attr, sent.drops);
+        self.keep_attr(&sent.of.file, attr, sent.stamp);
         Ok(())
     }
 }

@@ -494,6 +494,9 @@ impl Core {
         let mut nodes = lock(&self.nodes);
         if let (_, Some(ino)) = nodes.resolve(dir) {
             nodes.unknown_entries(ino);
+            if let Some(n) = nodes.map.get(&ino) {
+                n.file.attrs_changing();
+            }
         }
     }
 
@@ -503,8 +506,8 @@ impl Core {
         for n in lock(&self.nodes).map.values_mut() {
             n.entries = None;
             let mut c = lock(&n.file.cache);
-            c.written = None;
-            c.drops += 1;
+            c.fresh = None;
+            c.changes += 1;
         }
     }
 
@@ -840,7 +843,20 @@ impl Core {
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<(Vec<Response>, bool), Fail> {
-        self.state_of(ino, of).attrs_changing();
+        self.file_calls_stamped(ino, of, n, build)
+            .map(|(r, m, _)| (r, m))
+    }
+
+    /// [`Core::file_calls_unsettled`], also returning the stamp under which attributes the
+    /// answers carry may be kept ([`Core::stamp`]).
+    pub(crate) fn file_calls_stamped(
+        &self,
+        ino: u64,
+        of: Option<&OpenFile>,
+        n: usize,
+        build: impl Fn(FileRef, usize) -> Request,
+    ) -> Result<(Vec<Response>, bool, Option<u64>), Fail> {
+        let stamp = self.stamp(&self.state_of(ino, of));
         let mut file = None;
         self.st
             .call_all(n, |client, gen, deadline, i| {
@@ -855,7 +871,22 @@ impl Core {
                     i,
                 ))
             })
-            .map(|(r, m, _)| (r, m))
+            .map(|(r, m, _)| (r, m, stamp))
+    }
+
+    /// Marks the attributes of a file or directory as changing (a request about it is on its
+    /// way) and returns the stamp under which those its answer carries may be kept: none
+    /// unless storage's pushes are followed, as only they tell of changes made elsewhere.
+    pub(crate) fn stamp(&self, state: &FileState) -> Option<u64> {
+        let s = state.attrs_changing();
+        self.status.following().then_some(s)
+    }
+
+    /// Keeps attributes an answer carried (see [`Core::stamp`]).
+    pub(crate) fn keep_attr(&self, state: &FileState, attr: Option<Attr>, stamp: Option<u64>) {
+        if let (Some(attr), Some(stamp)) = (attr, stamp) {
+            state.keep_attr(attr, stamp);
+        }
     }
 
     pub(crate) fn handle_for(
@@ -948,7 +979,7 @@ impl Core {
             .copied();
         if let Some(child) = known {
             // Its size is only right once its write in flight is answered.
-            if let Some(a) = self.written_attr(child, None) {
+            if let Some(a) = self.fresh_attr(child, None) {
                 return Ok(self.attr_of(child, &a));
             }
         }
@@ -972,20 +1003,22 @@ impl Core {
         if of.is_none() && lock(&self.nodes).cpath(ino).is_none() {
             of = self.any_handle(ino);
         }
-        if let Some(a) = self.written_attr(ino, of.as_deref()) {
+        if let Some(a) = self.fresh_attr(ino, of.as_deref()) {
             return Ok(self.attr_of(ino, &a));
         }
         let a = self.stat_ref(ino, of.as_deref())?;
         Ok(self.attr_of(ino, &a))
     }
 
-    /// The attributes the file's last write left, if nothing may have changed them since:
-    /// the kernel drops a file's attributes after every write, and asks again at the next
-    /// stat. Only while pushes are followed, which drop them on a change made elsewhere.
-    fn written_attr(&self, ino: u64, of: Option<&OpenFile>) -> Option<Attr> {
+    /// The attributes the last change made here left (a write to a file; an entry made or
+    /// removed in a directory), if nothing may have changed them since: the kernel drops a
+    /// file's attributes after every write and a directory's after every such change, and
+    /// asks again at the next stat or permission check. Only while pushes are followed,
+    /// which drop them on a change made elsewhere.
+    fn fresh_attr(&self, ino: u64, of: Option<&OpenFile>) -> Option<Attr> {
         let state = self.state_of(ino, of);
         self.settle(&state);
-        let a = state.take_written()?;
+        let a = state.take_attr()?;
         self.status.following().then_some(a)
     }
 
@@ -1148,6 +1181,7 @@ impl Core {
     /// Runs an operation that adds an entry to `dir`; when it fails, the entry may exist on
     /// storage anyway (an answer lost with the connection), so the listing is no longer known.
     fn adding_entry<T>(&self, dir: u64, op: impl FnOnce() -> Result<T, Fail>) -> Result<T, Fail> {
+        self.file_state(dir).attrs_changing();
         let r = op();
         if r.is_err() {
             lock(&self.nodes).unknown_entries(dir);
@@ -1254,6 +1288,8 @@ impl Core {
         let (en, entry, cpath) = self.child(parent, name)?;
         self.write_long_name(&en, &cpath)?;
         let exclusive = flags & libc::O_EXCL != 0;
+        let dir = self.file_state(parent);
+        let stamp = self.stamp(&dir);
         let (resp, gen) = match self.st.call_with(|_, _, _| {
             Ok(Request::Create {
                 path: cpath.clone(),
@@ -1278,6 +1314,14 @@ impl Core {
         };
         let (handle, a) = match resp {
             Response::Opened { handle, attr } => (handle, attr),
+            Response::Created {
+                handle,
+                attr,
+                parent: dir_attr,
+            } => {
+                self.keep_attr(&dir, Some(dir_attr), stamp);
+                (handle, attr)
+            }
             r => return Err(expect_resp(r, "Opened")),
         };
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
@@ -1405,11 +1449,19 @@ impl Core {
     pub(crate) fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
         self.entry_attrs_changing(parent, &entry);
+        let dir = self.file_state(parent);
+        let stamp = self.stamp(&dir);
         match self.st.call_with(|_, _, _| {
             Ok(Request::Unlink {
                 path: cpath.clone(),
             })
         }) {
+            // A long name's `.name` file goes next, which changes the directory again.
+            Ok((Response::Unlinked { parent: dir_attr }, _, _))
+                if !matches!(en, EncryptedName::Long { .. }) =>
+            {
+                self.keep_attr(&dir, Some(dir_attr), stamp)
+            }
             Ok(_) => {}
             Err(f) if f.maybe_applied && f.is(ErrorCode::NotFound) => {}
             Err(f) => return Err(f),
@@ -1467,6 +1519,7 @@ impl Core {
 
     pub(crate) fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
+        self.file_state(parent).attrs_changing();
         self.rmdir_cpath(&cpath)?;
         self.remove_long_name(&en, &cpath);
         lock(&self.nodes).detach(parent, &entry);
@@ -1573,6 +1626,7 @@ impl Core {
         let (to_en, to_entry, to) = self.child(newparent, newname)?;
         self.entry_attrs_changing(parent, &from_entry);
         self.entry_attrs_changing(newparent, &to_entry);
+        self.file_state(parent).attrs_changing();
         self.write_long_name(&to_en, &to)?;
         let attempt = || {
             let mut sent = false;

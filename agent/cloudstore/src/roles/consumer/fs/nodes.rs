@@ -32,13 +32,14 @@ pub(crate) struct FileCache {
     pub header: Option<[u8; cloudstore_format::HEADER_LEN]>,
     /// (size, mtime) last seen at open: unchanged means the kernel may keep its pages.
     pub seen: Option<(u64, i64, u32)>,
-    /// Storage's attributes of the file as its last write left them, for the stat the
-    /// kernel sends after every write; taken by it, dropped by any other request about the
-    /// file and by every change pushed from elsewhere.
-    pub written: Option<Attr>,
-    /// How often what is cached here was dropped: an answer to a write sent before a drop
-    /// is not kept.
-    pub drops: u64,
+    /// Storage's attributes of the file (or directory) as the last change made here left
+    /// them (a write; an entry created or removed in a directory), for the stat the kernel
+    /// sends after each such change; taken by it, dropped by any other request about it and
+    /// by every change pushed from elsewhere.
+    pub fresh: Option<Attr>,
+    /// Counts the requests and drops that may change the attributes: an answer carrying
+    /// attributes is kept only if nothing was counted since its request was sent.
+    pub changes: u64,
 }
 
 /// Per-file state shared by every handle: reads share the lock, writes (read-modify-write
@@ -62,32 +63,31 @@ impl FileState {
         c.clen = None;
         c.header = None;
         c.seen = None;
-        c.written = None;
-        c.drops += 1;
+        c.fresh = None;
+        c.changes += 1;
     }
 
-    /// A request about the file is on its way: whatever its attributes were, they may
-    /// change.
-    pub(crate) fn attrs_changing(&self) {
-        self.cache().written = None;
-    }
-
-    /// What to hand [`FileState::keep_written`] with the answer of a write sent now.
-    pub(crate) fn drops(&self) -> u64 {
-        self.cache().drops
-    }
-
-    /// Keeps the attributes a write's answer carried, unless the cache was dropped since
-    /// the write was sent (`drops` from then).
-    pub(crate) fn keep_written(&self, attr: Attr, drops: u64) {
+    /// A request that may change the attributes is on its way: whatever they were, they
+    /// are not known any more. Returns what [`FileState::keep_attr`] needs to keep the
+    /// attributes its answer carries.
+    pub(crate) fn attrs_changing(&self) -> u64 {
         let mut c = self.cache();
-        if c.drops == drops {
-            c.written = Some(attr);
+        c.fresh = None;
+        c.changes += 1;
+        c.changes
+    }
+
+    /// Keeps the attributes an answer carried, unless anything may have changed them since
+    /// its request was sent (`stamp` from [`FileState::attrs_changing`] then).
+    pub(crate) fn keep_attr(&self, attr: Attr, stamp: u64) {
+        let mut c = self.cache();
+        if c.changes == stamp {
+            c.fresh = Some(attr);
         }
     }
 
-    pub(crate) fn take_written(&self) -> Option<Attr> {
-        self.cache().written.take()
+    pub(crate) fn take_attr(&self) -> Option<Attr> {
+        self.cache().fresh.take()
     }
 }
 
