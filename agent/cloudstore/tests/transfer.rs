@@ -619,10 +619,10 @@ fn new_directories_move_into_place_whole() {
     wait_for("a clean pass", 30, || {
         t.status().contains("last error:   none")
     });
-    assert!(
-        cloud.join("a/empty").is_dir(),
-        "the empty directory is made"
-    );
+    // The files' arrival is not the end of the pass: the empty directory may come after.
+    wait_for("the empty directory to be made", 30, || {
+        cloud.join("a/empty").is_dir()
+    });
     let log = fs::read_to_string(&log_path).unwrap();
     let moves: Vec<&str> = log.lines().filter(|l| l.contains(": MOVE from")).collect();
     assert_eq!(

@@ -97,6 +97,14 @@ impl Drop for PendingWrite {
     }
 }
 
+/// Whether the file has no write in flight, found without waiting.
+pub(crate) fn idle(state: &FileState) -> bool {
+    match state.behind.try_lock() {
+        Ok(wb) => wb.inflight.is_none(),
+        Err(_) => false,
+    }
+}
+
 fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
     state.behind.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -977,15 +977,54 @@ impl Core {
             .children
             .get(&(parent, entry.clone()))
             .copied();
-        if let Some(child) = known {
-            // Its size is only right once its write in flight is answered.
-            if let Some(a) = self.fresh_attr(child, None) {
-                return Ok(self.attr_of(child, &a));
-            }
-        }
-        let a = self.stat_path(&cpath)?;
+        // Its size is only right once its write in flight is answered (`fresh_attr`
+        // waits for it).
+        let a = match known.and_then(|child| self.fresh_attr(child, None)) {
+            Some(a) => a,
+            None => self.stat_path(&cpath)?,
+        };
+        // Counted as the kernel counts its lookups, whoever answered.
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
         Ok(self.attr_of(ino, &a))
+    }
+
+    /// Whether `name` in `parent` can be answered "no such file" at once, without waiting
+    /// for storage or for a lock held across a request (so on fuser's reading thread): its
+    /// directory's IV is known and so are its entries.
+    pub(crate) fn known_absent_now(&self, parent: u64, name: &[u8]) -> bool {
+        if !self.status.following() {
+            return false;
+        }
+        let iv = if self.vol.names().uses_dir_iv() {
+            match lock(&self.nodes).map.get(&parent).and_then(|n| n.diriv) {
+                Some(iv) => iv,
+                None => return false,
+            }
+        } else {
+            DirIv::ZERO
+        };
+        let Ok(en) = self.vol.names().encrypt_name(&iv, name) else {
+            return false;
+        };
+        let Ok(entry) = std::str::from_utf8(en.entry()) else {
+            return false;
+        };
+        lock(&self.nodes).known_absent(parent, entry)
+    }
+
+    /// The attributes the last change made here left, if they can be given at once
+    /// (see [`Core::known_absent_now`]): no write of the file is in flight.
+    pub(crate) fn getattr_now(&self, ino: u64, fh: Option<u64>) -> Option<FileAttr> {
+        if !self.status.following() {
+            return None;
+        }
+        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        let state = self.state_of(ino, of.as_deref());
+        if !super::behind::idle(&state) {
+            return None;
+        }
+        let a = state.take_attr()?;
+        Some(self.attr_of(ino, &a))
     }
 
     pub(crate) fn forget(&self, ino: u64, n: u64) {
