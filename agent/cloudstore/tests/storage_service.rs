@@ -566,6 +566,65 @@ fn changes_answer_with_the_attributes_they_left_only_to_a_client_that_asked() {
 }
 
 #[test]
+fn a_small_file_opened_for_reading_comes_with_its_content_to_a_client_that_asked() {
+    let agent = StorageAgent::start("work");
+    let (c, _) = agent
+        .client("cloudstore.Volume", "work", "my-work")
+        .unwrap();
+    assert_ne!(c.session().features & features::OPEN_HEAD, 0);
+    let max = cloudstore_protocol::OPEN_HEAD_MAX as usize;
+    let read_only = OpenFlags {
+        write: false,
+        truncate: false,
+    };
+    for (name, len) in [("empty", 0), ("one", 1), ("largest", max)] {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        write_file(&c, name, &content);
+        match c
+            .call(Request::Open {
+                path: name.into(),
+                flags: read_only,
+            })
+            .unwrap()
+        {
+            Response::OpenedWith {
+                handle,
+                attr,
+                content: got,
+            } => {
+                assert_eq!(attr.size, len as u64);
+                assert!(got == content, "{name}: the content is the file's");
+                c.call(Request::Close { handle }).unwrap();
+            }
+            other => panic!("{name}: expected OpenedWith, got {other:?}"),
+        }
+    }
+    // Larger, opened for writing, or a client that did not ask: a plain answer.
+    write_file(&c, "large", &vec![1; max + 1]);
+    let open = |c: &Client, name: &str, write: bool| {
+        c.call(Request::Open {
+            path: name.into(),
+            flags: OpenFlags {
+                write,
+                truncate: false,
+            },
+        })
+        .unwrap()
+    };
+    assert!(matches!(open(&c, "large", false), Response::Opened { .. }));
+    assert!(matches!(open(&c, "one", true), Response::Opened { .. }));
+    let mut hello = Hello::new(Role::Volume);
+    hello.features = features::PUSH | features::ATTRS_AFTER;
+    let old = Client::connect_unix(
+        agent.raw("cloudstore.Volume", "work", "my-work"),
+        ClientConfig::new(hello),
+    )
+    .unwrap()
+    .0;
+    assert!(matches!(open(&old, "one", false), Response::Opened { .. }));
+}
+
+#[test]
 fn sync_discovers_volumes_follows_the_journal_and_puts_atomically() {
     let agent = StorageAgent::start("work photos");
     let (disc, _) = agent.client("cloudstore.Sync", "", "transfer").unwrap();

@@ -69,8 +69,12 @@ pub mod features {
     /// directory's), so a client can answer the stat the kernel sends after each of them
     /// without asking.
     pub const ATTRS_AFTER: u32 = 1 << 1;
+    /// A read-only `Open` of a regular file of at most [`crate::OPEN_HEAD_MAX`] bytes is
+    /// answered `OpenedWith`: the handle, the attributes and the whole content, so a small
+    /// file is opened and read in one round trip.
+    pub const OPEN_HEAD: u32 = 1 << 2;
     /// Every feature this build knows.
-    pub const ALL: u32 = PUSH | ATTRS_AFTER;
+    pub const ALL: u32 = PUSH | ATTRS_AFTER | OPEN_HEAD;
 }
 
 /// The client's side of the handshake.

@@ -33,7 +33,9 @@ pub use handshake::{
     client_handshake, features, refuse_connection, server_handshake, Accept, HandshakeError, Hello,
     Role, Session, MAGIC, MIN_VERSION, VERSION,
 };
-pub use message::{decode_error, encode_error, Body, Op, Push, Request, Response, MAX_IO};
+pub use message::{
+    decode_error, encode_error, Body, Op, Push, Request, Response, MAX_IO, OPEN_HEAD_MAX,
+};
 pub use server::{
     serve, Call, DownloadWriter, Handler, Pusher, ServeError, ServeStats, ServerConfig,
     UploadReader, CHUNK_SIZE, STREAM_WINDOW,

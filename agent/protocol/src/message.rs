@@ -14,6 +14,11 @@ use crate::wire::{Dec, DecodeError, Enc};
 /// is one protocol request.
 pub const MAX_IO: usize = 1 << 20;
 
+/// The largest file whose content comes with a read-only `Open` (`features::OPEN_HEAD`):
+/// 128 KiB of plaintext in gocryptfs's 4 KiB blocks (header, and 16 + 16 bytes per block),
+/// the kernel's default readahead, so a file this small is usually read whole at once.
+pub const OPEN_HEAD_MAX: u64 = 18 + 32 * (4096 + 32);
+
 /// Whether an operation carries a data stream besides its request and response frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -610,6 +615,12 @@ pub enum Response {
     Unlinked {
         parent: Attr,
     },
+    /// `Opened`, with the file's whole content (`attr.size` bytes).
+    OpenedWith {
+        handle: u64,
+        attr: Attr,
+        content: Vec<u8>,
+    },
 }
 
 impl Response {
@@ -633,6 +644,7 @@ impl Response {
             Response::WrittenAttr { .. } => 16,
             Response::Created { .. } => 17,
             Response::Unlinked { .. } => 18,
+            Response::OpenedWith { .. } => 19,
         }
     }
 
@@ -657,6 +669,7 @@ impl Response {
             Response::WrittenAttr { .. } => "WrittenAttr",
             Response::Created { .. } => "Created",
             Response::Unlinked { .. } => "Unlinked",
+            Response::OpenedWith { .. } => "OpenedWith",
         }
     }
 
@@ -697,6 +710,15 @@ impl Response {
                 parent.enc(&mut e);
             }
             Response::Unlinked { parent } => parent.enc(&mut e),
+            Response::OpenedWith {
+                handle,
+                attr,
+                content,
+            } => {
+                e.u64(*handle);
+                attr.enc(&mut e);
+                e.bytes(content);
+            }
         }
         e.buf
     }
@@ -741,6 +763,11 @@ impl Response {
             },
             18 => Response::Unlinked {
                 parent: Attr::dec(d)?,
+            },
+            19 => Response::OpenedWith {
+                handle: d.u64("handle")?,
+                attr: Attr::dec(d)?,
+                content: d.bytes("content", OPEN_HEAD_MAX as usize)?.to_vec(),
             },
             t => return Err(DecodeError::new("response", format!("unknown kind {t}"))),
         };

@@ -67,7 +67,7 @@ fn handshake_agrees_on_version_role_and_features() {
     let sess = s.client.session();
     assert_eq!(sess.version, VERSION);
     assert_eq!(sess.role, Role::Volume);
-    assert_eq!(sess.features, features::PUSH | features::ATTRS_AFTER);
+    assert_eq!(sess.features, features::ALL);
     assert_eq!(sess.max_payload as usize, MAX_PAYLOAD);
     assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
 }

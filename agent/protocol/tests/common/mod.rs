@@ -276,6 +276,11 @@ pub fn responses() -> Vec<Response> {
         Response::Unlinked {
             parent: attr(FileType::Dir, 4096),
         },
+        Response::OpenedWith {
+            handle: 8,
+            attr: attr(FileType::File, 5),
+            content: b"hello".to_vec(),
+        },
     ]
 }
 

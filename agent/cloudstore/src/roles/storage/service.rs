@@ -20,7 +20,8 @@ use std::thread;
 use std::time::Duration;
 
 use cloudstore_protocol::{
-    self as wire, features, Call, ErrorCode, FileRef, Handler, Push, RemoteError, Request, Response,
+    self as wire, features, Call, ErrorCode, FileRef, Handler, Push, RemoteError, Request,
+    Response, OPEN_HEAD_MAX,
 };
 use cloudstore_store::{self as store, parse_path, FileKey, RelPath, Volume};
 use tracing::{debug, warn};
@@ -155,6 +156,26 @@ impl Connection {
             path: Mutex::new(Some(p.clone())),
         })?;
         Ok((h, convert::attr(&attr)))
+    }
+
+    /// The whole content of a small file just opened, if it is still `size` bytes long (a
+    /// file changed meanwhile is left to the reads).
+    fn whole(&self, of: &OpenFile, size: u64) -> Result<Option<Vec<u8>>, RemoteError> {
+        let mut buf = vec![0u8; size as usize + 1];
+        let mut got = 0;
+        while got < buf.len() {
+            match of.file.read_at(&mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(convert::io_error("read", &Connection::label(of), &e)),
+            }
+        }
+        if got as u64 != size {
+            return Ok(None);
+        }
+        buf.truncate(got);
+        Ok(Some(buf))
     }
 
     fn fstat(&self, of: &OpenFile) -> Result<wire::Attr, RemoteError> {
@@ -484,6 +505,16 @@ impl Connection {
                         "truncate",
                     )?;
                     attr.size = 0;
+                }
+                let small = attr.kind == wire::FileType::File && attr.size <= OPEN_HEAD_MAX;
+                if !flags.write && small && call.session().features & features::OPEN_HEAD != 0 {
+                    if let Some(content) = self.whole(&*self.handle(h)?, attr.size)? {
+                        return Ok(Response::OpenedWith {
+                            handle: h,
+                            attr,
+                            content,
+                        });
+                    }
                 }
                 Ok(Response::Opened { handle: h, attr })
             }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,7 +24,7 @@ use cloudstore_protocol::{
 use fuser::{FileAttr, TimeOrNow};
 
 use super::conn::Storage;
-use super::nodes::{FileState, Nodes, ROOT};
+use super::nodes::{FileState, Held, Nodes, ROOT};
 use super::{Connector, Fail, FsOptions, FsStatus};
 
 /// Longest `.name` file: a 255-byte plaintext name encrypts to 344 base64 characters.
@@ -71,7 +71,13 @@ pub(crate) struct Core {
     pub adopting: Mutex<()>,
     started: AtomicBool,
     stopping: AtomicBool,
+    /// Bytes of small files' content held from their open for their first read.
+    held: Arc<AtomicUsize>,
 }
+
+/// The most content a mount holds from read-only opens for the reads that follow: enough
+/// for a few dozen small files opened at once, whatever is opened and never read.
+const HELD_MAX: usize = 4 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -389,6 +395,7 @@ impl Core {
             jobs: Arc::new(WorkQueue::new(usize::MAX)),
             adopting: Mutex::new(()),
             started: AtomicBool::new(false),
+            held: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
         }
     }
@@ -1126,9 +1133,10 @@ impl Core {
         mut f: impl FnMut(&mut CryptFile<Remote<'_>>, &mut ContentCipher) -> Result<T, FormatError>,
     ) -> Result<T, Fail> {
         for attempt in 0..2 {
-            let (clen, header) = {
-                let c = lock(&state.cache);
-                (c.clen, c.header)
+            let (clen, header, content) = {
+                let mut c = lock(&state.cache);
+                let content = if attempt == 0 { c.content.take() } else { None };
+                (c.clen, c.header, content)
             };
             let clen = match clen {
                 Some(l) if attempt == 0 => l,
@@ -1142,6 +1150,9 @@ impl Core {
                 if attempt == 0 { header } else { None },
             );
             remote.behind = behind;
+            if let Some(held) = content.filter(|h| h.len() as u64 == clen) {
+                remote.pre = Some(held.into_bytes());
+            }
             // Storage is only reached outside CryptFile::open, so its failures keep their
             // errno; what CryptFile reports after this is about the bytes.
             if let Err(f) = remote.load_header() {
@@ -1396,8 +1407,13 @@ impl Core {
                 flags: OpenFlags { write, truncate },
             })
         })?;
-        let (handle, a) = match resp {
-            Response::Opened { handle, attr } => (handle, attr),
+        let (handle, a, content) = match resp {
+            Response::Opened { handle, attr } => (handle, attr, None),
+            Response::OpenedWith {
+                handle,
+                attr,
+                content,
+            } => (handle, attr, Some(content)),
             r => return Err(expect_resp(r, "Opened")),
         };
         let file = self.file_state(ino);
@@ -1409,6 +1425,13 @@ impl Core {
             if !keep {
                 c.clen = Some(a.size);
                 c.header = None;
+                // The kernel will read: the content that came with the open serves the
+                // first read (were the kernel to keep its pages, it would be dead weight).
+                let whole = content.filter(|d| d.len() as u64 == a.size);
+                c.content = whole.and_then(|d| Held::new(d, &self.held, HELD_MAX));
+                if let Some(h) = c.content.as_ref().and_then(|h| h.header()) {
+                    c.header = Some(h);
+                }
             }
             c.seen = Some(now);
             keep
@@ -1466,6 +1489,10 @@ impl Core {
         let Some(of) = lock(&self.files).remove(&fh) else {
             return;
         };
+        // Content from the open that no read took is not held past the handle.
+        if !of.write {
+            lock(&of.file.cache).content = None;
+        }
         // Not reported to the application unless it wrote again or called fsync: the
         // handle is gone, so the log and the status say it (see behind.rs).
         if let Err(f) = self.write_error(&of.file) {

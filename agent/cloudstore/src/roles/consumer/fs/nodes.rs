@@ -6,6 +6,7 @@
 //! (gocryptfs shows the backing inode numbers too, so `ls -i` matches).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cloudstore_format::DirIv;
@@ -40,6 +41,58 @@ pub(crate) struct FileCache {
     /// Counts the requests and drops that may change the attributes: an answer carrying
     /// attributes is kept only if nothing was counted since its request was sent.
     pub changes: u64,
+    /// The whole ciphertext of a small file as a read-only open brought it
+    /// (`OPEN_HEAD`), for the first read; dropped with the attributes.
+    pub content: Option<Held>,
+}
+
+/// Bytes held for a later read, counted against a budget shared by the mount.
+pub(crate) struct Held {
+    bytes: Vec<u8>,
+    len: usize,
+    budget: Arc<AtomicUsize>,
+}
+
+impl Held {
+    /// Holds `bytes` if the budget (`max` bytes over the mount) allows.
+    pub(crate) fn new(bytes: Vec<u8>, budget: &Arc<AtomicUsize>, max: usize) -> Option<Held> {
+        let len = bytes.len();
+        let before = budget.fetch_add(len, Ordering::Relaxed);
+        let held = Held {
+            bytes,
+            len,
+            budget: budget.clone(),
+        };
+        (before + len <= max).then_some(held)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The file header at the start of the content, if it is that long.
+    pub(crate) fn header(&self) -> Option<[u8; cloudstore_format::HEADER_LEN]> {
+        self.bytes
+            .get(..cloudstore_format::HEADER_LEN)?
+            .try_into()
+            .ok()
+    }
+
+    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.len, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({} bytes)", self.len)
+    }
 }
 
 /// Per-file state shared by every handle: reads share the lock, writes (read-modify-write
@@ -64,6 +117,7 @@ impl FileState {
         c.header = None;
         c.seen = None;
         c.fresh = None;
+        c.content = None;
         c.changes += 1;
     }
 
@@ -73,6 +127,7 @@ impl FileState {
     pub(crate) fn attrs_changing(&self) -> u64 {
         let mut c = self.cache();
         c.fresh = None;
+        c.content = None;
         c.changes += 1;
         c.changes
     }
