@@ -73,6 +73,18 @@ fn write_file(c: &Client, path: &str, content: &[u8]) {
     c.call(Request::Close { handle: h }).unwrap();
 }
 
+/// A volume client that asks only for `features`, as a build from before the others would.
+fn client_with(agent: &StorageAgent, features: u32) -> Client {
+    let mut hello = Hello::new(Role::Volume);
+    hello.features = features;
+    Client::connect_unix(
+        agent.raw("cloudstore.Volume", "work", "my-work"),
+        ClientConfig::new(hello),
+    )
+    .unwrap()
+    .0
+}
+
 fn read_path(c: &Client, path: &str) -> Vec<u8> {
     data(
         c.call(Request::Read {
@@ -533,14 +545,7 @@ fn changes_answer_with_the_attributes_they_left_only_to_a_client_that_asked() {
     c.call(Request::Close { handle: h }).unwrap();
 
     // A client from before the feature gets the answer it knows.
-    let mut hello = Hello::new(Role::Volume);
-    hello.features = features::PUSH;
-    let old = Client::connect_unix(
-        agent.raw("cloudstore.Volume", "work", "my-work"),
-        ClientConfig::new(hello),
-    )
-    .unwrap()
-    .0;
+    let old = client_with(&agent, features::PUSH);
     assert_eq!(old.session().features, features::PUSH);
     assert_eq!(
         old.call(Request::Write {
@@ -613,14 +618,7 @@ fn a_small_file_opened_for_reading_comes_with_its_content_to_a_client_that_asked
     };
     assert!(matches!(open(&c, "large", false), Response::Opened { .. }));
     assert!(matches!(open(&c, "one", true), Response::Opened { .. }));
-    let mut hello = Hello::new(Role::Volume);
-    hello.features = features::PUSH | features::ATTRS_AFTER;
-    let old = Client::connect_unix(
-        agent.raw("cloudstore.Volume", "work", "my-work"),
-        ClientConfig::new(hello),
-    )
-    .unwrap()
-    .0;
+    let old = client_with(&agent, features::PUSH | features::ATTRS_AFTER);
     assert!(matches!(open(&old, "one", false), Response::Opened { .. }));
 }
 

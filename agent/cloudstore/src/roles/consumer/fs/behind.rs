@@ -110,7 +110,7 @@ fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
 }
 
 /// Checks storage's answers to the pieces of a write, and returns the file's attributes
-/// after all of them if storage gave them (`WRITE_ATTR`). Storage may serve the pieces
+/// after all of them if storage gave them (`ATTRS_AFTER`). Storage may serve the pieces
 /// concurrently, so each answer's attributes may predate the other pieces; the answer
 /// taken last saw every piece written, and its change time (or, within one tick of the
 /// clock, its size: writes only grow a file) is the largest.

@@ -508,7 +508,7 @@ impl Core {
     }
 
     /// The push stream ended: every directory listing known so far may be out of date,
-    /// and the attributes writes left may have been changed elsewhere since.
+    /// and the attributes kept from changes made here may have been changed elsewhere since.
     fn forget_followed(&self) {
         for n in lock(&self.nodes).map.values_mut() {
             n.entries = None;
