@@ -78,9 +78,9 @@ fn st<T>(r: store::Result<T>) -> Result<T, RemoteError> {
     r.map_err(|e| convert::error(&e))
 }
 
-/// Whether the connection asked for changes to be answered with the attributes they left.
-fn attrs_after(call: &Call<'_>) -> bool {
-    call.session().features & features::ATTRS_AFTER != 0
+/// Whether the connection asked for `feature` (and was granted it).
+fn granted(call: &Call<'_>, feature: u32) -> bool {
+    call.session().features & feature != 0
 }
 
 /// The attributes of the directory holding `p`, after a change to its entries.
@@ -507,7 +507,7 @@ impl Connection {
                     attr.size = 0;
                 }
                 let small = attr.kind == wire::FileType::File && attr.size <= OPEN_HEAD_MAX;
-                if !flags.write && small && call.session().features & features::OPEN_HEAD != 0 {
+                if !flags.write && small && granted(call, features::OPEN_HEAD) {
                     if let Some(content) = self.whole(&*self.handle(h)?, attr.size)? {
                         return Ok(Response::OpenedWith {
                             handle: h,
@@ -534,16 +534,13 @@ impl Connection {
                 Ok(Response::Data(self.read(vol, file, offset, len)?))
             }
             Request::Write { file, offset, data } => {
-                let with_attr = attrs_after(call);
+                let with_attr = granted(call, features::ATTRS_AFTER);
                 let (n, attr) = match file {
                     FileRef::Path(s) => {
                         let p = path("write", &s)?;
                         let n = st(vol.write(&p, offset, &data))?;
-                        let attr = match with_attr {
-                            true => Some(convert::attr(&st(vol.stat(&p))?)),
-                            false => None,
-                        };
-                        (n, attr)
+                        let attr = with_attr.then(|| st(vol.stat(&p))).transpose()?;
+                        (n, attr.map(|a| convert::attr(&a)))
                     }
                     FileRef::Handle(h) => {
                         let of = self.handle(h)?;
@@ -557,11 +554,7 @@ impl Connection {
                         )?;
                         // The descriptor names the file written whichever way the write
                         // went (through the tree only while the path is still this file).
-                        let attr = match with_attr {
-                            true => Some(self.fstat(&of)?),
-                            false => None,
-                        };
-                        (n, attr)
+                        (n, with_attr.then(|| self.fstat(&of)).transpose()?)
                     }
                 };
                 Ok(match attr {
@@ -580,7 +573,7 @@ impl Connection {
                 let p = path("create", &s)?;
                 st(vol.create(&p, mode, exclusive))?;
                 let (handle, attr) = self.open(vol, &p, true)?;
-                match attrs_after(call) {
+                match granted(call, features::ATTRS_AFTER) {
                     true => Ok(Response::Created {
                         handle,
                         attr,
@@ -605,7 +598,7 @@ impl Connection {
                 let p = path("unlink", &s)?;
                 st(vol.unlink(&p))?;
                 self.unlinked(&p);
-                match attrs_after(call) {
+                match granted(call, features::ATTRS_AFTER) {
                     true => Ok(Response::Unlinked {
                         parent: parent_attr(vol, &p)?,
                     }),

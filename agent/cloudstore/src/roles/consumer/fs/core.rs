@@ -512,9 +512,7 @@ impl Core {
     fn forget_followed(&self) {
         for n in lock(&self.nodes).map.values_mut() {
             n.entries = None;
-            let mut c = lock(&n.file.cache);
-            c.fresh = None;
-            c.changes += 1;
+            n.file.attrs_changing();
         }
     }
 
@@ -698,19 +696,21 @@ impl Core {
         }
     }
 
-    fn dir_iv(&self, ino: u64) -> Result<DirIv, Fail> {
+    /// The IV of directory `ino` if it is known without asking storage.
+    fn known_dir_iv(&self, ino: u64) -> Option<DirIv> {
         if !self.vol.names().uses_dir_iv() {
-            return Ok(DirIv::ZERO);
+            return Some(DirIv::ZERO);
         }
-        let cpath = {
-            let nodes = lock(&self.nodes);
-            if let Some(iv) = nodes.map.get(&ino).and_then(|n| n.diriv) {
-                return Ok(iv);
-            }
-            nodes
-                .cpath(ino)
-                .ok_or_else(|| Fail::new(libc::ENOENT, format!("directory inode {ino} is gone")))?
-        };
+        lock(&self.nodes).map.get(&ino).and_then(|n| n.diriv)
+    }
+
+    fn dir_iv(&self, ino: u64) -> Result<DirIv, Fail> {
+        if let Some(iv) = self.known_dir_iv(ino) {
+            return Ok(iv);
+        }
+        let cpath = lock(&self.nodes)
+            .cpath(ino)
+            .ok_or_else(|| Fail::new(libc::ENOENT, format!("directory inode {ino} is gone")))?;
         let iv = self.read_diriv(&cpath)?;
         if let Some(n) = lock(&self.nodes).map.get_mut(&ino) {
             n.diriv = Some(iv);
@@ -1002,13 +1002,8 @@ impl Core {
         if !self.status.following() {
             return false;
         }
-        let iv = if self.vol.names().uses_dir_iv() {
-            match lock(&self.nodes).map.get(&parent).and_then(|n| n.diriv) {
-                Some(iv) => iv,
-                None => return false,
-            }
-        } else {
-            DirIv::ZERO
+        let Some(iv) = self.known_dir_iv(parent) else {
+            return false;
         };
         let Ok(en) = self.vol.names().encrypt_name(&iv, name) else {
             return false;
@@ -1416,7 +1411,7 @@ impl Core {
             } => (handle, attr, Some(content)),
             r => return Err(expect_resp(r, "Opened")),
         };
-        let file = self.file_state(ino);
+        let file = state;
         let keep = {
             let _g = file.io.write().unwrap_or_else(|p| p.into_inner());
             let mut c = lock(&file.cache);
