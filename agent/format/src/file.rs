@@ -22,6 +22,15 @@ pub trait CipherStore {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Cuts or zero-extends the store to `len` bytes (ftruncate semantics).
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Reads up to `len` bytes at `offset` into a new buffer (short only at the end). A
+    /// store that receives its bytes in a buffer of its own hands that buffer over instead
+    /// of copying it.
+    fn read_vec(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let n = self.read_at(offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
 }
 
 /// A store in memory: for tests, and for callers that fetch whole objects.
@@ -53,6 +62,16 @@ impl CipherStore for Vec<u8> {
         );
         Ok(())
     }
+}
+
+fn cipher_ended(offset: u64, wanted: usize, got: usize) -> FormatError {
+    FormatError::Store(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "ciphertext ended at {} while reading {wanted} bytes at {offset}",
+            offset + got as u64
+        ),
+    ))
 }
 
 /// One encrypted file, opened over its store. Caches the header (the file ID).
@@ -93,43 +112,51 @@ impl<S: CipherStore> CryptFile<S> {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let n = self.store.read_at(offset, buf)?;
         if n != buf.len() {
-            return Err(FormatError::Store(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "ciphertext ended at {} while reading {} bytes at {offset}",
-                    offset + n as u64,
-                    buf.len()
-                ),
-            )));
+            return Err(cipher_ended(offset, buf.len(), n));
         }
         Ok(())
     }
 
     /// Reads plaintext at `offset` into `buf`; returns the bytes read (short at end of file).
     pub fn read(&mut self, cc: &mut ContentCipher, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let plain = self.read_vec(cc, offset, buf.len())?;
+        buf[..plain.len()].copy_from_slice(&plain);
+        Ok(plain.len())
+    }
+
+    /// Reads up to `len` bytes of plaintext at `offset` (short at end of file), decrypted
+    /// in the buffer the ciphertext arrived in: a large sequential read then costs no
+    /// buffer of its own. Same result as [`CryptFile::read`].
+    pub fn read_vec(&mut self, cc: &mut ContentCipher, offset: u64, len: usize) -> Result<Vec<u8>> {
         let size = self.plain_size()?;
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
         }
-        let want = (buf.len() as u64).min(size - offset);
+        let want = (len as u64).min(size - offset);
         let spans: Vec<_> = explode_plain_range(offset, want).collect();
         let (first, last) = (spans[0].block_no, spans[spans.len() - 1].block_no);
         let (coff, clen) = offsets::cipher_range_for_blocks(first, last, size);
-        let mut sealed = vec![0u8; clen as usize];
-        self.read_exact_at(coff, &mut sealed)?;
+        let mut buf = self.store.read_vec(coff, clen as usize)?;
+        if buf.len() as u64 != clen {
+            return Err(cipher_ended(coff, clen as usize, buf.len()));
+        }
         let id = self.file_id()?;
         let mut plain = zeroize::Zeroizing::new([0u8; PLAIN_BS]);
         let mut done = 0usize;
         for (i, s) in spans.iter().enumerate() {
             let from = i * CIPHER_BS;
-            let to = (from + CIPHER_BS).min(sealed.len());
-            let n = cc.decrypt_block(&id, s.block_no, &sealed[from..to], &mut plain[..])?;
+            let to = (from + CIPHER_BS).min(buf.len());
+            let n = cc.decrypt_block(&id, s.block_no, &buf[from..to], &mut plain[..])?;
             let end = (s.skip + s.len).min(n);
             let got = end.saturating_sub(s.skip);
+            // Block i's plaintext lands below (i + 1) * PLAIN_BS, before block i + 1's
+            // ciphertext starts at (i + 1) * CIPHER_BS: nothing still to be read is
+            // overwritten.
             buf[done..done + got].copy_from_slice(&plain[s.skip..end]);
             done += got;
         }
-        Ok(done)
+        buf.truncate(done);
+        Ok(buf)
     }
 
     fn file_id(&self) -> Result<crate::FileId> {

@@ -779,7 +779,7 @@ fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>)
         match frame.kind {
             FrameType::Response | FrameType::Error => {
                 let answer: Answer = if frame.kind == FrameType::Response {
-                    Response::decode(&frame.payload).map_err(|e| {
+                    Response::decode_owned(frame.payload).map_err(|e| {
                         RemoteError::new(
                             ErrorCode::Malformed,
                             format!("the server's answer to request {id} is malformed: {e}"),

@@ -225,9 +225,10 @@ fn check_header(h: &[u8; HEADER_LEN], payload: Vec<u8>) -> Result<Frame, FrameEr
     })
 }
 
-/// Reads one frame. The length is checked before the payload is allocated; the payload
-/// buffer grows only as bytes actually arrive, so a peer that announces 1 MiB and sends 10
-/// bytes costs 10 bytes.
+/// Reads one frame. The length is checked before the payload is allocated. The buffer is
+/// reserved whole (one allocation instead of a dozen growing ones), but pages are touched
+/// only as bytes arrive, so a peer that announces 1 MiB and sends 10 bytes costs 10 bytes
+/// of memory (and one reader holds one frame at a time).
 pub fn read_frame(r: &mut dyn Read) -> Result<Frame, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let got = read_full(r, &mut header)?;
@@ -241,7 +242,7 @@ pub fn read_frame(r: &mut dyn Read) -> Result<Frame, FrameError> {
         });
     }
     let len = payload_len(&header)?;
-    let mut payload = Vec::new();
+    let mut payload = crate::buffers::take(len);
     let n = r.take(len as u64).read_to_end(&mut payload)?;
     if n < len {
         return Err(FrameError::Truncated {

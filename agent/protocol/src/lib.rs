@@ -12,8 +12,10 @@
 //!   push channel, streaming [`Download`]/[`Upload`]).
 //! - [`serve`]: the server loop; a bounded worker pool runs a [`Handler`].
 //! - [`queue::WorkQueue`]: the job queue of that pool, shared with the consumer's.
+//! - [`buffers`]: large frame payloads kept for reuse.
 #![forbid(unsafe_code)]
 
+pub mod buffers;
 mod client;
 mod error;
 pub mod frame;

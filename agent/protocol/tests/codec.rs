@@ -29,6 +29,7 @@ fn every_op_has_a_sample() {
 fn every_response_and_push_round_trips() {
     for r in responses() {
         assert_eq!(Response::decode(&r.encode()).unwrap(), r, "{r:?}");
+        assert_eq!(Response::decode_owned(r.encode()).unwrap(), r, "{r:?}");
     }
     for p in pushes() {
         assert_eq!(Push::decode(&p.encode()).unwrap(), p, "{p:?}");
@@ -50,7 +51,16 @@ fn every_prefix_and_every_extension_is_refused() {
     for (b, what) in all {
         let decode = |x: &[u8]| match what {
             "request" => Request::decode(x).map(|_| ()),
-            "response" => Response::decode(x).map(|_| ()),
+            "response" => {
+                let owned = Response::decode_owned(x.to_vec()).map(|_| ());
+                let borrowed = Response::decode(x).map(|_| ());
+                assert_eq!(
+                    owned.as_ref().map_err(|e| e.to_string()),
+                    borrowed.as_ref().map_err(|e| e.to_string()),
+                    "decode_owned and decode disagree on {x:02x?}"
+                );
+                borrowed
+            }
             _ => Push::decode(x).map(|_| ()),
         };
         for cut in 0..b.len() {
@@ -139,6 +149,17 @@ fn oversized_fields_are_refused() {
     };
     assert_eq!(
         Request::decode(&r.encode()).unwrap_err().code,
+        ErrorCode::TooLarge
+    );
+
+    // Data over MAX_IO, in the answer that keeps its buffer too.
+    let mut b = Response::Data(vec![]).encode();
+    let n = b.len();
+    b[n - 4..].copy_from_slice(&((MAX_IO + 1) as u32).to_le_bytes());
+    b.resize(n + MAX_IO + 1, 7);
+    assert_eq!(Response::decode(&b).unwrap_err().code, ErrorCode::TooLarge);
+    assert_eq!(
+        Response::decode_owned(b).unwrap_err().code,
         ErrorCode::TooLarge
     );
 

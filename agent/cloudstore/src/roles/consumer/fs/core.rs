@@ -249,6 +249,59 @@ impl Remote<'_> {
         self.core.send_writes(self.ino, self.handle, &pieces)
     }
 
+    /// What was fetched with the header of the `len` bytes at `offset`, if it covers them
+    /// (short only at the end of the file).
+    fn prefetched(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let pre = self.pre.as_ref()?;
+        let end = offset + len as u64;
+        if end <= pre.len() as u64 || (pre.len() as u64) < PREFETCH.min(self.clen) {
+            // Inside what was fetched, or past the end of a file shorter than that.
+            let from = (offset as usize).min(pre.len());
+            let n = len.min(pre.len() - from);
+            return Some(&pre[from..from + n]);
+        }
+        None
+    }
+
+    /// Reads `len` bytes of ciphertext at `offset` from storage (short only at the end),
+    /// in the buffer the first answer arrived in. One FUSE read of 1 MiB is 1 MiB + 8 KiB
+    /// of ciphertext: two protocol reads, sent at once.
+    fn fetch(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let pieces: Vec<(u64, usize)> = (0..len)
+            .step_by(MAX_IO)
+            .map(|s| (offset + s as u64, MAX_IO.min(len - s)))
+            .collect();
+        let answers = self
+            .calls(pieces.len(), |file, i| Request::Read {
+                file,
+                offset: pieces[i].0,
+                len: pieces[i].1 as u32,
+            })
+            .map_err(|f| self.fail(f))?;
+        let mut out: Option<Vec<u8>> = None;
+        for (r, (_, want)) in answers.into_iter().zip(pieces) {
+            let d = match r {
+                Response::Data(d) => d,
+                r => return Err(self.fail(expect_resp(r, "Data"))),
+            };
+            let short = d.len() < want;
+            match &mut out {
+                None => out = Some(d),
+                Some(o) => o.extend_from_slice(&d),
+            }
+            if short {
+                break;
+            }
+        }
+        let out = out.unwrap_or_default();
+        if offset == 0 && out.len() >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&out[..HEADER_LEN]);
+            self.header = Some(h);
+        }
+        Ok(out)
+    }
+
     fn read_piece(&self, off: u64, len: usize) -> Result<Vec<u8>, Fail> {
         match self.call(|file| Request::Read {
             file,
@@ -273,47 +326,20 @@ impl CipherStore for Remote<'_> {
                 return Ok(HEADER_LEN);
             }
         }
-        if let Some(pre) = &self.pre {
-            let end = offset + buf.len() as u64;
-            if end <= pre.len() as u64 || (pre.len() as u64) < PREFETCH.min(self.clen) {
-                // Inside what was fetched, or past the end of a file shorter than that.
-                let from = (offset as usize).min(pre.len());
-                let n = buf.len().min(pre.len() - from);
-                buf[..n].copy_from_slice(&pre[from..from + n]);
-                return Ok(n);
-            }
+        if let Some(pre) = self.prefetched(offset, buf.len()) {
+            buf[..pre.len()].copy_from_slice(pre);
+            return Ok(pre.len());
         }
-        // One FUSE read of 1 MiB is 1 MiB + 8 KiB of ciphertext: two protocol reads, sent
-        // at once.
-        let pieces: Vec<(u64, usize)> = (0..buf.len())
-            .step_by(MAX_IO)
-            .map(|s| (offset + s as u64, MAX_IO.min(buf.len() - s)))
-            .collect();
-        let answers = self
-            .calls(pieces.len(), |file, i| Request::Read {
-                file,
-                offset: pieces[i].0,
-                len: pieces[i].1 as u32,
-            })
-            .map_err(|f| self.fail(f))?;
-        let mut done = 0;
-        for (r, (_, want)) in answers.into_iter().zip(pieces) {
-            let d = match r {
-                Response::Data(d) => d,
-                r => return Err(self.fail(expect_resp(r, "Data"))),
-            };
-            buf[done..done + d.len()].copy_from_slice(&d);
-            done += d.len();
-            if d.len() < want {
-                break;
-            }
+        let d = self.fetch(offset, buf.len())?;
+        buf[..d.len()].copy_from_slice(&d);
+        Ok(d.len())
+    }
+
+    fn read_vec(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        match self.prefetched(offset, len) {
+            Some(pre) => Ok(pre.to_vec()),
+            None => self.fetch(offset, len),
         }
-        if offset == 0 && done >= HEADER_LEN {
-            let mut h = [0u8; HEADER_LEN];
-            h.copy_from_slice(&buf[..HEADER_LEN]);
-            self.header = Some(h);
-        }
-        Ok(done)
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -1443,12 +1469,9 @@ impl Core {
     pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Fail> {
         let of = self.open_file(fh)?;
         let _g = of.file.io.read().unwrap_or_else(|p| p.into_inner());
-        let mut buf = vec![0u8; size as usize];
-        let n = self.with_crypt(of.ino, Some(&of), None, &of.file, |cf, cc| {
-            cf.read(cc, offset, &mut buf)
-        })?;
-        buf.truncate(n);
-        Ok(buf)
+        self.with_crypt(of.ino, Some(&of), None, &of.file, |cf, cc| {
+            cf.read_vec(cc, offset, size as usize)
+        })
     }
 
     pub(crate) fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Fail> {

@@ -294,7 +294,11 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         self.run(move |c| match c.read(fh, offset.max(0) as u64, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                reply.data(&d);
+                // The plaintext was decrypted in the buffer its ciphertext arrived in.
+                cloudstore_protocol::buffers::give_back(d);
+            }
             Err(f) => reply.error(errno(c, "read", &c.shown(ino), &f)),
         });
     }
