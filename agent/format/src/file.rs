@@ -31,6 +31,15 @@ pub trait CipherStore {
         buf.truncate(n);
         Ok(buf)
     }
+    /// An empty buffer with room for `len` bytes, for blocks to be sealed into and then
+    /// passed to [`CipherStore::write_vec`]. A store that keeps buffers for reuse lends one.
+    fn lend(&mut self, len: usize) -> Vec<u8> {
+        Vec::with_capacity(len)
+    }
+    /// [`CipherStore::write_at`] of a buffer the store may keep afterwards.
+    fn write_vec(&mut self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        self.write_at(offset, &data)
+    }
 }
 
 /// A store in memory: for tests, and for callers that fetch whole objects.
@@ -218,7 +227,8 @@ impl<S: CipherStore> CryptFile<S> {
     ) -> Result<()> {
         let id = self.file_id()?;
         let spans: Vec<_> = explode_plain_range(offset, data.len() as u64).collect();
-        let mut sealed = vec![0u8; spans.len() * CIPHER_BS];
+        let mut sealed = self.store.lend(spans.len() * CIPHER_BS);
+        sealed.resize(spans.len() * CIPHER_BS, 0);
         let mut block = zeroize::Zeroizing::new([0u8; PLAIN_BS]);
         let mut used = 0usize;
         let mut consumed = 0usize;
@@ -235,8 +245,8 @@ impl<S: CipherStore> CryptFile<S> {
             len = len.max(s.skip + s.len);
             used += cc.encrypt_block(&id, s.block_no, &block[..len], &mut sealed[used..])?;
         }
-        self.store
-            .write_at(spans[0].cipher_off(), &sealed[..used])?;
+        sealed.truncate(used);
+        self.store.write_vec(spans[0].cipher_off(), sealed)?;
         Ok(())
     }
 

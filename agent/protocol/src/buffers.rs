@@ -22,21 +22,28 @@ const KEPT: usize = 4;
 static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// An empty buffer with room for `len` bytes: a kept one when `len` is large.
-pub(crate) fn take(len: usize) -> Vec<u8> {
+pub fn take(len: usize) -> Vec<u8> {
     if len < LARGE {
         return Vec::with_capacity(len);
     }
     let kept = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop();
     match kept {
-        Some(v) => v,
-        None => Vec::with_capacity(MAX_PAYLOAD.max(len)),
+        Some(v) if v.capacity() >= len => v,
+        _ => Vec::with_capacity(MAX_PAYLOAD.max(len)),
     }
 }
 
-/// Returns a payload (or a buffer grown from one) for the next large frame; anything not
-/// of the large class is simply freed.
+/// `data` copied into a buffer of [`take`].
+pub fn copy_of(data: &[u8]) -> Vec<u8> {
+    let mut v = take(data.len());
+    v.extend_from_slice(data);
+    v
+}
+
+/// Keeps a buffer of at least [`LARGE`] bytes (a payload, or any buffer of that size
+/// class) for the next large frame; anything smaller or far bigger is simply freed.
 pub fn give_back(mut v: Vec<u8>) {
-    if v.capacity() < MAX_PAYLOAD || v.capacity() > 2 * MAX_PAYLOAD {
+    if v.capacity() < LARGE || v.capacity() > 2 * MAX_PAYLOAD {
         return;
     }
     v.clear();

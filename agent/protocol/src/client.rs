@@ -463,7 +463,9 @@ impl Client {
             }
             p.insert(id, pending);
         }
-        if let Err(e) = shared.write(FrameType::Request, 0, id, &payload) {
+        let sent = shared.write(FrameType::Request, 0, id, &payload);
+        crate::buffers::give_back(payload);
+        if let Err(e) = sent {
             shared.forget(id);
             return Err(e);
         }

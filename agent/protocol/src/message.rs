@@ -292,7 +292,13 @@ impl Request {
 
     /// The request's payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::new();
+        let mut e = match self {
+            // A MiB of data: into a kept buffer (see buffers.rs), not one grown by copying.
+            Request::Write { data, .. } => Enc {
+                buf: crate::buffers::take(data.len() + 4096 + 64),
+            },
+            _ => Enc::new(),
+        };
         e.u16(self.op().code());
         match self {
             Request::Ping

@@ -202,7 +202,7 @@ impl Core {
             .map(|&(offset, data)| Request::Write {
                 file: file.clone(),
                 offset,
-                data: data.to_vec(),
+                data: cloudstore_protocol::buffers::copy_of(data),
             })
             .collect();
         let mut calls = Vec::with_capacity(requests.len());
@@ -263,6 +263,12 @@ impl Core {
         }
         let attr = check_written(&pieces, answers)?;
         self.keep_attr(&sent.of.file, attr, sent.stamp);
+        drop(pieces);
+        for r in sent.requests {
+            if let Request::Write { data, .. } = r {
+                cloudstore_protocol::buffers::give_back(data);
+            }
+        }
         Ok(())
     }
 }

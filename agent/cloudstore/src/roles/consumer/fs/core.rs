@@ -342,6 +342,16 @@ impl CipherStore for Remote<'_> {
         }
     }
 
+    fn lend(&mut self, len: usize) -> Vec<u8> {
+        cloudstore_protocol::buffers::take(len)
+    }
+
+    fn write_vec(&mut self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        let res = self.write_at(offset, &data);
+        cloudstore_protocol::buffers::give_back(data);
+        res
+    }
+
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.pre = None;
         if offset == 0 && data.len() == HEADER_LEN && self.clen == 0 {
