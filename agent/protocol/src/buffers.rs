@@ -6,7 +6,10 @@
 //! arrived, and an `munmap` that interrupts every other thread of the process. On a
 //! sequential read that was about half of the mount's CPU time. A reader that is done with
 //! a large payload hands it back with [`give_back`]; the next large frame is read into it.
-//! At most [`KEPT`] buffers are kept, so what this holds is bounded.
+//! At most [`KEPT`] buffers are kept, so what this holds is bounded. A kept buffer still
+//! holds the bytes of its last use (ciphertext, or in the consumer plaintext, which the
+//! consumer qube's page cache holds anyway) until it is reused: [`take`] hands it out
+//! empty, so nothing reads them.
 
 use std::sync::Mutex;
 

@@ -245,6 +245,8 @@ impl MountedFs {
 /// the first 1 MiB FUSE request every worker thread's arena keeps its 1 MiB buffers (the
 /// request, its ciphertext, the protocol frame) resident: about 35 MiB of the consumer's
 /// 50 MiB peak in scripts/bench.sh. 128 KiB is glibc's own starting value (mallopt(3)).
+/// The data path's own large buffers are reused instead (`cloudstore_protocol::buffers`),
+/// so a streaming read or write does not map and unmap one per request.
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
 /// Pins glibc's mmap threshold (the worker process serves one volume; this is its heap).
