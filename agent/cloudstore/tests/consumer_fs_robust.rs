@@ -116,6 +116,42 @@ fn large_sparse_files_and_large_writes() {
     assert!(got == head[..1_000_001]);
 }
 
+/// A page-aligned part of `v` of `len` bytes (O_DIRECT wants aligned buffers).
+fn aligned(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    v.resize(len + 4096, 0);
+    let skip = v.as_ptr().align_offset(4096);
+    &mut v[skip..skip + len]
+}
+
+#[test]
+fn a_mib_read_in_one_request_comes_back_whole() {
+    // With O_DIRECT the kernel sends the application's 1 MiB as one read (the readahead
+    // window would cut it into 128 KiB ones): 1 MiB + 8 KiB of ciphertext, two protocol
+    // reads whose answers make one buffer, decrypted in place.
+    use std::os::unix::fs::OpenOptionsExt;
+    let v = Volume::create();
+    let m = v.mount();
+    let data = pattern(7, (3 << 20) + 5);
+    fs::write(m.p("f"), &data).unwrap();
+    m.unmount();
+    let m = v.mount();
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.p("f"))
+        .unwrap();
+    let mut backing = Vec::new();
+    for off in [0usize, 1 << 20, 3 << 20, (2 << 20) + 4096 * 3] {
+        let buf = aligned(&mut backing, 1 << 20);
+        let n = f
+            .read_at(buf, off as u64)
+            .unwrap_or_else(|e| panic!("read at {off}: {e}\n{}", log_text()));
+        let want = &data[off..(off + (1 << 20)).min(data.len())];
+        assert_eq!(n, want.len(), "bytes read at {off}");
+        assert!(buf[..n] == *want, "the MiB at {off} reads back");
+    }
+}
+
 #[test]
 fn concurrent_writers_and_mmap() {
     let v = Volume::create();
