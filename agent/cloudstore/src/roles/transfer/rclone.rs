@@ -275,11 +275,6 @@ impl Rclone {
         &self.opts.remote
     }
 
-    /// The rclone process id (tests kill it).
-    pub fn pid(&self) -> Option<u32> {
-        self.server.lock().unwrap().as_ref().map(|s| s.id())
-    }
-
     fn spawn(&self) -> Result<Server> {
         let (tx, rx) = std::sync::mpsc::channel();
         let gone = || CloudError::NotServing("the rclone spawner thread is gone".into());
@@ -1027,14 +1022,6 @@ impl Response {
             BodyMode::UntilClose => false,
         };
         (complete && !self.closing && self.body.buffer().is_empty()).then(|| self.body.into_inner())
-    }
-
-    /// The announced length, if any.
-    pub fn content_length(&self) -> Option<u64> {
-        match self.mode {
-            BodyMode::Length(n) => Some(n),
-            _ => None,
-        }
     }
 }
 
