@@ -111,7 +111,8 @@ pub struct VersionInfo {
 /// How long versions are kept and how much space they may take.
 ///
 /// Pruning removes, oldest first: every version older than `max_age`; then, while the versions
-/// take more than `max_bytes`, versions at least `min_age` old. Versions younger than
+/// take more than `max_bytes` on disk (allocated blocks, not lengths: a sparse file's version
+/// costs what its data takes), versions at least `min_age` old. Versions younger than
 /// `min_age` are removed for space only if `hard_cap` is set. The trade-off: with `hard_cap`
 /// off (the default), a peer that floods the volume with rewrites cannot push recent history
 /// out — the disk fills instead and further writes fail cleanly with `NoSpace`, losing
@@ -152,6 +153,9 @@ pub struct PruneReport {
 
 struct Index {
     by_id: BTreeMap<u64, VersionInfo>,
+    /// What each entry's data takes on disk (allocated blocks): retention counts this, not
+    /// the length, so a sparse file's version costs what its data does.
+    disk: BTreeMap<u64, u64>,
     next_id: u64,
     total: u64,
 }
@@ -164,6 +168,12 @@ pub(crate) struct Versions {
 
 fn data_name(id: u64) -> String {
     format!("{id:016x}.data")
+}
+
+/// The bytes entry `id`'s data has allocated on disk.
+fn disk_bytes(dir: BorrowedFd<'_>, id: u64) -> Option<u64> {
+    let st = sys::stat_at(dir, &data_name(id)).ok()?;
+    Some(st.st_blocks as u64 * 512)
 }
 
 fn meta_name(id: u64) -> String {
@@ -286,18 +296,23 @@ impl Versions {
             }
         }
         by_id.retain(|id, _| datas.contains(id));
+        let disk: BTreeMap<u64, u64> = by_id
+            .iter()
+            .map(|(id, v)| (*id, disk_bytes(dir.as_fd(), *id).unwrap_or(v.size)))
+            .collect();
         let next_id = names
             .iter()
             .filter_map(|n| std::str::from_utf8(n).ok())
             .filter_map(|s| u64::from_str_radix(s.split('.').next()?, 16).ok())
             .max()
             .map_or(1, |m| m + 1);
-        let total = by_id.values().map(|v| v.size).sum();
+        let total = disk.values().sum();
         Ok(Versions {
             dir,
             label,
             index: Mutex::new(Index {
                 by_id,
+                disk,
                 next_id,
                 total,
             }),
@@ -448,10 +463,23 @@ impl Versions {
             let _ = sys::unlink_at(self.dir.as_fd(), &data_name(id), false);
             return Err(StoreError::fs("keep version of", path, e));
         }
+        let disk = disk_bytes(self.dir.as_fd(), id).unwrap_or(v.size);
         let mut ix = self.index.lock().unwrap();
-        ix.total += v.size;
+        ix.total += disk;
+        ix.disk.insert(id, disk);
         ix.by_id.insert(id, v);
         Ok(VersionId(id))
+    }
+
+    /// What entry `id`'s data takes on disk (0 if it is not known).
+    fn disk_of(&self, id: VersionId) -> u64 {
+        self.index
+            .lock()
+            .unwrap()
+            .disk
+            .get(&id.0)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub(crate) fn get(&self, id: VersionId) -> Option<VersionInfo> {
@@ -476,7 +504,7 @@ impl Versions {
         self.index.lock().unwrap().by_id.values().cloned().collect()
     }
 
-    /// (count, bytes)
+    /// (count, bytes they take on disk)
     pub(crate) fn usage(&self) -> (usize, u64) {
         let ix = self.index.lock().unwrap();
         (ix.by_id.len(), ix.total)
@@ -515,8 +543,9 @@ impl Versions {
             }
         }
         let mut ix = self.index.lock().unwrap();
-        if let Some(v) = ix.by_id.remove(&id.0) {
-            ix.total -= v.size;
+        ix.by_id.remove(&id.0);
+        if let Some(d) = ix.disk.remove(&id.0) {
+            ix.total -= d;
         }
         Ok(())
     }
@@ -528,12 +557,13 @@ impl Versions {
             Duration::from_secs(secs.max(0) as u64)
         };
         let all = self.list_all();
+        let disk = |v: &VersionInfo| self.disk_of(v.id);
         let mut total = self.usage().1;
         let mut doomed = Vec::new();
         for v in &all {
             if age(v) > policy.max_age {
                 doomed.push(v.id);
-                total -= v.size;
+                total -= disk(v);
             }
         }
         for v in &all {
@@ -545,12 +575,12 @@ impl Versions {
             }
             if age(v) >= policy.min_age || policy.hard_cap {
                 doomed.push(v.id);
-                total -= v.size;
+                total -= disk(v);
             }
         }
         let mut report = PruneReport::default();
         for id in doomed {
-            let size = self.get(id).map_or(0, |v| v.size);
+            let size = self.disk_of(id);
             self.remove(id, true)?;
             report.removed += 1;
             report.freed_bytes += size;

@@ -164,19 +164,23 @@ fn restore_brings_back_a_version_and_keeps_the_current_one() {
     assert_eq!(f.vol.list_versions(&p("f")).len(), n);
 }
 
+/// Retention counts what versions take on disk, in blocks of this size (every file system
+/// these tests run on allocates 4 KiB at a time).
+const BLOCK: u64 = 4096;
+
 #[test]
 fn retention_by_age_cap_and_minimum_age() {
     let day = Duration::from_secs(24 * 3600);
     let policy = RetentionPolicy {
         max_age: 30 * day,
         min_age: day,
-        max_bytes: 1000,
+        max_bytes: 10 * BLOCK,
         hard_cap: false,
     };
     let f = Fixture::with(|c| c.retention = policy);
     let v = &f.vol;
-    let big = vec![7u8; 300];
-    // Day 0: three 300-byte versions of "old".
+    let big = vec![7u8; 3 * BLOCK as usize];
+    // Day 0: three 3-block versions of "old".
     put_bytes(v, "old", &big);
     for _ in 0..3 {
         put_bytes(v, "old", &big);
@@ -187,12 +191,12 @@ fn retention_by_age_cap_and_minimum_age() {
     for _ in 0..2 {
         put_bytes(v, "new", &big);
     }
-    assert_eq!(v.stats().version_bytes, 1500);
+    assert_eq!(v.stats().version_bytes, 15 * BLOCK);
     // Over the cap: the oldest go first, until the rest fits.
     let r = v.prune_versions().unwrap();
     assert_eq!(
         (r.removed, r.kept, r.kept_bytes, r.over_cap),
-        (2, 3, 900, false)
+        (2, 3, 9 * BLOCK, false)
     );
     assert_eq!(v.list_versions(&p("old")).len(), 1);
     assert_eq!(v.list_versions(&p("new")).len(), 2);
@@ -211,7 +215,11 @@ fn retention_by_age_cap_and_minimum_age() {
     // A day later they are fair game for the cap.
     f.clock.advance(day);
     let r = v.prune_versions().unwrap();
-    assert_eq!((r.kept_bytes <= 1000, r.over_cap), (true, false), "{r:?}");
+    assert_eq!(
+        (r.kept_bytes <= 10 * BLOCK, r.over_cap),
+        (true, false),
+        "{r:?}"
+    );
     // Age: past 30 days everything goes, cap or not.
     f.clock.advance(31 * day);
     let r = v.prune_versions().unwrap();
@@ -230,19 +238,56 @@ fn retention_by_age_cap_and_minimum_age() {
 fn a_hard_cap_evicts_even_young_versions() {
     let f = Fixture::with(|c| {
         c.retention = RetentionPolicy {
-            max_bytes: 500,
+            max_bytes: 5 * BLOCK,
             hard_cap: true,
             ..RetentionPolicy::default()
         }
     });
     let v = &f.vol;
+    let two_blocks = 2 * BLOCK as usize;
     for i in 0..6 {
-        put_bytes(v, "f", &[i as u8; 200]);
+        put_bytes(v, "f", &vec![i as u8; two_blocks]);
     }
     let r = v.prune_versions().unwrap();
     assert_eq!((r.kept, r.over_cap), (2, false), "{r:?}");
     // The newest survive.
-    assert_eq!(contents(v, "f"), [vec![4u8; 200], vec![3u8; 200]]);
+    assert_eq!(
+        contents(v, "f"),
+        [vec![4u8; two_blocks], vec![3u8; two_blocks]]
+    );
+}
+
+#[test]
+fn a_sparse_file_costs_its_versions_what_its_data_takes_on_disk() {
+    // A 1 GiB file of one written block: by its length it would be over any small cap
+    // and pruned (or, young, leave the versions over the cap); by its blocks it fits.
+    let f = Fixture::with(|c| {
+        c.retention = RetentionPolicy {
+            max_bytes: 64 * BLOCK,
+            min_age: Duration::ZERO,
+            ..RetentionPolicy::default()
+        }
+    });
+    let v = &f.vol;
+    v.create(&p("sparse"), 0o600, true).unwrap();
+    v.write(&p("sparse"), 1 << 30, &[9u8; BLOCK as usize])
+        .unwrap();
+    v.release(&p("sparse")).unwrap();
+    v.unlink(&p("sparse")).unwrap();
+    let kept = v.list_versions(&p("sparse"));
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        kept[0].size,
+        (1 << 30) + BLOCK,
+        "the version keeps its length"
+    );
+    let used = v.stats().version_bytes;
+    assert!(used <= 4 * BLOCK, "the version takes {used} bytes on disk");
+    let r = v.prune_versions().unwrap();
+    assert_eq!((r.removed, r.kept, r.over_cap), (0, 1, false), "{r:?}");
+    // Counted the same after a restart (the index is rebuilt from the files).
+    let f = f.reopen();
+    assert_eq!(f.vol.stats().version_bytes, used);
 }
 
 #[test]
