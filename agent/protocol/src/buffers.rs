@@ -1,11 +1,13 @@
-//! Frame payload buffers of the largest size class, kept for reuse.
+//! Large buffers of the data path (frame payloads, stream chunks, and what the consumer
+//! seals, queues and encodes its writes in), kept for reuse.
 //!
 //! A payload of hundreds of KiB is bigger than the threshold at which glibc gives an
 //! allocation its own mapping (the consumer pins that threshold to keep its peak memory
 //! down), so each such frame used to cost an `mmap`, a page fault per 4 KiB as the bytes
 //! arrived, and an `munmap` that interrupts every other thread of the process. On a
-//! sequential read that was about half of the mount's CPU time. A reader that is done with
-//! a large payload hands it back with [`give_back`]; the next large frame is read into it.
+//! sequential read that was about half of the mount's CPU time. Whoever is done with a
+//! large buffer hands it back with [`give_back`] (a stream reader with each chunk it has
+//! consumed); the next large frame is read into it.
 //! At most [`KEPT`] buffers are kept, so what this holds is bounded. A kept buffer still
 //! holds the bytes of its last use (ciphertext, or in the consumer plaintext, which the
 //! consumer qube's page cache holds anyway) until it is reused: [`take`] hands it out
@@ -15,11 +17,13 @@ use std::sync::Mutex;
 
 use crate::frame::MAX_PAYLOAD;
 
-/// Payloads at least this big are read into a buffer of this module (of capacity
-/// [`MAX_PAYLOAD`]); smaller ones come from the heap, where malloc already reuses memory.
+/// Buffers at least this big come from this module (with capacity [`MAX_PAYLOAD`], so a
+/// kept one fits any frame); smaller ones come from the heap, where malloc already reuses
+/// memory.
 pub const LARGE: usize = 128 * 1024;
-/// Buffers kept: one per large read in flight on a busy mount (the kernel's readahead and
-/// the two protocol reads of a 1 MiB FUSE read); about 4.3 MiB at most.
+/// Buffers kept: about as many as are in use at once on a busy connection (a 1 MiB read's
+/// two answers, a write's request copy, sealed blocks and frame, a stream's chunks in
+/// flight); about 4.3 MiB at most.
 const KEPT: usize = 4;
 
 static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());

@@ -602,7 +602,7 @@ impl Read for Download {
                     {
                         self.end = Some(Err(e));
                     }
-                    self.buf = d;
+                    crate::buffers::give_back(std::mem::replace(&mut self.buf, d));
                     self.pos = 0;
                 }
                 Ok(DlMsg::End(a)) => self.end = Some(a),

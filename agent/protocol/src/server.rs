@@ -302,7 +302,7 @@ impl Read for UploadReader {
                     .write(FrameType::Credit, 0, self.id, &1u32.to_le_bytes())
                     .map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e))?;
             }
-            self.buf = data;
+            crate::buffers::give_back(std::mem::replace(&mut self.buf, data));
             self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
