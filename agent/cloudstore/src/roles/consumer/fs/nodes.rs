@@ -46,6 +46,17 @@ pub(crate) struct FileCache {
     pub content: Option<Held>,
 }
 
+impl FileCache {
+    /// Drops what rests on the attributes being known (kept attributes, content held from
+    /// an open) and counts the change; returns the new count.
+    fn attrs_unknown(&mut self) -> u64 {
+        self.fresh = None;
+        self.content = None;
+        self.changes += 1;
+        self.changes
+    }
+}
+
 /// Bytes held for a later read, counted against a budget shared by the mount.
 pub(crate) struct Held {
     bytes: Vec<u8>,
@@ -116,20 +127,14 @@ impl FileState {
         c.clen = None;
         c.header = None;
         c.seen = None;
-        c.fresh = None;
-        c.content = None;
-        c.changes += 1;
+        c.attrs_unknown();
     }
 
     /// A request that may change the attributes is on its way: whatever they were, they
     /// are not known any more. Returns what [`FileState::keep_attr`] needs to keep the
     /// attributes its answer carries.
     pub(crate) fn attrs_changing(&self) -> u64 {
-        let mut c = self.cache();
-        c.fresh = None;
-        c.content = None;
-        c.changes += 1;
-        c.changes
+        self.cache().attrs_unknown()
     }
 
     /// Keeps the attributes an answer carried, unless anything may have changed them since
