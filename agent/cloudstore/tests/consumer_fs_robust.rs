@@ -649,14 +649,20 @@ fn names_and_attributes_the_kernel_keeps_long_follow_changes_made_by_another_mou
     assert_eq!(names, ["moved"]);
 }
 
-#[test]
-fn the_stat_after_a_write_is_answered_from_the_write_until_anything_may_have_changed_it() {
-    let v = Volume::create();
-    // The kernel keeps nothing, so each stat reaches the mount.
+/// A mount whose kernel keeps no names or attributes (so each stat reaches the mount),
+/// once it follows storage's changes.
+fn mount_keeping_nothing(v: &Volume) -> Mount {
     let m = v.mount_with(|o| o.followed_ttl = Duration::ZERO);
     support::wait_until("the mount to follow storage's changes", || {
         m.status.following()
     });
+    m
+}
+
+#[test]
+fn the_stat_after_a_write_is_answered_from_the_write_until_anything_may_have_changed_it() {
+    let v = Volume::create();
+    let m = mount_keeping_nothing(&v);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -730,11 +736,7 @@ fn the_stat_after_a_write_is_answered_from_the_write_until_anything_may_have_cha
 #[test]
 fn a_directory_stat_after_an_entry_made_or_removed_here_is_answered_from_that_change() {
     let v = Volume::create();
-    // The kernel keeps nothing, so each stat reaches the mount.
-    let m = v.mount_with(|o| o.followed_ttl = Duration::ZERO);
-    support::wait_until("the mount to follow storage's changes", || {
-        m.status.following()
-    });
+    let m = mount_keeping_nothing(&v);
     fs::create_dir(m.p("d")).unwrap();
     let dir = File::open(m.p("d")).unwrap();
     let cdir = v.tree().join(root_entry(&v, "d"));
