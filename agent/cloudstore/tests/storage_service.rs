@@ -59,12 +59,14 @@ fn write_file(c: &Client, path: &str, content: &[u8]) {
         })
         .unwrap(),
     );
-    c.call(Request::Write {
-        file: FileRef::Handle(h),
-        offset: 0,
-        data: content.to_vec(),
-    })
-    .unwrap();
+    for (i, piece) in content.chunks(1 << 20).enumerate() {
+        c.call(Request::Write {
+            file: FileRef::Handle(h),
+            offset: (i << 20) as u64,
+            data: piece.to_vec(),
+        })
+        .unwrap();
+    }
     c.call(Request::Fsync {
         file: FileRef::Handle(h),
         datasync: false,
@@ -620,6 +622,93 @@ fn a_small_file_opened_for_reading_comes_with_its_content_to_a_client_that_asked
     assert!(matches!(open(&c, "one", true), Response::Opened { .. }));
     let old = client_with(&agent, features::PUSH | features::ATTRS_AFTER);
     assert!(matches!(open(&old, "one", false), Response::Opened { .. }));
+}
+
+/// How many of the 4 KiB pages of `file` in `range` are in the page cache.
+fn cached_pages(file: &std::path::Path, range: std::ops::Range<u64>) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = File::open(file).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file we hold open, unmapped below; mincore
+    // writes one byte per page into a vector of that many.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(map, len, pages.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+        pages[range.start as usize / 4096..range.end as usize / 4096]
+            .iter()
+            .filter(|p| *p & 1 == 1)
+            .count()
+    }
+}
+
+#[test]
+fn a_handle_read_front_to_back_is_read_ahead_on_disk_and_one_read_here_and_there_is_not() {
+    use std::os::fd::AsRawFd;
+    const MIB: u64 = 1 << 20;
+    const PIECE: u32 = 128 << 10;
+    let agent = StorageAgent::start("work");
+    let (c, _) = agent
+        .client("cloudstore.Volume", "work", "my-work")
+        .unwrap();
+    write_file(&c, "big", &vec![7u8; 8 * MIB as usize]);
+    let on_disk = agent.tree("work").join("big");
+    let f = File::open(&on_disk).unwrap();
+    // SAFETY: plain syscall on an open descriptor. The file was fsynced: its pages are clean
+    // and leave the cache.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+    assert_eq!(cached_pages(&on_disk, 0..8 * MIB), 0, "evicted");
+    let h = opened(
+        c.call(Request::Open {
+            path: "big".into(),
+            flags: OpenFlags {
+                write: false,
+                truncate: false,
+            },
+        })
+        .unwrap(),
+    );
+    let read = |offset: u64| {
+        let d = data(
+            c.call(Request::Read {
+                file: FileRef::Handle(h),
+                offset,
+                len: PIECE,
+            })
+            .unwrap(),
+        );
+        assert!(d.len() == PIECE as usize && d.iter().all(|b| *b == 7));
+    };
+    // Reads here and there: the disk reads what they ask for (and the kernel's own 128 KiB
+    // or so around it), nothing far beyond.
+    read(5 * MIB);
+    read(3 * MIB + MIB / 2);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(cached_pages(&on_disk, 6 * MIB..8 * MIB), 0);
+    assert_eq!(cached_pages(&on_disk, 4 * MIB + MIB / 4..5 * MIB), 0);
+    // Front to back: after two reads the next 2 MiB are on their way from the disk.
+    read(0);
+    read(PIECE as u64);
+    let ahead = MIB..2 * MIB + 2 * PIECE as u64;
+    let pages = ((ahead.end - ahead.start) / 4096) as usize;
+    wait_for(
+        "the 2 MiB after a sequential reader's second read in the page cache",
+        10,
+        || cached_pages(&on_disk, ahead.clone()) == pages,
+    );
+    c.call(Request::Close { handle: h }).unwrap();
 }
 
 #[test]

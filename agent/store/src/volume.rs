@@ -356,18 +356,8 @@ impl Volume {
             ));
         }
         let f = self.open_obj("read", p, libc::O_RDONLY)?;
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match f.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(StoreError::fs("read", p.as_str(), e)),
-            }
-        }
-        buf.truncate(got);
-        Ok(buf)
+        crate::readahead::read_upto(&f, offset, len)
+            .map_err(|e| StoreError::fs("read", p.as_str(), e))
     }
 
     /// The target of the symlink `p`, as stored (never resolved).

@@ -54,6 +54,8 @@ struct OpenFile {
     /// store's path API happen only while this still names the file (checked by identity),
     /// so they are journaled; otherwise they go to the descriptor, outside the tree.
     path: Mutex<Option<RelPath>>,
+    /// The disk's reads started ahead of this handle's reader while it reads front to back.
+    ahead: store::ReadAhead,
 }
 
 pub struct Connection {
@@ -154,6 +156,7 @@ impl Connection {
             key,
             writable: write,
             path: Mutex::new(Some(p.clone())),
+            ahead: store::ReadAhead::default(),
         })?;
         Ok((h, convert::attr(&attr)))
     }
@@ -276,20 +279,9 @@ impl Connection {
             FileRef::Path(s) => st(vol.read(&path("read", &s)?, offset, len)),
             FileRef::Handle(h) => {
                 let of = self.handle(h)?;
-                let mut buf = vec![0u8; len];
-                let mut got = 0;
-                while got < len {
-                    match of.file.read_at(&mut buf[got..], offset + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            return Err(convert::io_error("read", &Connection::label(&of), &e))
-                        }
-                    }
-                }
-                buf.truncate(got);
-                Ok(buf)
+                of.ahead
+                    .read(&of.file, offset, len)
+                    .map_err(|e| convert::io_error("read", &Connection::label(&of), &e))
             }
         }
     }
