@@ -4,7 +4,7 @@
 //! RESOLVE_NO_MAGICLINKS`, or the same rules walked one component at a time where `openat2`
 //! is missing. Nothing here follows a symlink.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
@@ -302,6 +302,45 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstatvfs succeeded, so it filled `st`.
     Ok(unsafe { st.assume_init() })
+}
+
+/// Sets the extended attribute `name` of the open file `fd` to `value`.
+pub fn fset_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `value` is valid for its length.
+    cvt(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// The extended attribute `name` of the open file `fd` if it has one of at most `max`
+/// bytes (`None` if it has none; ERANGE if it is longer).
+pub fn fget_xattr(fd: BorrowedFd<'_>, name: &CStr, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; max];
+    // SAFETY: `name` is NUL-terminated and `buf` is writable for its length.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
 }
 
 /// fsync of a descriptor (directories included).

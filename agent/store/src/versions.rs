@@ -1,11 +1,28 @@
 //! Prior versions of files (and parked conflict copies): a flat directory of `<id>.data`
-//! (the preserved file or symlink) and `<id>.meta` (what it was: path, time, size, mode)
-//! per entry. Ids are hexadecimal, increasing per volume.
+//! (the preserved file or symlink) and its record (what it was: path, time, size, mode) per
+//! entry. Ids are hexadecimal, increasing per volume.
 //!
-//! Order of writes: data first (hard link, or a copy that is fsynced), then the meta record
-//! (written to `<id>.meta.tmp`, fsynced, renamed), then the directory is fsynced — all before
-//! the caller is allowed to replace or modify the original. A crash leaves at worst data
-//! without meta, which the next open removes (the original was not touched yet).
+//! Order of writes: data first (hard link, or a copy that is fsynced), then the record
+//! (what it was), all before the caller is allowed to replace or modify the original. Where
+//! the record lives depends on what the caller does next:
+//!
+//! - It changes names only (an unlink, a rename over the file; [`Then::ChangesNames`]): the
+//!   record is the data file's extended attribute `user.cloudstore.version`, and nothing is
+//!   flushed. ext4 (a qube's private volume) and XFS journal changes to names and
+//!   attributes and write them to disk in the order they were made, so a crash that keeps
+//!   the caller's change keeps the data's name and its record too. Flushing here cost an
+//!   unlink two flushes of the disk's cache (record file, then directory), more than half of
+//!   its time on this project's benchmark disk.
+//! - It writes into the file, or the entry is a parked conflict that only the transfer qube
+//!   tracks ([`Then::ChangesContent`]): nothing orders file content after names, so the
+//!   record is the file `<id>.meta`, written to `<id>.meta.tmp`, fsynced and renamed. The
+//!   directory is not fsynced: on both, the fsync of a new file makes its name durable, so
+//!   a crash that loses the rename leaves the whole record under its temporary name, and
+//!   the next open takes it from there.
+//!
+//! Symlinks (which cannot carry user attributes) and records longer than the file system
+//! lets an attribute be also go to `<id>.meta`. A crash leaves at worst data without a
+//! record, which the next open removes (the original was not touched yet).
 //!
 //! Nothing in the public API removes an entry except retention pruning (versions) and
 //! adoption (conflicts).
@@ -25,6 +42,17 @@ use crate::types::{FileType, Timespec};
 
 /// Largest meta record: a 4096-byte path plus fixed fields; a bigger file is not ours.
 const MAX_META: usize = 4096 + 128;
+
+/// The data file's attribute that holds its record (module docs).
+const RECORD_XATTR: &std::ffi::CStr = c"user.cloudstore.version";
+
+/// What the caller does to the original once its version is recorded, which decides where
+/// the record goes and whether it is flushed (module docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Then {
+    ChangesNames,
+    ChangesContent,
+}
 
 /// Identifies one preserved version (or one parked conflict) within its volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -230,6 +258,32 @@ fn decode_meta(b: &[u8]) -> Option<VersionInfo> {
     })
 }
 
+/// The record in `name`, `None` if it is not one (torn, too long, not ours).
+fn read_meta(dir: BorrowedFd<'_>, name: &str, label: &str) -> Result<Option<VersionInfo>> {
+    let at = || format!("{label}/{name}");
+    let f = File::from(sys::open_at(dir, name, libc::O_RDONLY, 0).ctx("open", &at())?);
+    let len = f.metadata().ctx("stat", &at())?.len() as usize;
+    if len > MAX_META {
+        return Ok(None);
+    }
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, 0).ctx("read", &at())?;
+    Ok(decode_meta(&b))
+}
+
+/// The record kept as an attribute of entry `id`'s data, if it has one that decodes.
+fn read_data_record(dir: BorrowedFd<'_>, id: u64) -> Option<VersionInfo> {
+    // A symlink's data cannot be opened without following it, nor carry the attribute.
+    let fd = sys::open_at(
+        dir,
+        &data_name(id),
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )
+    .ok()?;
+    decode_meta(&sys::fget_xattr(fd.as_fd(), RECORD_XATTR, MAX_META).ok()??)
+}
+
 impl Versions {
     /// Opens the area in `dir`, loading its index and removing leftovers of a crash.
     pub(crate) fn open(dir: OwnedFd, label: String) -> Result<Versions> {
@@ -263,36 +317,55 @@ impl Versions {
                 Some((id, "data")) => {
                     datas.insert(id);
                 }
-                Some((id, "meta")) => {
-                    let f = File::from(
-                        sys::open_at(dir.as_fd(), s, libc::O_RDONLY, 0)
-                            .ctx("open", &format!("{label}/{s}"))?,
-                    );
-                    let len = f.metadata().ctx("stat", &format!("{label}/{s}"))?.len() as usize;
-                    let mut b = vec![0u8; len.min(MAX_META)];
-                    f.read_exact_at(&mut b, 0)
-                        .ctx("read", &format!("{label}/{s}"))?;
-                    match decode_meta(&b) {
-                        Some(v) if v.id.0 == id && len <= MAX_META => {
-                            by_id.insert(id, v);
-                        }
-                        _ => {
-                            tracing::error!(file = %format!("{label}/{s}"), "unreadable version record; leaving it and its data in place");
-                        }
+                Some((id, "meta")) => match read_meta(dir.as_fd(), s, &label)? {
+                    Some(v) if v.id.0 == id => {
+                        by_id.insert(id, v);
                     }
-                }
+                    _ => {
+                        tracing::error!(file = %format!("{label}/{s}"), "unreadable version record; leaving it and its data in place");
+                    }
+                },
                 _ => stray.push(s.to_owned()),
             }
         }
         for s in stray.iter().filter(|s| s.ends_with(".tmp")) {
+            // A whole record whose rename did not reach the disk (module docs): taken.
+            let record = s
+                .strip_suffix(".meta.tmp")
+                .and_then(|id| u64::from_str_radix(id, 16).ok())
+                .filter(|id| datas.contains(id) && !by_id.contains_key(id))
+                .and_then(|id| Some((id, read_meta(dir.as_fd(), s, &label).ok()??)));
+            if let Some((id, v)) = record {
+                if v.id.0 == id
+                    && sys::rename_at(dir.as_fd(), s, dir.as_fd(), &meta_name(id), 0).is_ok()
+                {
+                    tracing::info!(file = %format!("{label}/{s}"), "version record taken from under its temporary name (crash after it was written)");
+                    by_id.insert(id, v);
+                    continue;
+                }
+            }
             let _ = sys::unlink_at(dir.as_fd(), s, false);
         }
-        // Data without a record: a crash between the two, before the original was touched.
-        for id in datas.iter().filter(|id| !by_id.contains_key(id)) {
+        let unrecorded: Vec<u64> = datas
+            .iter()
+            .copied()
+            .filter(|id| !by_id.contains_key(id))
+            .collect();
+        for id in &unrecorded {
             let meta_exists = names.iter().any(|n| n == meta_name(*id).as_bytes());
-            if !meta_exists {
-                tracing::info!(file = %format!("{label}/{}", data_name(*id)), "removing version data without a record (crash before the change it guarded)");
-                let _ = sys::unlink_at(dir.as_fd(), &data_name(*id), false);
+            if meta_exists {
+                continue;
+            }
+            match read_data_record(dir.as_fd(), *id) {
+                Some(v) if v.id.0 == *id => {
+                    by_id.insert(*id, v);
+                }
+                // Data without a record: a crash between the two, before the original was
+                // touched.
+                _ => {
+                    tracing::info!(file = %format!("{label}/{}", data_name(*id)), "removing version data without a record (crash before the change it guarded)");
+                    let _ = sys::unlink_at(dir.as_fd(), &data_name(*id), false);
+                }
             }
         }
         by_id.retain(|id, _| datas.contains(id));
@@ -356,7 +429,8 @@ impl Versions {
             );
             self.copy_into(&src, &dname, st, path)?;
         }
-        self.finish(id, path, st, kind, reason, now).map(Some)
+        self.finish(id, path, st, reason, now, Then::ChangesNames)
+            .map(Some)
     }
 
     /// Preserves the current content of an open file about to be modified in place (a copy,
@@ -371,7 +445,7 @@ impl Versions {
     ) -> Result<VersionId> {
         let id = self.alloc();
         self.copy_into(src, &data_name(id), st, path)?;
-        self.finish(id, path, st, FileType::File, reason, now)
+        self.finish(id, path, st, reason, now, Then::ChangesContent)
     }
 
     /// Takes a finished, fsynced staged file (`name` in `staging`) into the area.
@@ -393,7 +467,7 @@ impl Versions {
             libc::RENAME_NOREPLACE,
         )
         .ctx("park", path)?;
-        self.finish(id, path, &st, FileType::File, reason, now)?;
+        self.finish(id, path, &st, reason, now, Then::ChangesContent)?;
         Ok(self.get(VersionId(id)).expect("just inserted"))
     }
 
@@ -430,10 +504,11 @@ impl Versions {
         id: u64,
         path: &str,
         st: &libc::stat,
-        kind: FileType,
         reason: VersionReason,
         now: Timespec,
+        then: Then,
     ) -> Result<VersionId> {
+        let kind = FileType::from_mode(st.st_mode);
         let v = VersionInfo {
             id: VersionId(id),
             path: path.to_owned(),
@@ -444,6 +519,11 @@ impl Versions {
             perm: st.st_mode & 0o7777,
             mtime: Timespec::new(st.st_mtime, st.st_mtime_nsec as u32),
         };
+        let record = encode_meta(&v);
+        if then == Then::ChangesNames && kind == FileType::File && self.record_on_data(id, &record)
+        {
+            return Ok(self.index_new(v));
+        }
         let tmp = format!("{}.tmp", meta_name(id));
         let r = (|| {
             let f = File::from(sys::open_at(
@@ -452,10 +532,9 @@ impl Versions {
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                 0o600,
             )?);
-            f.write_all_at(&encode_meta(&v), 0)?;
+            f.write_all_at(&record, 0)?;
             sys::fsync(f.as_fd())?;
-            sys::rename_at(self.dir.as_fd(), &tmp, self.dir.as_fd(), &meta_name(id), 0)?;
-            sys::fsync(self.dir.as_fd())
+            sys::rename_at(self.dir.as_fd(), &tmp, self.dir.as_fd(), &meta_name(id), 0)
         })();
         if let Err(e) = r {
             let _ = sys::unlink_at(self.dir.as_fd(), &tmp, false);
@@ -463,12 +542,30 @@ impl Versions {
             let _ = sys::unlink_at(self.dir.as_fd(), &data_name(id), false);
             return Err(StoreError::fs("keep version of", path, e));
         }
-        let disk = disk_bytes(self.dir.as_fd(), id).unwrap_or(v.size);
+        Ok(self.index_new(v))
+    }
+
+    /// Writes `record` as the data's attribute; false if the file system refuses it (no
+    /// user attributes, or a record too long for one), for the caller to write a file.
+    fn record_on_data(&self, id: u64, record: &[u8]) -> bool {
+        sys::open_at(
+            self.dir.as_fd(),
+            &data_name(id),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        )
+        .and_then(|fd| sys::fset_xattr(fd.as_fd(), RECORD_XATTR, record))
+        .is_ok()
+    }
+
+    fn index_new(&self, v: VersionInfo) -> VersionId {
+        let id = v.id;
+        let disk = disk_bytes(self.dir.as_fd(), id.0).unwrap_or(v.size);
         let mut ix = self.index.lock().unwrap();
         ix.total += disk;
-        ix.disk.insert(id, disk);
-        ix.by_id.insert(id, v);
-        Ok(VersionId(id))
+        ix.disk.insert(id.0, disk);
+        ix.by_id.insert(id.0, v);
+        id
     }
 
     /// What entry `id`'s data takes on disk (0 if it is not known).
@@ -532,7 +629,11 @@ impl Versions {
     /// Forgets an entry whose data was moved away (conflict adoption) or is to be removed.
     pub(crate) fn remove(&self, id: VersionId, data_too: bool) -> Result<()> {
         let mname = meta_name(id.0);
-        sys::unlink_at(self.dir.as_fd(), &mname, false).ctx("remove", &self.file_label(&mname))?;
+        match sys::unlink_at(self.dir.as_fd(), &mname, false) {
+            // The record was the data's attribute (module docs): it goes with the data.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => r.ctx("remove", &self.file_label(&mname))?,
+        }
         if data_too {
             let dname = data_name(id.0);
             match sys::unlink_at(self.dir.as_fd(), &dname, false) {

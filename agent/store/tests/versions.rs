@@ -168,13 +168,30 @@ fn restore_brings_back_a_version_and_keeps_the_current_one() {
 /// these tests run on allocates 4 KiB at a time).
 const BLOCK: u64 = 4096;
 
+/// What one version of a `blocks`-block file takes on disk here: its blocks, and the block
+/// its record may take (an attribute too long to fit in the inode gets one on ext4).
+fn version_cost(blocks: usize) -> u64 {
+    let f = Fixture::new();
+    put_bytes(&f.vol, "f", &vec![1; blocks * BLOCK as usize]);
+    put_bytes(&f.vol, "f", b"");
+    let cost = f.vol.stats().version_bytes;
+    assert!(
+        (blocks as u64 * BLOCK..=(blocks as u64 + 1) * BLOCK).contains(&cost),
+        "{cost} bytes for a version of {blocks} blocks"
+    );
+    cost
+}
+
 #[test]
 fn retention_by_age_cap_and_minimum_age() {
     let day = Duration::from_secs(24 * 3600);
+    let one = version_cost(3);
+    // Three versions fit, four do not.
+    let cap = 3 * one + BLOCK;
     let policy = RetentionPolicy {
         max_age: 30 * day,
         min_age: day,
-        max_bytes: 10 * BLOCK,
+        max_bytes: cap,
         hard_cap: false,
     };
     let f = Fixture::with(|c| c.retention = policy);
@@ -191,12 +208,12 @@ fn retention_by_age_cap_and_minimum_age() {
     for _ in 0..2 {
         put_bytes(v, "new", &big);
     }
-    assert_eq!(v.stats().version_bytes, 15 * BLOCK);
+    assert_eq!(v.stats().version_bytes, 5 * one);
     // Over the cap: the oldest go first, until the rest fits.
     let r = v.prune_versions().unwrap();
     assert_eq!(
         (r.removed, r.kept, r.kept_bytes, r.over_cap),
-        (2, 3, 9 * BLOCK, false)
+        (2, 3, 3 * one, false)
     );
     assert_eq!(v.list_versions(&p("old")).len(), 1);
     assert_eq!(v.list_versions(&p("new")).len(), 2);
@@ -215,11 +232,7 @@ fn retention_by_age_cap_and_minimum_age() {
     // A day later they are fair game for the cap.
     f.clock.advance(day);
     let r = v.prune_versions().unwrap();
-    assert_eq!(
-        (r.kept_bytes <= 10 * BLOCK, r.over_cap),
-        (true, false),
-        "{r:?}"
-    );
+    assert_eq!((r.kept_bytes <= cap, r.over_cap), (true, false), "{r:?}");
     // Age: past 30 days everything goes, cap or not.
     f.clock.advance(31 * day);
     let r = v.prune_versions().unwrap();
@@ -236,9 +249,11 @@ fn retention_by_age_cap_and_minimum_age() {
 
 #[test]
 fn a_hard_cap_evicts_even_young_versions() {
+    let one = version_cost(2);
     let f = Fixture::with(|c| {
         c.retention = RetentionPolicy {
-            max_bytes: 5 * BLOCK,
+            // Two versions fit, three do not.
+            max_bytes: 2 * one + BLOCK,
             hard_cap: true,
             ..RetentionPolicy::default()
         }
@@ -371,4 +386,91 @@ fn a_file_made_of_holes_is_kept_without_writing_them_out() {
     assert_eq!(at(1 << 30, 6), b"middle");
     assert_eq!(at(BIG - 4, 4), b"tail");
     assert_eq!(at(4096, 8), [0u8; 8], "a hole reads as zeros");
+}
+
+#[test]
+fn a_record_whose_rename_was_lost_is_taken_and_a_torn_one_goes_with_its_data() {
+    // Symlinks cannot carry the record as an attribute: theirs are files.
+    let f = Fixture::new();
+    f.vol.symlink(&p("kept"), b"kept target").unwrap();
+    f.vol.symlink(&p("torn"), b"torn target").unwrap();
+    f.vol.unlink(&p("kept")).unwrap();
+    f.vol.unlink(&p("torn")).unwrap();
+    let kept = f.vol.list_versions(&p("kept"))[0].id;
+    let torn = f.vol.list_versions(&p("torn"))[0].id;
+    let area = f.data().join("volumes/work/versions");
+    // What a crash may leave: a whole record still under its temporary name, and one
+    // torn while being written (the change it guarded was then never made).
+    for id in [kept, torn] {
+        std::fs::rename(
+            area.join(format!("{id}.meta")),
+            area.join(format!("{id}.meta.tmp")),
+        )
+        .unwrap();
+    }
+    let torn_tmp = area.join(format!("{torn}.meta.tmp"));
+    let len = std::fs::metadata(&torn_tmp).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&torn_tmp)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let f = f.reopen();
+    assert_eq!(
+        f.vol.read_version_link(&p("kept"), kept).unwrap(),
+        b"kept target"
+    );
+    assert!(area.join(format!("{kept}.meta")).exists());
+    assert!(f.vol.list_versions(&p("torn")).is_empty());
+    for leftover in [format!("{torn}.meta.tmp"), format!("{torn}.data")] {
+        assert!(!area.join(&leftover).exists(), "{leftover} removed");
+    }
+}
+
+#[test]
+fn a_deleted_file_s_record_rides_on_its_data_unless_it_is_too_long_for_that() {
+    let day = Duration::from_secs(24 * 3600);
+    let f = Fixture::with(|c| {
+        c.retention = RetentionPolicy {
+            max_age: day,
+            min_age: Duration::ZERO,
+            ..RetentionPolicy::default()
+        }
+    });
+    put_bytes(&f.vol, "short", b"short content");
+    put_bytes(&f.vol, "lost", b"lost record");
+    // 16 directories of 250 characters: a record longer than an attribute may be.
+    let mut long = String::new();
+    for i in 0..16 {
+        long.push_str(&format!("{i:x}").repeat(250));
+        f.vol.mkdir(&p(&long), 0o700).unwrap();
+        long.push('/');
+    }
+    long.push_str("file");
+    put_bytes(&f.vol, &long, b"long content");
+    for name in ["short", "lost", long.as_str()] {
+        f.vol.unlink(&p(name)).unwrap();
+    }
+    let id = |f: &Fixture, name: &str| f.vol.list_versions(&p(name))[0].id;
+    let (short, lost, long_id) = (id(&f, "short"), id(&f, "lost"), id(&f, &long));
+    let area = f.data().join("volumes/work/versions");
+    let file_record = |id: VersionId| area.join(format!("{id}.meta")).exists();
+    assert!(!file_record(short) && !file_record(lost));
+    assert!(file_record(long_id));
+    // A crash after the data was linked and before its record was set: no record.
+    let data = std::ffi::CString::new(format!("{}/{lost}.data", area.display())).unwrap();
+    // SAFETY: both strings are NUL-terminated.
+    let r = unsafe { libc::removexattr(data.as_ptr(), c"user.cloudstore.version".as_ptr()) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let f = f.reopen();
+    assert_eq!(contents(&f.vol, "short"), [b"short content".to_vec()]);
+    assert_eq!(contents(&f.vol, &long), [b"long content".to_vec()]);
+    assert!(f.vol.list_versions(&p("lost")).is_empty());
+    assert!(!area.join(format!("{lost}.data")).exists(), "removed");
+    // Retention removes both kinds.
+    f.clock.advance(2 * day);
+    let r = f.vol.prune_versions().unwrap();
+    assert_eq!(r.kept, 0, "{r:?}");
+    assert_eq!(area.read_dir().unwrap().count(), 0);
 }
