@@ -711,6 +711,97 @@ fn a_handle_read_front_to_back_is_read_ahead_on_disk_and_one_read_here_and_there
     c.call(Request::Close { handle: h }).unwrap();
 }
 
+/// Whether some of `file`'s bytes in `range` are written but have no place on disk yet
+/// (ext4's delayed allocation, `FIEMAP_EXTENT_DELALLOC`): the kernel has not started writing
+/// them out.
+fn waits_for_writeback(file: &std::path::Path, range: std::ops::Range<u64>) -> bool {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; 64],
+    }
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_EXTENT_DELALLOC: u32 = 0x4;
+    let f = File::open(file).unwrap();
+    let mut map = Fiemap {
+        start: range.start,
+        length: range.end - range.start,
+        flags: 0,
+        mapped: 0,
+        count: 64,
+        reserved: 0,
+        extents: [Extent::default(); 64],
+    };
+    // SAFETY: FS_IOC_FIEMAP fills at most `count` extents of the struct we pass.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, &mut map) };
+    assert_eq!(r, 0, "FIEMAP: {}", io::Error::last_os_error());
+    assert!(map.mapped < map.count, "more extents than asked for");
+    map.extents[..map.mapped as usize]
+        .iter()
+        .any(|e| e.flags & FIEMAP_EXTENT_DELALLOC != 0)
+}
+
+#[test]
+fn a_handle_written_front_to_back_goes_to_disk_behind_the_writer_and_one_written_here_and_there_waits(
+) {
+    const MIB: u64 = 1 << 20;
+    let agent = StorageAgent::start("work");
+    let (c, _) = agent
+        .client("cloudstore.Volume", "work", "my-work")
+        .unwrap();
+    let write = |name: &str, offsets: &[u64]| {
+        let h = opened(
+            c.call(Request::Create {
+                path: name.into(),
+                mode: 0o600,
+                exclusive: true,
+            })
+            .unwrap(),
+        );
+        for &offset in offsets {
+            c.call(Request::Write {
+                file: FileRef::Handle(h),
+                offset,
+                data: vec![5; MIB as usize],
+            })
+            .unwrap();
+        }
+        agent.tree("work").join(name)
+    };
+    // Here and there: left to the kernel's own schedule (pages 30 s old, or much memory
+    // dirty), so still waiting a second later.
+    let scattered = write(
+        "scattered",
+        &[0, 40 * MIB, 20 * MIB, 60 * MIB, 10 * MIB, 30 * MIB],
+    );
+    // Front to back: the first 8 MiB are handed to the disk as the writer goes on.
+    let offsets: Vec<u64> = (0..16).map(|i| i * MIB).collect();
+    let stream = write("stream", &offsets);
+    wait_for(
+        "the first 8 MiB of a sequential writer on their way to disk",
+        10,
+        || !waits_for_writeback(&stream, 0..8 * MIB),
+    );
+    thread::sleep(Duration::from_secs(1));
+    assert!(waits_for_writeback(&scattered, 0..70 * MIB));
+}
+
 #[test]
 fn sync_discovers_volumes_follows_the_journal_and_puts_atomically() {
     let agent = StorageAgent::start("work photos");

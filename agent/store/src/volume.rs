@@ -356,7 +356,7 @@ impl Volume {
             ));
         }
         let f = self.open_obj("read", p, libc::O_RDONLY)?;
-        crate::readahead::read_upto(&f, offset, len)
+        crate::sequential::read_upto(&f, offset, len)
             .map_err(|e| StoreError::fs("read", p.as_str(), e))
     }
 

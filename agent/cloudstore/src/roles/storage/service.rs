@@ -56,6 +56,8 @@ struct OpenFile {
     path: Mutex<Option<RelPath>>,
     /// The disk's reads started ahead of this handle's reader while it reads front to back.
     ahead: store::ReadAhead,
+    /// The disk's writes started behind this handle's writer while it writes front to back.
+    write_out: store::WriteOut,
 }
 
 pub struct Connection {
@@ -157,6 +159,7 @@ impl Connection {
             writable: write,
             path: Mutex::new(Some(p.clone())),
             ahead: store::ReadAhead::default(),
+            write_out: store::WriteOut::default(),
         })?;
         Ok((h, convert::attr(&attr)))
     }
@@ -544,6 +547,7 @@ impl Connection {
                             |f| f.write_all_at(&data, offset).map(|_| data.len()),
                             "write",
                         )?;
+                        of.write_out.after_write(&of.file, offset, n);
                         // The descriptor names the file written whichever way the write
                         // went (through the tree only while the path is still this file).
                         (n, with_attr.then(|| self.fstat(&of)).transpose()?)

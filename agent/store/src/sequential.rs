@@ -1,13 +1,20 @@
-//! Reads of a file's bytes, and disk reads started ahead of a peer that reads a file front
-//! to back.
+//! Help for a peer that reads or writes a file front to back: reads of a file's bytes with
+//! the disk's reads started ahead of the reader, and the disk's writes started behind a
+//! writer.
 //!
-//! The kernel reads ahead of a sequential reader by the disk's `read_ahead_kb` (128 KiB by
-//! default), and a consumer's FUSE mount asks for 128 KiB at a time (the kernel caps a FUSE
-//! mount's readahead at that too), about one protocol read of ciphertext. With one or two
-//! such reads in flight, each read of a file not in the page cache waited for the disk
-//! while the rest of the round trip (relay, consumer, decryption) waited for it. Asking the
-//! kernel for the next [`AHEAD`] bytes once a handle is read sequentially lets the disk work
-//! while the previous answer travels.
+//! Reading: the kernel reads ahead of a sequential reader by the disk's `read_ahead_kb`
+//! (128 KiB by default), and a consumer's FUSE mount asks for 128 KiB at a time (the kernel
+//! caps a FUSE mount's readahead at that too), about one protocol read of ciphertext. With
+//! one or two such reads in flight, each read of a file not in the page cache waited for
+//! the disk while the rest of the round trip (relay, consumer, decryption) waited for it.
+//! Asking the kernel for the next [`AHEAD`] bytes once a handle is read sequentially lets
+//! the disk work while the previous answer travels.
+//!
+//! Writing: the kernel leaves written pages in memory until they are 30 s old or a tenth of
+//! memory is dirty, so a file written whole and then fsynced (a save, `dd conv=fsync`, the
+//! benchmark's streaming write) reached the disk only at the fsync, all of it then, after the
+//! whole transfer. Starting the disk's writes every [`WRITE_OUT_EVERY`] bytes of a
+//! sequential writer overlaps the two; the fsync then waits for the last few megabytes.
 
 use std::fs::File;
 use std::io;
@@ -91,6 +98,89 @@ impl ReadAhead {
     }
 }
 
+/// How much a writer going front to back writes before the disk is asked to start writing
+/// it: large enough that the disk gets long runs, small enough that the fsync at the end
+/// waits for little.
+pub const WRITE_OUT_EVERY: u64 = 8 << 20;
+
+/// A write landing within this of the furthest end written so far continues the run: a
+/// consumer sends a 1 MiB write as two pieces at once, which storage's workers may take in
+/// either order.
+const WRITE_SLACK: u64 = 2 << 20;
+
+/// Follows the writes of one open file and starts the disk's writes behind them while they
+/// go front to back. Writes here and there (random writes, a header rewritten) start
+/// nothing.
+#[derive(Debug)]
+pub struct WriteOut {
+    /// The furthest end of the current run of writes (`u64::MAX` before the first).
+    run_end: AtomicU64,
+    /// Where the part of the run not yet handed to the disk starts.
+    not_started: AtomicU64,
+}
+
+impl Default for WriteOut {
+    fn default() -> Self {
+        WriteOut {
+            run_end: AtomicU64::new(u64::MAX),
+            not_started: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WriteOut {
+    /// Called after `len` bytes were written at `offset` through `file`.
+    pub fn after_write(&self, file: &File, offset: u64, len: usize) {
+        if let Some((from, count)) = self.range_after(offset, len) {
+            // A hint like the read-ahead one: the fsync that follows is what makes the data
+            // durable, whether or not this started it.
+            let _ = start_writeback(file, from, count);
+        }
+    }
+
+    /// The range whose writing to disk should start after `len` bytes were written at
+    /// `offset`, if any.
+    pub fn range_after(&self, offset: u64, len: usize) -> Option<(u64, u64)> {
+        let end = offset + len as u64;
+        let run_end = self.run_end.load(Ordering::Relaxed);
+        let not_started = self.not_started.load(Ordering::Relaxed);
+        let continues = run_end != u64::MAX
+            && offset <= run_end.saturating_add(WRITE_SLACK)
+            && end.saturating_add(WRITE_SLACK) >= not_started;
+        if !continues {
+            self.run_end.store(end, Ordering::Relaxed);
+            self.not_started.store(offset, Ordering::Relaxed);
+            return None;
+        }
+        let run_end = run_end.max(end);
+        self.run_end.store(run_end, Ordering::Relaxed);
+        if run_end - not_started.min(run_end) < WRITE_OUT_EVERY {
+            return None;
+        }
+        self.not_started.store(run_end, Ordering::Relaxed);
+        Some((not_started, run_end - not_started))
+    }
+}
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing the range's dirty pages to disk
+/// without waiting for them (it may wait for room in the disk's queue).
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we borrow; it touches no memory of ours.
+    let r = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `posix_fadvise(POSIX_FADV_WILLNEED)`: the kernel starts reading the range into the page
 /// cache and returns without waiting for it.
 fn advise_willneed(file: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -146,6 +236,38 @@ mod tests {
         assert_eq!(ra.after_read(3 * r, READ, READ), None);
         // The end of the file: nothing to read ahead.
         assert_eq!(ra.after_read(4 * r, READ, 10), None);
+    }
+
+    #[test]
+    fn a_sequential_writer_gets_the_disk_behind_it_and_a_random_one_does_not() {
+        const MIB: u64 = 1 << 20;
+        let w = WriteOut::default();
+        let mut started = Vec::new();
+        // 1 MiB writes sent as a 1 MiB and an 8 KiB piece, taken in either order.
+        let mut off = 0;
+        for i in 0..20 {
+            let (big, small) = ((off, MIB as usize), (off + MIB, 8 << 10));
+            let order = if i % 3 == 1 {
+                [small, big]
+            } else {
+                [big, small]
+            };
+            for (o, l) in order {
+                started.extend(w.range_after(o, l));
+            }
+            off += MIB + (8 << 10);
+        }
+        // Every byte up to the last 8 MiB boundary crossed handed to the disk once, in order.
+        assert_eq!(started.len(), 2, "{started:?}");
+        assert_eq!(started[0].0, 0);
+        assert_eq!(started[1].0, started[0].0 + started[0].1);
+        assert!(started.iter().all(|(_, n)| *n >= WRITE_OUT_EVERY));
+        // Random 4 KiB writes far apart: nothing.
+        let w = WriteOut::default();
+        for i in 0..10_000u64 {
+            let o = (i * 7_919 % 1_000) * 3 * MIB;
+            assert_eq!(w.range_after(o, 4096), None, "write {i} at {o}");
+        }
     }
 
     #[test]
