@@ -8,11 +8,12 @@
 //!
 //! - It changes names only (an unlink, a rename over the file; [`Then::ChangesNames`]): the
 //!   record is the data file's extended attribute `user.cloudstore.version`, and nothing is
-//!   flushed. ext4 (a qube's private volume) and XFS journal changes to names and
-//!   attributes and write them to disk in the order they were made, so a crash that keeps
-//!   the caller's change keeps the data's name and its record too. Flushing here cost an
-//!   unlink two flushes of the disk's cache (record file, then directory), more than half of
-//!   its time on this project's benchmark disk.
+//!   flushed. ext4 with its journal (a qube's private volume) and XFS write changes to
+//!   names and attributes to disk in the order they were made, so a crash that keeps the
+//!   caller's change keeps the data's name and its record too. Flushing here cost an unlink
+//!   two flushes of the disk's cache (record file, then directory), more than half of its
+//!   time on this project's benchmark disk. Only where the store found such a file system
+//!   at open (`StoreConfig::names_in_order`); elsewhere the record is a flushed file, below.
 //! - It writes into the file, or the entry is a parked conflict that only the transfer qube
 //!   tracks ([`Then::ChangesContent`]): nothing orders file content after names, so the
 //!   record is the file `<id>.meta`, written to `<id>.meta.tmp`, fsynced and renamed. The
@@ -191,6 +192,8 @@ struct Index {
 pub(crate) struct Versions {
     dir: OwnedFd,
     label: String,
+    /// Whether records may ride on the data unflushed (module docs).
+    names_in_order: bool,
     index: Mutex<Index>,
 }
 
@@ -286,7 +289,7 @@ fn read_data_record(dir: BorrowedFd<'_>, id: u64) -> Option<VersionInfo> {
 
 impl Versions {
     /// Opens the area in `dir`, loading its index and removing leftovers of a crash.
-    pub(crate) fn open(dir: OwnedFd, label: String) -> Result<Versions> {
+    pub(crate) fn open(dir: OwnedFd, label: String, names_in_order: bool) -> Result<Versions> {
         let mut names = Vec::new();
         let mut cookie = 0i64;
         let rd = sys::open_beneath(dir.as_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
@@ -383,6 +386,7 @@ impl Versions {
         Ok(Versions {
             dir,
             label,
+            names_in_order,
             index: Mutex::new(Index {
                 by_id,
                 disk,
@@ -520,7 +524,10 @@ impl Versions {
             mtime: Timespec::new(st.st_mtime, st.st_mtime_nsec as u32),
         };
         let record = encode_meta(&v);
-        if then == Then::ChangesNames && kind == FileType::File && self.record_on_data(id, &record)
+        if self.names_in_order
+            && then == Then::ChangesNames
+            && kind == FileType::File
+            && self.record_on_data(id, &record)
         {
             return Ok(self.index_new(v));
         }

@@ -196,13 +196,16 @@ impl Volume {
                 reservation: cfg.journal_reservation,
             },
         )?;
+        let names_in_order = cfg.names_in_order.unwrap_or(false);
         let versions = Versions::open(
             sub("versions", libc::O_RDONLY)?,
             format!("{label}/versions"),
+            names_in_order,
         )?;
         let conflicts = Versions::open(
             sub("conflicts", libc::O_RDONLY)?,
             format!("{label}/conflicts"),
+            names_in_order,
         )?;
         let v = Volume {
             name,

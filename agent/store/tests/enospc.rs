@@ -15,32 +15,7 @@ use common::*;
 /// Mounts a tmpfs of `size` at `dir`, visible only to the calling thread (which must keep
 /// running the test). Needs root, as CI runs.
 fn private_tmpfs(dir: &std::path::Path, size: &str) {
-    // SAFETY: unshare affects only this thread's mount namespace (CLONE_NEWNS implies
-    // CLONE_FS, which Linux allows per thread).
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
-    assert_eq!(
-        r,
-        0,
-        "unshare(CLONE_NEWNS): {}",
-        std::io::Error::last_os_error()
-    );
-    let root = CString::new("/").unwrap();
-    // SAFETY: valid C strings; makes every mount private so ours does not propagate back.
-    let r = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "make mounts private: {}",
-        std::io::Error::last_os_error()
-    );
+    private_mount_namespace();
     let target = CString::new(dir.to_str().unwrap()).unwrap();
     let fstype = CString::new("tmpfs").unwrap();
     let opts = CString::new(format!("size={size},mode=0700")).unwrap();

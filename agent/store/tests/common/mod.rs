@@ -150,3 +150,33 @@ pub fn all_changes(vol: &Volume, since: u64) -> Vec<ChangeEntry> {
 pub fn read_file(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
+
+/// Moves the calling thread into a mount namespace of its own whose mounts do not propagate
+/// back, so that what the test mounts is seen by it (and its children) only. Needs root.
+pub fn private_mount_namespace() {
+    // SAFETY: unshare affects only this thread's mount namespace (CLONE_NEWNS implies
+    // CLONE_FS, which Linux allows per thread).
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    assert_eq!(
+        r,
+        0,
+        "unshare(CLONE_NEWNS): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: valid C string; makes every mount private so ours do not propagate back.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "make mounts private: {}",
+        std::io::Error::last_os_error()
+    );
+}
