@@ -372,6 +372,20 @@ impl Versions {
             }
         }
         by_id.retain(|id, _| datas.contains(id));
+        // Data that still has another name was linked here before a change a crash then
+        // prevented (the unlink or the rename over it never happened): the original is
+        // intact, and this "copy" would follow its every later change. Copies are made of
+        // files with other names, so a kept file's data has only its own.
+        by_id.retain(|id, v| {
+            let shared = v.kind == FileType::File
+                && sys::stat_at(dir.as_fd(), &data_name(*id)).is_ok_and(|st| st.st_nlink > 1);
+            if shared {
+                tracing::info!(file = %format!("{label}/{}", data_name(*id)), "removing a version whose file was never changed (crash before the change it guarded)");
+                let _ = sys::unlink_at(dir.as_fd(), &meta_name(*id), false);
+                let _ = sys::unlink_at(dir.as_fd(), &data_name(*id), false);
+            }
+            !shared
+        });
         let disk: BTreeMap<u64, u64> = by_id
             .iter()
             .map(|(id, v)| (*id, disk_bytes(dir.as_fd(), *id).unwrap_or(v.size)))

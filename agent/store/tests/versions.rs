@@ -476,3 +476,25 @@ fn a_deleted_file_s_record_rides_on_its_data_unless_it_is_too_long_for_that() {
     assert_eq!(r.kept, 0, "{r:?}");
     assert_eq!(area.read_dir().unwrap().count(), 0);
 }
+
+#[test]
+fn a_version_kept_before_a_change_a_crash_prevented_is_dropped_and_the_file_kept() {
+    for names_in_order in [true, false] {
+        let f = Fixture::with(|c| c.names_in_order = Some(names_in_order));
+        put_bytes(&f.vol, "f", b"the file");
+        f.vol.unlink(&p("f")).unwrap();
+        let id = f.vol.list_versions(&p("f"))[0].id;
+        let area = f.data().join("volumes/work/versions");
+        // The state a crash between keeping the version and the unlink leaves: the file
+        // still in the tree, its data also linked (and recorded) as a version.
+        std::fs::hard_link(area.join(format!("{id}.data")), f.tree().join("f")).unwrap();
+        let f = f.reopen();
+        assert!(f.vol.list_versions(&p("f")).is_empty(), "{names_in_order}");
+        assert!(!area.join(format!("{id}.data")).exists());
+        assert!(!area.join(format!("{id}.meta")).exists());
+        // The file is whole, and a change to it now is kept as a version of its own.
+        assert_eq!(std::fs::read(f.tree().join("f")).unwrap(), b"the file");
+        put_bytes(&f.vol, "f", b"new");
+        assert_eq!(contents(&f.vol, "f"), [b"the file".to_vec()]);
+    }
+}
