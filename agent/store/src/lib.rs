@@ -39,7 +39,7 @@ pub use path::{
     parse_path, validate_volume_name, PathProblem, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN,
     MAX_VOLUME_NAME_LEN,
 };
-pub use sequential::{read_upto, ReadAhead, WriteOut, AHEAD as READ_AHEAD, WRITE_OUT_EVERY};
+pub use sequential::{ReadAhead, WriteOut};
 pub use store::{current_boot_id, Clock, Store, StoreConfig, DEFAULT_DATA_DIR, VOLUME_SUBDIRS};
 pub use types::{
     Attr, ChangeEntry, ChangeKind, Changes, DirEntry, DirPage, Expect, FileState, FileType,
