@@ -1065,6 +1065,21 @@ impl Core {
         Some(self.attr_of(ino, &a))
     }
 
+    /// The attributes to answer an ownership change with at once (see
+    /// [`Core::getattr_now`]): storage does not keep ownership, so nothing changes.
+    pub(crate) fn chown_now(&self, ino: u64, fh: Option<u64>) -> Option<FileAttr> {
+        if !self.status.following() {
+            return None;
+        }
+        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
+        let state = self.state_of(ino, of.as_deref());
+        if !super::behind::idle(&state) {
+            return None;
+        }
+        let a = state.attr_for_unkept_change()?;
+        Some(self.attr_of(ino, &a))
+    }
+
     pub(crate) fn forget(&self, ino: u64, n: u64) {
         lock(&self.nodes).forget(ino, n);
     }
@@ -1135,20 +1150,37 @@ impl Core {
                 atime: atime.map(to_timeset),
                 mtime: mtime.map(to_timeset),
             };
-            match self
-                .file_call(ino, of.as_deref(), |file| Request::SetAttr {
+            self.settle_file(ino, of.as_deref());
+            let (mut answers, _, stamp) =
+                self.file_calls_stamped(ino, of.as_deref(), 1, |file, _| Request::SetAttr {
                     file,
                     attr: sa,
-                })?
-                .0
-            {
-                Response::Attr(a) => last = Some(a),
+                })?;
+            match answers.remove(0) {
+                Response::Attr(a) => {
+                    // Kept for what follows at once when a file is unpacked or copied
+                    // with its metadata (`tar`, `cp -a` as root): an ownership change,
+                    // which storage does not keep and so need not be asked about.
+                    self.keep_attr(&self.state_of(ino, of.as_deref()), Some(a.clone()), stamp);
+                    last = Some(a);
+                }
                 r => return Err(expect_resp(r, "Attr")),
             }
         }
         let a = match last {
             Some(a) => a,
-            None => self.stat_ref(ino, of.as_deref())?,
+            // An ownership change alone (not kept by storage; see [`Core::chown_now`]).
+            None => {
+                let state = self.state_of(ino, of.as_deref());
+                self.settle(&state);
+                match state
+                    .attr_for_unkept_change()
+                    .filter(|_| self.status.following())
+                {
+                    Some(a) => a,
+                    None => self.stat_ref(ino, of.as_deref())?,
+                }
+            }
         };
         Ok(self.attr_of(ino, &a))
     }
@@ -1428,7 +1460,7 @@ impl Core {
         // A truncating open must not overtake a write still on its way.
         let state = self.file_state(ino);
         self.settle(&state);
-        state.attrs_changing();
+        let stamp = state.attrs_changing();
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -1451,21 +1483,33 @@ impl Core {
         let keep = {
             let _g = file.io.write().unwrap_or_else(|p| p.into_inner());
             let mut c = lock(&file.cache);
-            let now = (a.size, a.mtime.secs, a.mtime.nanos);
-            let keep = c.seen == Some(now) && !truncate;
-            if !keep {
-                c.clen = Some(a.size);
+            if c.changes != stamp {
+                // A write through another handle of the file went out while this open was
+                // on its way, so the size the answer carries may be from before it: cached
+                // as the ciphertext's length, the next partial-block write would have
+                // rewritten a block as the file's shorter last one. Left unknown, to be
+                // asked once that write is answered.
+                c.clen = None;
                 c.header = None;
-                // The kernel will read: the content that came with the open serves the
-                // first read (were the kernel to keep its pages, it would be dead weight).
-                let whole = content.filter(|d| d.len() as u64 == a.size);
-                c.content = whole.and_then(|d| Held::new(d, &self.held, HELD_MAX));
-                if let Some(h) = c.content.as_ref().and_then(|h| h.header()) {
-                    c.header = Some(h);
+                c.seen = None;
+                false
+            } else {
+                let now = (a.size, a.mtime.secs, a.mtime.nanos);
+                let keep = c.seen == Some(now) && !truncate;
+                if !keep {
+                    c.clen = Some(a.size);
+                    c.header = None;
+                    // The kernel will read: the content that came with the open serves the
+                    // first read (were the kernel to keep its pages, it would be dead weight).
+                    let whole = content.filter(|d| d.len() as u64 == a.size);
+                    c.content = whole.and_then(|d| Held::new(d, &self.held, HELD_MAX));
+                    if let Some(h) = c.content.as_ref().and_then(|h| h.header()) {
+                        c.header = Some(h);
+                    }
                 }
+                c.seen = Some(now);
+                keep
             }
-            c.seen = Some(now);
-            keep
         };
         let fh = self.new_fh(OpenFile {
             ino,

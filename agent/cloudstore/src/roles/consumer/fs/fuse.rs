@@ -3,8 +3,8 @@
 //! many are in flight at once (the protocol client multiplexes them on one stream) and
 //! block encryption runs on the workers. What is answered from memory stays on the reading
 //! thread, which saves a thread wake-up per request (a good part of a local answer's cost):
-//! `forget`, a lookup of a name known to be absent, and the stat after a change made here
-//! whose answer carried the attributes.
+//! `forget`, a lookup of a name known to be absent, and the stat (or ownership change)
+//! after a change made here whose answer carried the attributes.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -149,7 +149,14 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         // Ownership is not stored: every file belongs to the qube's user (chown succeeds
-        // without effect, so `tar` and `cp -a` as root work).
+        // without effect, so `tar` and `cp -a` as root work). A chown alone is answered
+        // here with the attributes the change before it left, when they are known.
+        if mode.is_none() && size.is_none() && atime.is_none() && mtime.is_none() {
+            if let Some(a) = self.core.chown_now(ino, fh) {
+                reply.attr(&self.core.ttl(), &a);
+                return;
+            }
+        }
         self.run(
             move |c| match c.setattr(ino, fh, mode, size, atime, mtime) {
                 Ok(a) => reply.attr(&c.ttl(), &a),

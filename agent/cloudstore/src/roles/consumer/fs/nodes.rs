@@ -38,6 +38,11 @@ pub(crate) struct FileCache {
     /// sends after each such change; taken by it, dropped by any other request about it and
     /// by every change pushed from elsewhere.
     pub fresh: Option<Attr>,
+    /// The last `fresh` attributes given out, with the count they were given under: a
+    /// chown makes the kernel ask for the attributes (to clear set-id bits) and then send
+    /// the change, which storage does not keep and so may be answered with them as long
+    /// as nothing was counted since.
+    pub given: Option<(Attr, u64)>,
     /// Counts the requests and drops that may change the attributes: an answer carrying
     /// attributes is kept only if nothing was counted since its request was sent.
     pub changes: u64,
@@ -51,6 +56,7 @@ impl FileCache {
     /// an open) and counts the change; returns the new count.
     fn attrs_unknown(&mut self) -> u64 {
         self.fresh = None;
+        self.given = None;
         self.content = None;
         self.changes += 1;
         self.changes
@@ -147,7 +153,23 @@ impl FileState {
     }
 
     pub(crate) fn take_attr(&self) -> Option<Attr> {
-        self.cache().fresh.take()
+        let mut c = self.cache();
+        let a = c.fresh.take()?;
+        c.given = Some((a.clone(), c.changes));
+        Some(a)
+    }
+
+    /// The attributes for a change storage does not keep (ownership): those kept, or those
+    /// last given out if nothing was counted since.
+    pub(crate) fn attr_for_unkept_change(&self) -> Option<Attr> {
+        let mut c = self.cache();
+        if let Some(a) = c.fresh.take() {
+            return Some(a);
+        }
+        match c.given.take() {
+            Some((a, at)) if at == c.changes => Some(a),
+            _ => None,
+        }
     }
 }
 
