@@ -1053,21 +1053,21 @@ impl Core {
     /// The attributes the last change made here left, if they can be given at once
     /// (see [`Core::known_absent_now`]): no write of the file is in flight.
     pub(crate) fn getattr_now(&self, ino: u64, fh: Option<u64>) -> Option<FileAttr> {
-        if !self.status.following() {
-            return None;
-        }
-        let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
-        let state = self.state_of(ino, of.as_deref());
-        if !super::behind::idle(&state) {
-            return None;
-        }
-        let a = state.take_attr()?;
-        Some(self.attr_of(ino, &a))
+        self.attr_now(ino, fh, FileState::take_attr)
     }
 
     /// The attributes to answer an ownership change with at once (see
     /// [`Core::getattr_now`]): storage does not keep ownership, so nothing changes.
     pub(crate) fn chown_now(&self, ino: u64, fh: Option<u64>) -> Option<FileAttr> {
+        self.attr_now(ino, fh, FileState::attr_for_unkept_change)
+    }
+
+    fn attr_now(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        kept: fn(&FileState) -> Option<Attr>,
+    ) -> Option<FileAttr> {
         if !self.status.following() {
             return None;
         }
@@ -1076,7 +1076,7 @@ impl Core {
         if !super::behind::idle(&state) {
             return None;
         }
-        let a = state.attr_for_unkept_change()?;
+        let a = kept(&state)?;
         Some(self.attr_of(ino, &a))
     }
 
