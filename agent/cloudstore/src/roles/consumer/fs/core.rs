@@ -67,6 +67,8 @@ pub(crate) struct Core {
     pub status: Arc<FsStatus>,
     /// Requests for the workers; closed at stop, after which jobs run on the caller.
     jobs: Arc<WorkQueue<Job>>,
+    /// Jobs queued or running on the workers.
+    busy: Arc<AtomicUsize>,
     /// One conflict adoption at a time (at connect and on each parked-conflict push).
     pub adopting: Mutex<()>,
     started: AtomicBool,
@@ -429,6 +431,7 @@ impl Core {
             notifier: Mutex::new(None),
             status,
             jobs: Arc::new(WorkQueue::new(usize::MAX)),
+            busy: Arc::new(AtomicUsize::new(0)),
             adopting: Mutex::new(()),
             started: AtomicBool::new(false),
             held: Arc::new(AtomicUsize::new(0)),
@@ -445,11 +448,13 @@ impl Core {
         assert!(!self.started.swap(true, Ordering::Relaxed), "started twice");
         for i in 0..self.opts.workers.max(1) {
             let jobs = self.jobs.clone();
+            let busy = self.busy.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("cloudstore-fs-{i}"))
                 .spawn(move || {
                     while let Some(job) = jobs.pop() {
                         job();
+                        busy.fetch_sub(1, Ordering::Release);
                     }
                 });
         }
@@ -477,9 +482,17 @@ impl Core {
     }
 
     pub(crate) fn spawn(&self, job: Job) {
+        self.busy.fetch_add(1, Ordering::Acquire);
         if let Err(job) = self.jobs.push(job) {
             job();
+            self.busy.fetch_sub(1, Ordering::Release);
         }
+    }
+
+    /// Whether no worker has a job: then nothing else is waiting on storage, and a short
+    /// request run on fuser's reading thread delays no other.
+    pub(crate) fn workers_idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
     }
 
     /// A new connection: subscribe to changes, drop caches that may have missed changes

@@ -24,6 +24,11 @@ use super::Fail;
 /// The largest write the kernel sends in one request: 1 MiB, the protocol's `MAX_IO`, so a
 /// large sequential write is one protocol round trip per MiB.
 const MAX_WRITE: u32 = 1 << 20;
+/// The largest read or write run on fuser's reading thread when the workers are idle
+/// (random I/O, a small file's content): handing it to a worker is one thread wake-up of
+/// the few its round trip to storage costs. Larger ones (streaming, readahead) go to the
+/// workers, where their encryption runs in parallel with the next request.
+const INLINE_IO_MAX: u32 = 64 << 10;
 /// Requests the kernel keeps in flight in the background (readahead, writeback): enough
 /// to keep the workers busy.
 const MAX_BACKGROUND: u16 = 64;
@@ -40,6 +45,15 @@ impl FuseFs {
     fn run(&self, job: impl FnOnce(&Core) + Send + 'static) {
         let core = self.core.clone();
         self.core.spawn(Box::new(move || job(&core)));
+    }
+
+    /// Whether a read or write of `size` bytes runs here rather than on a worker. Only when
+    /// no worker has a job: a request that waits on storage blocks the reading of the next
+    /// one, which is free only when nothing runs in parallel anyway. Nothing on the read
+    /// or write path waits for the kernel (invalidations come from the push thread, which
+    /// takes no lock while it calls the kernel), so the reading thread cannot wait on itself.
+    fn inline_io(&self, size: usize) -> bool {
+        size <= INLINE_IO_MAX as usize && self.core.workers_idle()
     }
 }
 
@@ -300,14 +314,19 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        self.run(move |c| match c.read(fh, offset.max(0) as u64, size) {
+        let job = move |c: &Core| match c.read(fh, offset.max(0) as u64, size) {
             Ok(d) => {
                 reply.data(&d);
                 // The plaintext was decrypted in the buffer its ciphertext arrived in.
                 cloudstore_protocol::buffers::give_back(d);
             }
             Err(f) => reply.error(errno(c, "read", &c.shown(ino), &f)),
-        });
+        };
+        if self.inline_io(size as usize) {
+            job(&self.core);
+        } else {
+            self.run(job);
+        }
     }
 
     fn write(
@@ -322,11 +341,19 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        let offset = offset.max(0) as u64;
+        if self.inline_io(data.len()) {
+            match self.core.write(fh, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(f) => reply.error(errno(&self.core, "write", &self.core.shown(ino), &f)),
+            }
+            return;
+        }
         // Handed to a worker: copied into a kept buffer (a fresh MiB per write was most of
         // a streaming write's CPU, in page faults).
         let data = cloudstore_protocol::buffers::copy_of(data);
         self.run(move |c| {
-            match c.write(fh, offset.max(0) as u64, &data) {
+            match c.write(fh, offset, &data) {
                 Ok(n) => reply.written(n),
                 Err(f) => reply.error(errno(c, "write", &c.shown(ino), &f)),
             }
