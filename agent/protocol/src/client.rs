@@ -1,13 +1,19 @@
-//! The client side: one stream, many concurrent calls. Any thread may call; a reader thread
-//! matches answers to callers by request id, delivers push notifications to a channel and
-//! feeds download streams. Calls are bounded in number (the in-flight window) and in time (a
-//! per-call timeout); when the connection is lost every waiter wakes with `ConnectionLost`.
+//! The client side: one stream, many concurrent calls. Any thread may call. Whoever reads the
+//! stream matches answers to callers by request id, delivers push notifications to a channel
+//! and feeds download streams: a caller waiting for its answer reads the stream itself when
+//! nobody else does (so its answer needs no thread between the stream and the caller), and a
+//! background reader takes over once callers have left the stream alone for a moment (see
+//! [`ReadSide`]). Calls are bounded in number (the in-flight window) and in time (a per-call
+//! timeout); when the connection is lost every waiter wakes with `ConnectionLost`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{
+    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,8 +58,26 @@ impl ClientConfig {
 
 type Answer = Result<Response, RemoteError>;
 
+/// The read half of a connection: bytes in, and the descriptor they come from, which a
+/// caller reading its own answer polls so that it can give up at its deadline.
+pub trait ByteStream: Read + AsFd + Send {}
+
+impl<T: Read + AsFd + Send> ByteStream for T {}
+
+/// How long callers must have left the stream unread before the background reader takes
+/// it. Calls closer together than this read their own answers; in between, a push or the
+/// end of the connection waits at most this long to be read.
+const READER_GRACE: Duration = Duration::from_millis(5);
+
+/// What a waiting caller is woken with.
+enum Wake {
+    Answer(Answer),
+    /// The stream is this caller's to read (it is [`ReadSide::heir`]).
+    Lead,
+}
+
 enum Pending {
-    Call(SyncSender<Answer>),
+    Call(SyncSender<Wake>),
     Download {
         tx: Sender<DlMsg>,
         /// Chunks the server may still send.
@@ -76,8 +100,40 @@ struct UploadCtl {
     cv: Condvar,
 }
 
+/// Who reads the stream. At most one thread reads at a time: the one that took `stream` out.
+struct ReadSide {
+    /// The stream, while nobody reads it.
+    stream: Option<Box<dyn ByteStream>>,
+    /// The caller the stream was handed to, which has not taken it yet.
+    heir: Option<u64>,
+    /// Callers that found the stream taken and wait for their answers, oldest first. An
+    /// entry whose answer came meanwhile stays until it is met (`hand_over` skips it).
+    waiting: VecDeque<u64>,
+    /// When a reader last put the stream down with callers about.
+    released: Instant,
+    /// The connection is gone: nobody reads again.
+    ended: bool,
+}
+
+/// What reading one frame led to.
+enum Dispatched {
+    /// The answer of the call reading the stream.
+    Mine(Answer),
+    /// Delivered to whoever it was for (or dropped: a call that gave up).
+    Other,
+    /// The stream cannot be trusted any more.
+    Fatal(String),
+}
+
 struct Shared {
     writer: Mutex<Option<Box<dyn Write + Send>>>,
+    read: Mutex<ReadSide>,
+    /// Signalled when the background reader may have to take the stream.
+    read_cv: Condvar,
+    /// Push notifications; dropped when the connection ends, which tells the receiver.
+    pushes: Mutex<Option<SyncSender<Push>>>,
+    /// A push was dropped on a full queue; `Push::Lagged` goes out before the next one.
+    lagged: AtomicBool,
     pending: Mutex<HashMap<u64, Pending>>,
     /// Why the connection is gone, once it is.
     lost: Mutex<Option<String>>,
@@ -143,11 +199,19 @@ impl Shared {
         };
         self.set_lost(why);
         let err = self.lost_error();
+        {
+            let mut st = lock(&self.read);
+            st.ended = true;
+            st.stream = None;
+            st.heir = None;
+        }
+        self.read_cv.notify_all();
+        *lock(&self.pushes) = None;
         let pending = std::mem::take(&mut *lock(&self.pending));
         for (_, p) in pending {
             match p {
                 Pending::Call(tx) => {
-                    let _ = tx.try_send(Err(err.clone()));
+                    let _ = tx.try_send(Wake::Answer(Err(err.clone())));
                 }
                 Pending::Download { tx, .. } => {
                     let _ = tx.send(DlMsg::End(Err(err.clone())));
@@ -195,6 +259,175 @@ impl Shared {
     fn forget(&self, id: u64) {
         lock(&self.pending).remove(&id);
     }
+
+    /// Whether a download or upload is open: its frames must be read even when no call is.
+    fn streams_open(&self) -> bool {
+        *lock(&self.streams) > 0
+    }
+
+    /// Hands the stream (back in `st.stream`) to the oldest caller still waiting for its
+    /// answer. Returns whether one took it.
+    fn hand_over(&self, st: &mut ReadSide) -> bool {
+        let pending = lock(&self.pending);
+        while let Some(id) = st.waiting.pop_front() {
+            if let Some(Pending::Call(tx)) = pending.get(&id) {
+                if tx.try_send(Wake::Lead).is_ok() {
+                    st.heir = Some(id);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Puts the stream down after a caller read: to the next waiting caller, else left for
+    /// the next caller or, after the grace, the background reader.
+    fn put_down(&self, stream: Box<dyn ByteStream>) {
+        let mut st = lock(&self.read);
+        if st.ended {
+            return;
+        }
+        st.stream = Some(stream);
+        st.released = Instant::now();
+        if !self.hand_over(&mut st) && self.streams_open() {
+            drop(st);
+            self.read_cv.notify_one();
+        }
+    }
+
+    /// Waits for call `id`'s answer until `deadline`, reading the stream whenever nobody
+    /// else does. `None`: the deadline passed.
+    fn await_answer(&self, id: u64, rx: &Receiver<Wake>, deadline: Instant) -> Option<Answer> {
+        match rx.try_recv() {
+            Ok(Wake::Answer(a)) => return Some(a),
+            Ok(Wake::Lead) => return self.lead(id, deadline),
+            Err(TryRecvError::Disconnected) => return Some(Err(self.lost_error())),
+            Err(TryRecvError::Empty) => {}
+        }
+        {
+            let mut st = lock(&self.read);
+            if !st.ended && st.heir.is_none() {
+                if let Some(stream) = st.stream.take() {
+                    drop(st);
+                    return self.read_for(id, stream, deadline);
+                }
+            }
+            if !st.ended {
+                st.waiting.push_back(id);
+            }
+        }
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Wake::Answer(a)) => Some(a),
+            Ok(Wake::Lead) => self.lead(id, deadline),
+            Err(RecvTimeoutError::Disconnected) => Some(Err(self.lost_error())),
+            Err(RecvTimeoutError::Timeout) => {
+                let mut st = lock(&self.read);
+                st.waiting.retain(|&w| w != id);
+                if st.heir == Some(id) {
+                    // Handed the stream just now: pass it on rather than strand it.
+                    st.heir = None;
+                    self.hand_over(&mut st);
+                }
+                drop(st);
+                match rx.try_recv() {
+                    Ok(Wake::Answer(a)) => Some(a),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Call `id` was handed the stream: takes it and reads.
+    fn lead(&self, id: u64, deadline: Instant) -> Option<Answer> {
+        let mut st = lock(&self.read);
+        if st.heir == Some(id) {
+            st.heir = None;
+        }
+        match st.stream.take() {
+            Some(stream) => {
+                drop(st);
+                self.read_for(id, stream, deadline)
+            }
+            // The connection ended after the hand-over.
+            None => Some(Err(self.lost_error())),
+        }
+    }
+
+    /// Reads the stream for call `id` until its answer comes (delivering every other frame
+    /// on the way) or its deadline passes, then puts the stream down.
+    fn read_for(
+        &self,
+        id: u64,
+        mut stream: Box<dyn ByteStream>,
+        deadline: Instant,
+    ) -> Option<Answer> {
+        loop {
+            match poll_readable(
+                stream.as_fd(),
+                deadline.saturating_duration_since(Instant::now()),
+            ) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.put_down(stream);
+                    return None;
+                }
+                Err(e) => {
+                    drop(stream);
+                    self.fail_all(format!("waiting for the server failed: {e}"));
+                    return Some(Err(self.lost_error()));
+                }
+            }
+            let why = match self.read_one(&mut *stream, Some(id)) {
+                Ok(Some(answer)) => {
+                    self.put_down(stream);
+                    return Some(answer);
+                }
+                Ok(None) => continue,
+                Err(why) => why,
+            };
+            drop(stream);
+            self.fail_all(why);
+            return Some(Err(self.lost_error()));
+        }
+    }
+
+    /// Reads and delivers one frame. `Ok(Some)`: the answer of call `own`; `Err`: why the
+    /// connection is over.
+    fn read_one(&self, reader: &mut dyn Read, own: Option<u64>) -> Result<Option<Answer>, String> {
+        let frame = match read_frame(reader) {
+            Ok(f) => f,
+            Err(FrameError::Eof) => return Err("the server closed the connection".to_string()),
+            Err(e) if !e.is_fatal() => {
+                // Boundaries are intact: note it and go on.
+                *lock(&self.notice) = Some(format!("received a bad frame: {e}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("reading from the server failed: {e}")),
+        };
+        match self.dispatch(frame, own) {
+            Dispatched::Mine(a) => Ok(Some(a)),
+            Dispatched::Other => Ok(None),
+            Dispatched::Fatal(why) => Err(why),
+        }
+    }
+}
+
+/// Whether `fd` has something to read (or its end) within `timeout`.
+fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up: a poll that returns early would spin on the last millisecond.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], timeout) {
+            Ok(0) if Instant::now() >= deadline => return Ok(false),
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// One of the connection's streams, freed on drop.
@@ -238,7 +471,7 @@ pub struct PendingCall {
     op: Op,
     timeout: Duration,
     deadline: Instant,
-    rx: Receiver<Result<Response, RemoteError>>,
+    rx: Receiver<Wake>,
     /// The reader delivered the answer, and with it removed the request from the table.
     answered: bool,
     _permit: Permit,
@@ -248,15 +481,12 @@ impl PendingCall {
     /// The answer, or an error once the call's time limit has passed.
     pub fn wait(mut self) -> Result<Response, RemoteError> {
         let (shared, id, op) = (&self.shared, self.id, self.op);
-        match self
-            .rx
-            .recv_timeout(self.deadline.saturating_duration_since(Instant::now()))
-        {
-            Ok(answer) => {
+        match shared.await_answer(id, &self.rx, self.deadline) {
+            Some(answer) => {
                 self.answered = true;
                 answer
             }
-            Err(RecvTimeoutError::Timeout) => {
+            None => {
                 // The server may still run it; the cancel lets it drop a stream early, and
                 // the late answer is discarded here.
                 let _ = shared.write(FrameType::Cancel, 0, id, &[]);
@@ -268,7 +498,6 @@ impl PendingCall {
                     ),
                 ))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
         }
     }
 }
@@ -340,12 +569,23 @@ impl Client {
         config: ClientConfig,
     ) -> Result<(Client, Receiver<Push>), HandshakeError>
     where
-        R: Read + Send + 'static,
+        R: ByteStream + 'static,
         W: Write + Send + 'static,
     {
         let session = client_handshake(&mut reader, &mut writer, &config.hello)?;
+        let (push_tx, push_rx) = mpsc::sync_channel(config.push_queue.max(1));
         let shared = Arc::new(Shared {
             writer: Mutex::new(Some(Box::new(writer))),
+            read: Mutex::new(ReadSide {
+                stream: Some(Box::new(reader)),
+                heir: None,
+                waiting: VecDeque::new(),
+                released: Instant::now(),
+                ended: false,
+            }),
+            read_cv: Condvar::new(),
+            pushes: Mutex::new(Some(push_tx)),
+            lagged: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             lost: Mutex::new(None),
             notice: Mutex::new(None),
@@ -357,11 +597,10 @@ impl Client {
             session,
             config,
         });
-        let (push_tx, push_rx) = mpsc::sync_channel(config.push_queue.max(1));
         let s = shared.clone();
         std::thread::Builder::new()
             .name("cloudstore-client-reader".into())
-            .spawn(move || reader_loop(&s, &mut reader, push_tx))
+            .spawn(move || background_reader(&s))
             .map_err(HandshakeError::Io)?;
         Ok((
             Client {
@@ -492,6 +731,8 @@ impl Client {
                 allowed: allowed.clone(),
             },
         )?;
+        // Its chunks must be read whether or not a call is.
+        shared.read_cv.notify_one();
         Ok(Download {
             shared,
             id,
@@ -532,6 +773,8 @@ impl Client {
                 tx,
             },
         )?;
+        // Its credits must be read whether or not a call is.
+        shared.read_cv.notify_one();
         Ok(Upload {
             shared,
             id,
@@ -764,19 +1007,10 @@ impl Drop for Upload {
     }
 }
 
-fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>) {
-    let mut lagged = false;
-    let why = loop {
-        let frame = match read_frame(reader) {
-            Ok(f) => f,
-            Err(FrameError::Eof) => break "the server closed the connection".to_string(),
-            Err(e) if !e.is_fatal() => {
-                // Boundaries are intact: note it and go on.
-                *lock(&shared.notice) = Some(format!("received a bad frame: {e}"));
-                continue;
-            }
-            Err(e) => break format!("reading from the server failed: {e}"),
-        };
+impl Shared {
+    /// Delivers one frame to whoever waits for it; the answer of call `own` is returned
+    /// instead.
+    fn dispatch(&self, frame: crate::frame::Frame, own: Option<u64>) -> Dispatched {
         let id = frame.id;
         match frame.kind {
             FrameType::Response | FrameType::Error => {
@@ -797,14 +1031,15 @@ fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>)
                 };
                 if id == 0 {
                     if let Err(e) = answer {
-                        *lock(&shared.notice) = Some(e.to_string());
+                        *lock(&self.notice) = Some(e.to_string());
                     }
-                    continue;
+                    return Dispatched::Other;
                 }
                 // A missing id is a call that timed out or was cancelled: drop the answer.
-                match lock(&shared.pending).remove(&id) {
+                match lock(&self.pending).remove(&id) {
+                    Some(Pending::Call(_)) if Some(id) == own => return Dispatched::Mine(answer),
                     Some(Pending::Call(tx)) => {
-                        let _ = tx.try_send(answer);
+                        let _ = tx.try_send(Wake::Answer(answer));
                     }
                     Some(Pending::Download { tx, .. }) => {
                         let _ = tx.send(DlMsg::End(answer));
@@ -818,10 +1053,12 @@ fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>)
                 }
             }
             FrameType::Chunk => {
-                let pending = lock(&shared.pending);
+                let pending = lock(&self.pending);
                 if let Some(Pending::Download { tx, allowed }) = pending.get(&id) {
                     if allowed.load(Ordering::Acquire) == 0 {
-                        break format!("the server sent request {id} a chunk without credit");
+                        return Dispatched::Fatal(format!(
+                            "the server sent request {id} a chunk without credit"
+                        ));
                     }
                     allowed.fetch_sub(1, Ordering::AcqRel);
                     let _ = tx.send(DlMsg::Data(frame.payload));
@@ -829,10 +1066,12 @@ fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>)
             }
             FrameType::Credit => {
                 let Ok(b) = <[u8; 4]>::try_from(frame.payload.as_slice()) else {
-                    break format!("the server sent a malformed credit frame for request {id}");
+                    return Dispatched::Fatal(format!(
+                        "the server sent a malformed credit frame for request {id}"
+                    ));
                 };
                 let n = u32::from_le_bytes(b) as u64;
-                if let Some(Pending::Upload { ctl, .. }) = lock(&shared.pending).get(&id) {
+                if let Some(Pending::Upload { ctl, .. }) = lock(&self.pending).get(&id) {
                     let mut st = lock(&ctl.state);
                     st.0 = (st.0 + n).min(STREAM_WINDOW as u64 * 2);
                     ctl.cv.notify_all();
@@ -842,28 +1081,74 @@ fn reader_loop(shared: &Shared, reader: &mut dyn Read, pushes: SyncSender<Push>)
                 let p = match Push::decode(&frame.payload) {
                     Ok(p) => p,
                     Err(e) => {
-                        *lock(&shared.notice) = Some(format!("malformed push: {e}"));
-                        continue;
+                        *lock(&self.notice) = Some(format!("malformed push: {e}"));
+                        return Dispatched::Other;
                     }
                 };
-                if lagged {
+                let pushes = lock(&self.pushes);
+                let Some(pushes) = pushes.as_ref() else {
+                    return Dispatched::Other;
+                };
+                if self.lagged.load(Ordering::Relaxed) {
                     match pushes.try_send(Push::Lagged) {
-                        Ok(()) => lagged = false,
-                        Err(TrySendError::Full(_)) => continue,
+                        Ok(()) => self.lagged.store(false, Ordering::Relaxed),
+                        Err(TrySendError::Full(_)) => return Dispatched::Other,
                         Err(TrySendError::Disconnected(_)) => {}
                     }
                 }
                 if let Err(TrySendError::Full(_)) = pushes.try_send(p) {
-                    lagged = true;
+                    self.lagged.store(true, Ordering::Relaxed);
                 }
             }
             FrameType::Request | FrameType::Cancel => {
-                break format!(
+                return Dispatched::Fatal(format!(
                     "the server sent a {:?} frame, which only clients send",
                     frame.kind
-                )
+                ))
             }
         }
-    };
-    shared.fail_all(why);
+        Dispatched::Other
+    }
+}
+
+/// Reads the stream while no caller does: pushes, stream data and the end of the
+/// connection must be read when no call is waiting. Takes the stream once callers have left
+/// it alone for [`READER_GRACE`] (at once while a download or upload is open), and puts it
+/// down again as soon as a caller waits, so that the next call reads its own answer.
+fn background_reader(shared: &Shared) {
+    loop {
+        let mut stream = {
+            let mut st = lock(&shared.read);
+            loop {
+                if st.ended {
+                    return;
+                }
+                if st.heir.is_none()
+                    && st.stream.is_some()
+                    && (shared.streams_open() || st.released.elapsed() >= READER_GRACE)
+                {
+                    break st.stream.take().expect("checked above");
+                }
+                st = shared
+                    .read_cv
+                    .wait_timeout(st, READER_GRACE)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        loop {
+            if let Err(why) = shared.read_one(&mut *stream, None) {
+                drop(stream);
+                shared.fail_all(why);
+                return;
+            }
+            let mut st = lock(&shared.read);
+            let callers = !st.waiting.is_empty();
+            if shared.hand_over(&mut st) || callers {
+                st.stream = Some(stream);
+                st.released = Instant::now();
+                break;
+            }
+        }
+    }
 }

@@ -26,7 +26,7 @@ mod server;
 mod types;
 mod wire;
 
-pub use client::{Client, ClientConfig, Download, PendingCall, Upload};
+pub use client::{ByteStream, Client, ClientConfig, Download, PendingCall, Upload};
 pub use error::{ErrorCode, RemoteError, MAX_ERROR_MESSAGE};
 pub use frame::{
     read_frame, write_frame, Frame, FrameError, FrameType, FLAG_FINAL, HEADER_LEN, MAX_PAYLOAD,

@@ -227,6 +227,75 @@ fn a_call_times_out_and_the_connection_keeps_working() {
 }
 
 #[test]
+fn a_caller_that_gives_up_while_reading_hands_the_stream_on() {
+    let s = start(Role::Volume);
+    let c = s.client.clone();
+    // Reads the stream for its own answer (nobody else does), then gives up.
+    let gives_up = std::thread::spawn(move || {
+        c.call_timeout(
+            Request::Stat {
+                file: FileRef::Path("sleep/1500".into()),
+            },
+            Duration::from_millis(150),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // Waits behind it; its answer comes after the first caller left.
+    let t = Instant::now();
+    let attr = s.client.call(Request::Stat {
+        file: FileRef::Path("sleep/400".into()),
+    });
+    let took = t.elapsed();
+    assert_eq!(
+        gives_up.join().unwrap().unwrap_err().code,
+        ErrorCode::TimedOut
+    );
+    assert!(attr.is_ok(), "{attr:?}");
+    assert!(
+        took < Duration::from_millis(1200),
+        "the second call took {took:?} for a 400 ms answer"
+    );
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+}
+
+#[test]
+fn callers_giving_up_and_waiting_at_once_each_get_their_own_outcome() {
+    let s = start(Role::Volume);
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let c = s.client.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u64 {
+                    // Every third call gives up long before its answer; the others have
+                    // time to spare. Whoever reads the stream changes all the time.
+                    let give_up = (t + i) % 3 == 0;
+                    let (ms, timeout) = if give_up {
+                        (150, 10)
+                    } else {
+                        ((t * 7 + i) % 15, 5000)
+                    };
+                    let r = c.call_timeout(
+                        Request::Stat {
+                            file: FileRef::Path(format!("sleep/{ms}")),
+                        },
+                        Duration::from_millis(timeout),
+                    );
+                    match r {
+                        Err(e) if give_up => assert_eq!(e.code, ErrorCode::TimedOut, "{e}"),
+                        Ok(_) if !give_up => {}
+                        other => panic!("thread {t} call {i} (give up: {give_up}): {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+}
+
+#[test]
 fn a_lost_connection_wakes_every_waiter() {
     let s = start(Role::Volume);
     let waiters: Vec<_> = (0..5)

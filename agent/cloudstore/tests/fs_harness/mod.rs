@@ -339,7 +339,12 @@ pub fn hex(b: &[u8]) -> String {
 struct PipeRelay(UnixSocketConnector);
 
 impl Connector for PipeRelay {
-    fn connect(&self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {
+    fn connect(
+        &self,
+    ) -> std::io::Result<(
+        Box<dyn cloudstore_protocol::ByteStream>,
+        Box<dyn Write + Send>,
+    )> {
         let (mut sock_r, mut sock_w) = self.0.connect()?;
         let (down_r, down_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (up_r, up_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

@@ -3,7 +3,7 @@
 //! doc/execution.rst: the caller's stdin/stdout are the service's stdout/stdin).
 
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -139,7 +139,12 @@ pub fn client_config() -> ClientConfig {
 }
 
 impl Connector for QrexecConnector {
-    fn connect(&self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+    fn connect(
+        &self,
+    ) -> io::Result<(
+        Box<dyn cloudstore_protocol::ByteStream>,
+        Box<dyn Write + Send>,
+    )> {
         let mut slot = self.child.lock().unwrap_or_else(|p| p.into_inner());
         Self::reap(&mut slot);
         let mut child = Command::new(&self.program)

@@ -23,7 +23,7 @@ mod core;
 mod fuse;
 mod nodes;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,12 @@ use cloudstore_protocol::{ErrorCode, RemoteError};
 /// How the filesystem reaches storage: each call yields a fresh byte stream to the
 /// `cloudstore.Volume+VOLUME` service (the protocol handshake has not been sent yet).
 pub trait Connector: Send + Sync {
-    fn connect(&self) -> std::io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)>;
+    fn connect(
+        &self,
+    ) -> std::io::Result<(
+        Box<dyn cloudstore_protocol::ByteStream>,
+        Box<dyn Write + Send>,
+    )>;
 }
 
 /// Connects straight to the storage agent's `volume.sock`, writing the descriptor
@@ -52,7 +57,12 @@ pub struct UnixSocketConnector {
 }
 
 impl Connector for UnixSocketConnector {
-    fn connect(&self) -> std::io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+    fn connect(
+        &self,
+    ) -> std::io::Result<(
+        Box<dyn cloudstore_protocol::ByteStream>,
+        Box<dyn Write + Send>,
+    )> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| {
             std::io::Error::new(e.kind(), format!("{}: {e}", self.socket.display()))
         })?;
