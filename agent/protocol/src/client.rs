@@ -377,7 +377,13 @@ impl Shared {
                     return Some(Err(self.lost_error()));
                 }
             }
-            let why = match self.read_one(&mut *stream, Some(id)) {
+            // The frame has begun: its rest gets the call timeout, not what is left of this
+            // caller's, and a server that stops in the middle of it has lost the stream.
+            let mut rest = FrameRest {
+                stream: &mut *stream,
+                limit: self.config.timeout,
+            };
+            let why = match self.read_one(&mut rest, Some(id)) {
                 Ok(Some(answer)) => {
                     self.put_down(stream);
                     return Some(answer);
@@ -409,6 +415,28 @@ impl Shared {
             Dispatched::Other => Ok(None),
             Dispatched::Fatal(why) => Err(why),
         }
+    }
+}
+
+/// The stream while a caller reads one frame: a read that finds nothing for `limit` fails
+/// instead of blocking the caller past every deadline.
+struct FrameRest<'a> {
+    stream: &'a mut dyn ByteStream,
+    limit: Duration,
+}
+
+impl Read for FrameRest<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !poll_readable(self.stream.as_fd(), self.limit)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the server sent nothing for {:?} within a frame",
+                    self.limit
+                ),
+            ));
+        }
+        self.stream.read(buf)
     }
 }
 

@@ -296,6 +296,36 @@ fn callers_giving_up_and_waiting_at_once_each_get_their_own_outcome() {
 }
 
 #[test]
+fn a_server_stopping_inside_an_answer_fails_the_call_instead_of_hanging_it() {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut r = b.try_clone().unwrap();
+        server_handshake(&mut r, &mut b, &Accept::new(Role::Volume)).unwrap();
+        let req = read_frame(&mut r).unwrap();
+        // The header of an answer, a tenth of its payload, then nothing.
+        let mut frame = Vec::new();
+        write_frame(&mut frame, FrameType::Response, 0, req.id, &[0u8; 100]).unwrap();
+        b.write_all(&frame[..HEADER_LEN + 10]).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(b);
+    });
+    let mut config = ClientConfig::new(Hello::new(Role::Volume));
+    config.timeout = Duration::from_millis(300);
+    let (client, _pushes) = Client::connect_unix(a, config).unwrap();
+    let t = Instant::now();
+    let e = client.call(Request::Ping).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.code, ErrorCode::ConnectionLost, "{e}");
+    assert!(e.message.contains("within a frame"), "{e}");
+    assert!(took < Duration::from_secs(2), "the call took {took:?}");
+    assert_eq!(
+        client.call(Request::Ping).unwrap_err().code,
+        ErrorCode::ConnectionLost
+    );
+    server.join().unwrap();
+}
+
+#[test]
 fn a_lost_connection_wakes_every_waiter() {
     let s = start(Role::Volume);
     let waiters: Vec<_> = (0..5)
