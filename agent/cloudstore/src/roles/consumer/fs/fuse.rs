@@ -4,7 +4,8 @@
 //! block encryption runs on the workers. What is answered from memory stays on the reading
 //! thread, which saves a thread wake-up per request (a good part of a local answer's cost):
 //! `forget`, a lookup of a name known to be absent, and the stat (or ownership change)
-//! after a change made here whose answer carried the attributes.
+//! after a change made here whose answer carried the attributes. So does a small read or
+//! write while no worker has a job (see [`FuseFs::inline_io`]).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
