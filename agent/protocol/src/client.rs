@@ -300,7 +300,7 @@ impl Shared {
     fn await_answer(&self, id: u64, rx: &Receiver<Wake>, deadline: Instant) -> Option<Answer> {
         match rx.try_recv() {
             Ok(Wake::Answer(a)) => return Some(a),
-            Ok(Wake::Lead) => return self.lead(id, deadline),
+            Ok(Wake::Lead) => return self.lead(id, rx, deadline),
             Err(TryRecvError::Disconnected) => return Some(Err(self.lost_error())),
             Err(TryRecvError::Empty) => {}
         }
@@ -309,7 +309,7 @@ impl Shared {
             if !st.ended && st.heir.is_none() {
                 if let Some(stream) = st.stream.take() {
                     drop(st);
-                    return self.read_for(id, stream, deadline);
+                    return self.read_for(id, rx, stream, deadline);
                 }
             }
             if !st.ended {
@@ -318,7 +318,7 @@ impl Shared {
         }
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Wake::Answer(a)) => Some(a),
-            Ok(Wake::Lead) => self.lead(id, deadline),
+            Ok(Wake::Lead) => self.lead(id, rx, deadline),
             Err(RecvTimeoutError::Disconnected) => Some(Err(self.lost_error())),
             Err(RecvTimeoutError::Timeout) => {
                 let mut st = lock(&self.read);
@@ -338,7 +338,7 @@ impl Shared {
     }
 
     /// Call `id` was handed the stream: takes it and reads.
-    fn lead(&self, id: u64, deadline: Instant) -> Option<Answer> {
+    fn lead(&self, id: u64, rx: &Receiver<Wake>, deadline: Instant) -> Option<Answer> {
         let mut st = lock(&self.read);
         if st.heir == Some(id) {
             st.heir = None;
@@ -346,7 +346,7 @@ impl Shared {
         match st.stream.take() {
             Some(stream) => {
                 drop(st);
-                self.read_for(id, stream, deadline)
+                self.read_for(id, rx, stream, deadline)
             }
             // The connection ended after the hand-over.
             None => Some(Err(self.lost_error())),
@@ -358,9 +358,16 @@ impl Shared {
     fn read_for(
         &self,
         id: u64,
+        rx: &Receiver<Wake>,
         mut stream: Box<dyn ByteStream>,
         deadline: Instant,
     ) -> Option<Answer> {
+        // The reader before may have delivered the answer after this caller last looked and
+        // before it took the stream; nobody else reads now, so one look settles it.
+        if let Ok(Wake::Answer(a)) = rx.try_recv() {
+            self.put_down(stream);
+            return Some(a);
+        }
         loop {
             match poll_readable(
                 stream.as_fd(),

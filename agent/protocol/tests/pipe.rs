@@ -326,6 +326,28 @@ fn a_server_stopping_inside_an_answer_fails_the_call_instead_of_hanging_it() {
 }
 
 #[test]
+fn no_answer_is_lost_while_callers_take_turns_reading() {
+    // Each caller reads the stream itself when nobody else does: an answer delivered by
+    // the reader before must still reach a caller who then takes the stream (a lost one
+    // shows as a call that times out).
+    let s = start(Role::Volume);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let c = s.client.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1500 {
+                    let r = c.call_timeout(Request::Ping, Duration::from_secs(5));
+                    assert_eq!(r.unwrap(), Response::Ok);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
 fn a_lost_connection_wakes_every_waiter() {
     let s = start(Role::Volume);
     let waiters: Vec<_> = (0..5)
