@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use cloudstore_format::{DirIv, PLAIN_BS};
-use cloudstore_protocol::{Request, Response};
+use cloudstore_protocol::{Op, Request, Response};
 use fs_harness::*;
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -1038,4 +1038,44 @@ fn hostile_ciphertext_is_refused_with_eio_never_garbage() {
 
 fn symlink_in(m: &Mount, target: &str, name: &str) {
     std::os::unix::fs::symlink(target, m.p(name)).unwrap();
+}
+
+#[test]
+fn a_directory_the_mount_does_not_know_is_listed_in_one_round_trip() {
+    let v = Volume::create();
+    {
+        let m = v.mount();
+        fs::create_dir_all(m.path().join("a/b")).unwrap();
+        for i in 0..5 {
+            fs::write(m.path().join(format!("a/b/f{i}")), b"x").unwrap();
+        }
+        m.unmount();
+    }
+    // A new mount knows no directory below the root: listing a/b needs its IV and its
+    // entries, which do not depend on each other.
+    let (m, log) = v.mount_recorded();
+    fs::metadata(m.path().join("a/b")).unwrap();
+    log.clear();
+    let mut names: Vec<_> = fs::read_dir(m.path().join("a/b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["f0", "f1", "f2", "f3", "f4"]);
+    let frames = log.frames();
+    let sent = |op: Op| {
+        frames
+            .iter()
+            .position(|f| f.up && f.op == Some(op))
+            .unwrap_or_else(|| panic!("no {op} request among {frames:?}"))
+    };
+    let (listing, iv) = (sent(Op::ReadDir), sent(Op::Read));
+    let first_answer = frames
+        .iter()
+        .position(|f| !f.up && [frames[listing].id, frames[iv].id].contains(&f.id))
+        .expect("answers");
+    assert!(
+        listing < first_answer && iv < first_answer,
+        "the listing and the IV were asked one after the other: {frames:?}"
+    );
 }

@@ -117,22 +117,49 @@ impl Volume {
         self.mount_via(true, |_| {})
     }
 
-    fn mount_via(&self, pipes: bool, tweak: impl FnOnce(&mut FsOptions)) -> Mount {
-        init_log();
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = FsOptions::new(VOLUME, dir.path(), 0, 0);
-        opts.request_timeout = Duration::from_secs(20);
-        tweak(&mut opts);
-        let direct = UnixSocketConnector {
+    /// Mounts with every frame between the filesystem and storage recorded, in the order
+    /// they passed, into the returned log.
+    pub fn mount_recorded(&self) -> (Mount, FrameLog) {
+        let log = FrameLog::default();
+        let direct = self.direct_connector();
+        let m = self.mount_connector(
+            Arc::new(RecordingRelay {
+                inner: direct,
+                log: log.clone(),
+            }),
+            |_| {},
+        );
+        (m, log)
+    }
+
+    fn direct_connector(&self) -> UnixSocketConnector {
+        UnixSocketConnector {
             socket: self.storage.volume_socket(),
             volume: VOLUME.into(),
             source: "my-work".into(),
-        };
+        }
+    }
+
+    fn mount_via(&self, pipes: bool, tweak: impl FnOnce(&mut FsOptions)) -> Mount {
+        let direct = self.direct_connector();
         let connector: Arc<dyn Connector> = if pipes {
             Arc::new(PipeRelay(direct))
         } else {
             Arc::new(direct)
         };
+        self.mount_connector(connector, tweak)
+    }
+
+    fn mount_connector(
+        &self,
+        connector: Arc<dyn Connector>,
+        tweak: impl FnOnce(&mut FsOptions),
+    ) -> Mount {
+        init_log();
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = FsOptions::new(VOLUME, dir.path(), 0, 0);
+        opts.request_timeout = Duration::from_secs(20);
+        tweak(&mut opts);
         let fs = mount(opts, self.format_volume(), connector).unwrap();
         let status = fs.status();
         let thread = std::thread::spawn(move || fs.serve());
@@ -355,6 +382,95 @@ impl Connector for PipeRelay {
         });
         std::thread::spawn(move || {
             let _ = pump(&mut up_r, &mut sock_w);
+        });
+        Ok((
+            Box::new(std::fs::File::from(down_r)),
+            Box::new(std::fs::File::from(up_w)),
+        ))
+    }
+}
+
+/// One frame seen by [`RecordingRelay`]: `up` from the filesystem to storage, its type, its
+/// request id, and for a request its operation.
+#[derive(Clone, Debug)]
+pub struct SeenFrame {
+    pub up: bool,
+    pub kind: cloudstore_protocol::FrameType,
+    pub id: u64,
+    pub op: Option<cloudstore_protocol::Op>,
+}
+
+/// The frames a recorded mount exchanged so far, in the order they passed the relay.
+#[derive(Clone, Default)]
+pub struct FrameLog(Arc<std::sync::Mutex<Vec<SeenFrame>>>);
+
+impl FrameLog {
+    pub fn frames(&self) -> Vec<SeenFrame> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+/// A connector relaying whole frames (after the handshake, which passes as bytes) and
+/// recording each in a [`FrameLog`].
+struct RecordingRelay {
+    inner: UnixSocketConnector,
+    log: FrameLog,
+}
+
+impl Connector for RecordingRelay {
+    fn connect(
+        &self,
+    ) -> std::io::Result<(
+        Box<dyn cloudstore_protocol::ByteStream>,
+        Box<dyn Write + Send>,
+    )> {
+        use cloudstore_protocol::{read_frame, write_frame, Hello, Op, Role};
+        use std::io::Read;
+        let (mut sock_r, mut sock_w) = self.inner.connect()?;
+        let (down_r, down_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (up_r, up_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut down_w = std::fs::File::from(down_w);
+        let mut up_r = std::fs::File::from(up_r);
+        let (log_up, log_down) = (self.log.clone(), self.log.clone());
+        let relay = |from: &mut dyn std::io::Read,
+                     to: &mut dyn Write,
+                     up: bool,
+                     log: FrameLog|
+         -> std::io::Result<()> {
+            while let Ok(f) = read_frame(from) {
+                let op = (up && f.kind == cloudstore_protocol::FrameType::Request)
+                    .then(|| Op::from_code(u16::from_le_bytes([f.payload[0], f.payload[1]])))
+                    .flatten();
+                log.0.lock().unwrap().push(SeenFrame {
+                    up,
+                    kind: f.kind,
+                    id: f.id,
+                    op,
+                });
+                write_frame(to, f.kind, f.flags, f.id, &f.payload)?;
+                to.flush()?;
+            }
+            Ok(())
+        };
+        std::thread::spawn(move || {
+            // The welcome: 26 bytes, then a message of the length its last two give.
+            let mut head = [0u8; 26];
+            sock_r.read_exact(&mut head)?;
+            let mut msg = vec![0u8; u16::from_le_bytes([head[24], head[25]]) as usize];
+            sock_r.read_exact(&mut msg)?;
+            down_w.write_all(&head)?;
+            down_w.write_all(&msg)?;
+            relay(&mut sock_r, &mut down_w, false, log_down)
+        });
+        std::thread::spawn(move || {
+            let mut hello = vec![0u8; Hello::new(Role::Volume).encode().len()];
+            up_r.read_exact(&mut hello)?;
+            sock_w.write_all(&hello)?;
+            relay(&mut up_r, &mut sock_w, true, log_up)
         });
         Ok((
             Box::new(std::fs::File::from(down_r)),

@@ -151,6 +151,24 @@ impl Core {
         self.settle_locked(state, &mut wb);
     }
 
+    /// Waits for the write in flight and counts a change about to be asked of storage,
+    /// under the file's write-behind lock. Apart, a write sent in between would be counted
+    /// before the returned count, and an answer storage gave from before that write (it
+    /// serves a connection's requests concurrently, so it may run them in either order)
+    /// would pass for current: an open's size cached as the ciphertext's length made the
+    /// next partial-block write drop the bytes that write had added.
+    pub(crate) fn settle_then_count(&self, state: &FileState) -> u64 {
+        let mut wb = lock(state);
+        self.settle_locked(state, &mut wb);
+        state.attrs_changing()
+    }
+
+    /// [`Core::settle_then_count`], as the stamp [`Core::stamp`] gives.
+    pub(crate) fn settle_then_stamp(&self, state: &FileState) -> Option<u64> {
+        let count = self.settle_then_count(state);
+        self.status.following().then_some(count)
+    }
+
     fn settle_locked(&self, state: &FileState, wb: &mut WriteBehind) {
         if let Some(sent) = wb.inflight.take() {
             if let Err(f) = self.finish_write(sent) {
@@ -235,7 +253,7 @@ impl Core {
         pieces: &[(u64, &[u8])],
     ) -> Result<(), Fail> {
         let (answers, _, stamp) =
-            self.file_calls_stamped(ino, of, pieces.len(), |file, i| Request::Write {
+            self.file_calls_stamped(ino, of, false, pieces.len(), |file, i| Request::Write {
                 file,
                 offset: pieces[i].0,
                 data: pieces[i].1.to_vec(),

@@ -767,13 +767,17 @@ impl Core {
         Ok(iv)
     }
 
-    pub(crate) fn read_diriv(&self, dir_cpath: &str) -> Result<DirIv, Fail> {
-        let p = join(dir_cpath, DIRIV_NAME);
-        match self.st.call(Request::Read {
-            file: FileRef::Path(p.clone()),
+    fn read_diriv_request(dir_cpath: &str) -> Request {
+        Request::Read {
+            file: FileRef::Path(join(dir_cpath, DIRIV_NAME)),
             offset: 0,
             len: 64,
-        }) {
+        }
+    }
+
+    pub(crate) fn read_diriv(&self, dir_cpath: &str) -> Result<DirIv, Fail> {
+        let p = join(dir_cpath, DIRIV_NAME);
+        match self.st.call(Self::read_diriv_request(dir_cpath)) {
             Ok(Response::Data(d)) => DirIv::parse(&d)
                 .map_err(|e| Fail::io(format!("the directory IV {p} is unusable: {e}"))),
             Ok(r) => Err(expect_resp(r, "Data")),
@@ -873,8 +877,8 @@ impl Core {
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<(Vec<Response>, bool), Fail> {
-        self.settle_file(ino, of);
-        self.file_calls_unsettled(ino, of, n, build)
+        self.file_calls_stamped(ino, of, true, n, build)
+            .map(|(r, m, _)| (r, m))
     }
 
     /// Waits for the write in flight on `ino` (through `of`, for a file that may have lost
@@ -891,28 +895,23 @@ impl Core {
         }
     }
 
-    /// [`Core::file_calls`] without waiting for a write in flight (that write's own sending).
-    pub(crate) fn file_calls_unsettled(
-        &self,
-        ino: u64,
-        of: Option<&OpenFile>,
-        n: usize,
-        build: impl Fn(FileRef, usize) -> Request,
-    ) -> Result<(Vec<Response>, bool), Fail> {
-        self.file_calls_stamped(ino, of, n, build)
-            .map(|(r, m, _)| (r, m))
-    }
-
-    /// [`Core::file_calls_unsettled`], also returning the stamp under which attributes the
-    /// answers carry may be kept ([`Core::stamp`]).
+    /// [`Core::file_calls`], also returning the stamp under which attributes the answers
+    /// carry may be kept ([`Core::stamp`]). `settle: false` for a write in flight's own
+    /// sending, whose caller holds or has just settled the file's write-behind.
     pub(crate) fn file_calls_stamped(
         &self,
         ino: u64,
         of: Option<&OpenFile>,
+        settle: bool,
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<(Vec<Response>, bool, Option<u64>), Fail> {
-        let stamp = self.stamp(&self.state_of(ino, of));
+        let state = self.state_of(ino, of);
+        let stamp = if settle {
+            self.settle_then_stamp(&state)
+        } else {
+            self.stamp(&state)
+        };
         let mut file = None;
         self.st
             .call_all(n, |client, gen, deadline, i| {
@@ -1163,9 +1162,8 @@ impl Core {
                 atime: atime.map(to_timeset),
                 mtime: mtime.map(to_timeset),
             };
-            self.settle_file(ino, of.as_deref());
             let (mut answers, _, stamp) =
-                self.file_calls_stamped(ino, of.as_deref(), 1, |file, _| Request::SetAttr {
+                self.file_calls_stamped(ino, of.as_deref(), true, 1, |file, _| Request::SetAttr {
                     file,
                     attr: sa,
                 })?;
@@ -1472,8 +1470,7 @@ impl Core {
     pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Fail> {
         // A truncating open must not overtake a write still on its way.
         let state = self.file_state(ino);
-        self.settle(&state);
-        let stamp = state.attrs_changing();
+        let stamp = self.settle_then_count(&state);
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -1847,9 +1844,51 @@ impl Core {
 
     /// Lists a directory whole at opendir (pages of 1024 from storage), names decrypted;
     /// undecryptable names are logged and left out, as gocryptfs does.
+    /// The directory's IV and the first page of its listing, asked for together (one round
+    /// trip where the IV is not known yet, as after the kernel forgot the directory). `None`
+    /// when either fails: the caller asks again one at a time, for the precise error.
+    fn dir_iv_and_first_page(
+        &self,
+        ino: u64,
+        cpath: &str,
+    ) -> Option<(DirIv, cloudstore_protocol::DirPage)> {
+        let (mut answers, _, _) = self
+            .st
+            .call_all(2, |_, _, _, i| {
+                Ok(match i {
+                    0 => Self::read_dir_request(cpath, 0),
+                    _ => Self::read_diriv_request(cpath),
+                })
+            })
+            .ok()?;
+        let (Response::Data(d), Response::DirPage(page)) = (answers.pop()?, answers.pop()?) else {
+            return None;
+        };
+        let iv = DirIv::parse(&d).ok()?;
+        if let Some(n) = lock(&self.nodes).map.get_mut(&ino) {
+            n.diriv = Some(iv);
+        }
+        Some((iv, page))
+    }
+
+    fn read_dir_request(cpath: &str, cookie: u64) -> Request {
+        Request::ReadDir {
+            path: cpath.to_owned(),
+            cookie,
+            max: cloudstore_protocol::MAX_READDIR_PAGE as u32,
+            with_attrs: true,
+        }
+    }
+
     pub(crate) fn opendir(&self, ino: u64) -> Result<u64, Fail> {
         let cpath = self.cpath(ino)?;
-        let iv = self.dir_iv(ino)?;
+        let (iv, mut first_page) = match self.known_dir_iv(ino) {
+            Some(iv) => (iv, None),
+            None => match self.dir_iv_and_first_page(ino, &cpath) {
+                Some((iv, page)) => (iv, Some(page)),
+                None => (self.dir_iv(ino)?, None),
+            },
+        };
         let parent = lock(&self.nodes)
             .map
             .get(&ino)
@@ -1873,14 +1912,12 @@ impl Core {
         ];
         let mut cookie = 0;
         loop {
-            let page = match self.st.call(Request::ReadDir {
-                path: cpath.clone(),
-                cookie,
-                max: cloudstore_protocol::MAX_READDIR_PAGE as u32,
-                with_attrs: true,
-            })? {
-                Response::DirPage(p) => p,
-                r => return Err(expect_resp(r, "DirPage")),
+            let page = match first_page.take() {
+                Some(p) => p,
+                None => match self.st.call(Self::read_dir_request(&cpath, cookie))? {
+                    Response::DirPage(p) => p,
+                    r => return Err(expect_resp(r, "DirPage")),
+                },
             };
             for e in page.entries {
                 let plain = match classify(e.name.as_bytes()) {
