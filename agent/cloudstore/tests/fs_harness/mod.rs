@@ -118,7 +118,8 @@ impl Volume {
     }
 
     /// Mounts with every frame between the filesystem and storage recorded, in the order
-    /// they passed, into the returned log.
+    /// they passed, into the returned log. Every answer reaches the filesystem
+    /// [`ANSWER_DELAY`] late.
     pub fn mount_recorded(&self) -> (Mount, FrameLog) {
         let log = FrameLog::default();
         let direct = self.direct_connector();
@@ -390,6 +391,9 @@ impl Connector for PipeRelay {
     }
 }
 
+/// How long [`RecordingRelay`] holds each answer back.
+pub const ANSWER_DELAY: Duration = Duration::from_millis(30);
+
 /// One frame seen by [`RecordingRelay`]: `up` from the filesystem to storage, its type, its
 /// request id, and for a request its operation.
 #[derive(Clone, Debug)]
@@ -442,6 +446,12 @@ impl Connector for RecordingRelay {
                      log: FrameLog|
          -> std::io::Result<()> {
             while let Ok(f) = read_frame(from) {
+                if !up {
+                    // Each answer is held back and logged as it is passed on, so a request
+                    // sent without waiting for the answer before it is logged before that
+                    // answer whatever the threads' timing.
+                    std::thread::sleep(ANSWER_DELAY);
+                }
                 let op = (up && f.kind == cloudstore_protocol::FrameType::Request)
                     .then(|| Op::from_code(u16::from_le_bytes([f.payload[0], f.payload[1]])))
                     .flatten();
