@@ -489,10 +489,11 @@ impl Core {
         }
     }
 
-    /// Whether no worker has a job: then nothing else is waiting on storage, and a short
-    /// request run on fuser's reading thread delays no other.
-    pub(crate) fn workers_idle(&self) -> bool {
-        self.busy.load(Ordering::Acquire) == 0
+    /// Whether no worker has a job and storage is connected: then nothing else is waiting
+    /// on storage, and a short request run on fuser's reading thread delays no other (one
+    /// that had to wait for a reconnection would hold up even what is answered from memory).
+    pub(crate) fn idle_and_connected(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0 && self.st.current().is_some()
     }
 
     /// A new connection: subscribe to changes, drop caches that may have missed changes

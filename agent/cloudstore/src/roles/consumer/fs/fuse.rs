@@ -49,12 +49,13 @@ impl FuseFs {
     }
 
     /// Whether a read or write of `size` bytes runs here rather than on a worker. Only when
-    /// no worker has a job: a request that waits on storage blocks the reading of the next
-    /// one, which is free only when nothing runs in parallel anyway. Nothing on the read
-    /// or write path waits for the kernel (invalidations come from the push thread, which
-    /// takes no lock while it calls the kernel), so the reading thread cannot wait on itself.
+    /// no worker has a job and storage is connected: a request that waits on storage blocks
+    /// the reading of the next one, which is free only when nothing runs in parallel
+    /// anyway. Nothing on the read or write path waits for the kernel (invalidations come
+    /// from the push thread, which takes no lock while it calls the kernel), so the reading
+    /// thread cannot wait on itself.
     fn inline_io(&self, size: usize) -> bool {
-        size <= INLINE_IO_MAX as usize && self.core.workers_idle()
+        size <= INLINE_IO_MAX as usize && self.core.idle_and_connected()
     }
 }
 
