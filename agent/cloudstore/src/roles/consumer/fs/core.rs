@@ -1586,11 +1586,12 @@ impl Core {
         let Some((g, h)) = *lock(&of.remote) else {
             return;
         };
-        // A handle of an earlier connection died with it; nothing to close.
+        // A handle of an earlier connection died with it; nothing to close. Nothing waits
+        // for the answer either (a close has nothing to report, and the kernel does not
+        // wait for a release): the call is dropped once sent, and its answer with it.
         if let Some((client, gen)) = self.st.current() {
             if gen == g {
-                let _ =
-                    client.call_timeout(Request::Close { handle: h }, self.opts.request_timeout);
+                drop(client.begin(&Request::Close { handle: h }, self.opts.request_timeout));
             }
         }
     }
