@@ -2,8 +2,8 @@
 //! stream matches answers to callers by request id, delivers push notifications to a channel
 //! and feeds download streams: a caller waiting for its answer reads the stream itself when
 //! nobody else does (so its answer needs no thread between the stream and the caller), and a
-//! background reader takes over once callers have left the stream alone for a moment (see
-//! [`ReadSide`]). Calls are bounded in number (the in-flight window) and in time (a per-call
+//! background reader serves callers waiting behind it and takes over once callers have left
+//! the stream alone for a moment (see [`ReadSide`]). Calls are bounded in number (the in-flight window) and in time (a per-call
 //! timeout); when the connection is lost every waiter wakes with `ConnectionLost`.
 
 use std::collections::{HashMap, VecDeque};
@@ -69,15 +69,8 @@ impl<T: Read + AsFd + Send> ByteStream for T {}
 /// end of the connection waits at most this long to be read.
 const READER_GRACE: Duration = Duration::from_millis(5);
 
-/// What a waiting caller is woken with.
-enum Wake {
-    Answer(Answer),
-    /// The stream is this caller's to read (it is [`ReadSide::heir`]).
-    Lead,
-}
-
 enum Pending {
-    Call(SyncSender<Wake>),
+    Call(SyncSender<Answer>),
     Download {
         tx: Sender<DlMsg>,
         /// Chunks the server may still send.
@@ -101,15 +94,18 @@ struct UploadCtl {
 }
 
 /// Who reads the stream. At most one thread reads at a time: the one that took `stream` out.
+/// A caller alone reads its own answer; callers that find the stream taken wait for the
+/// background reader to deliver theirs, which it does for as long as any waits (several
+/// calls at once, a streaming read's pieces), the way a dedicated reader would: handing the
+/// stream from caller to caller instead cost each a wake-up more, and a streaming read a
+/// sixth of its speed.
 struct ReadSide {
     /// The stream, while nobody reads it.
     stream: Option<Box<dyn ByteStream>>,
-    /// The caller the stream was handed to, which has not taken it yet.
-    heir: Option<u64>,
-    /// Callers that found the stream taken and wait for their answers, oldest first. An
-    /// entry whose answer came meanwhile stays until it is met (`hand_over` skips it).
+    /// Callers that found the stream taken and wait for their answers. An entry whose
+    /// answer came meanwhile stays until the next [`Shared::callers_waiting`].
     waiting: VecDeque<u64>,
-    /// When a reader last put the stream down with callers about.
+    /// When a reader last put the stream down.
     released: Instant,
     /// The connection is gone: nobody reads again.
     ended: bool,
@@ -203,7 +199,6 @@ impl Shared {
             let mut st = lock(&self.read);
             st.ended = true;
             st.stream = None;
-            st.heir = None;
         }
         self.read_cv.notify_all();
         *lock(&self.pushes) = None;
@@ -211,7 +206,7 @@ impl Shared {
         for (_, p) in pending {
             match p {
                 Pending::Call(tx) => {
-                    let _ = tx.try_send(Wake::Answer(Err(err.clone())));
+                    let _ = tx.try_send(Err(err.clone()));
                 }
                 Pending::Download { tx, .. } => {
                     let _ = tx.send(DlMsg::End(Err(err.clone())));
@@ -265,23 +260,16 @@ impl Shared {
         *lock(&self.streams) > 0
     }
 
-    /// Hands the stream (back in `st.stream`) to the oldest caller still waiting for its
-    /// answer. Returns whether one took it.
-    fn hand_over(&self, st: &mut ReadSide) -> bool {
+    /// Whether a caller still waits for an answer (those answered meanwhile are dropped
+    /// from the list).
+    fn callers_waiting(&self, st: &mut ReadSide) -> bool {
         let pending = lock(&self.pending);
-        while let Some(id) = st.waiting.pop_front() {
-            if let Some(Pending::Call(tx)) = pending.get(&id) {
-                if tx.try_send(Wake::Lead).is_ok() {
-                    st.heir = Some(id);
-                    return true;
-                }
-            }
-        }
-        false
+        st.waiting.retain(|id| pending.contains_key(id));
+        !st.waiting.is_empty()
     }
 
-    /// Puts the stream down after a caller read: to the next waiting caller, else left for
-    /// the next caller or, after the grace, the background reader.
+    /// Puts the stream down after a caller read; the background reader takes it at once
+    /// for the callers that wait behind, or for an open stream.
     fn put_down(&self, stream: Box<dyn ByteStream>) {
         let mut st = lock(&self.read);
         if st.ended {
@@ -289,67 +277,37 @@ impl Shared {
         }
         st.stream = Some(stream);
         st.released = Instant::now();
-        if !self.hand_over(&mut st) && self.streams_open() {
+        if self.callers_waiting(&mut st) || self.streams_open() {
             drop(st);
             self.read_cv.notify_one();
         }
     }
 
-    /// Waits for call `id`'s answer until `deadline`, reading the stream whenever nobody
+    /// Waits for call `id`'s answer until `deadline`, reading the stream itself when nobody
     /// else does. `None`: the deadline passed.
-    fn await_answer(&self, id: u64, rx: &Receiver<Wake>, deadline: Instant) -> Option<Answer> {
+    fn await_answer(&self, id: u64, rx: &Receiver<Answer>, deadline: Instant) -> Option<Answer> {
         match rx.try_recv() {
-            Ok(Wake::Answer(a)) => return Some(a),
-            Ok(Wake::Lead) => return self.lead(id, rx, deadline),
+            Ok(a) => return Some(a),
             Err(TryRecvError::Disconnected) => return Some(Err(self.lost_error())),
             Err(TryRecvError::Empty) => {}
         }
         {
             let mut st = lock(&self.read);
-            if !st.ended && st.heir.is_none() {
+            if !st.ended {
                 if let Some(stream) = st.stream.take() {
                     drop(st);
                     return self.read_for(id, rx, stream, deadline);
                 }
-            }
-            if !st.ended {
                 st.waiting.push_back(id);
             }
         }
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Wake::Answer(a)) => Some(a),
-            Ok(Wake::Lead) => self.lead(id, rx, deadline),
+            Ok(a) => Some(a),
             Err(RecvTimeoutError::Disconnected) => Some(Err(self.lost_error())),
             Err(RecvTimeoutError::Timeout) => {
-                let mut st = lock(&self.read);
-                st.waiting.retain(|&w| w != id);
-                if st.heir == Some(id) {
-                    // Handed the stream just now: pass it on rather than strand it.
-                    st.heir = None;
-                    self.hand_over(&mut st);
-                }
-                drop(st);
-                match rx.try_recv() {
-                    Ok(Wake::Answer(a)) => Some(a),
-                    _ => None,
-                }
+                lock(&self.read).waiting.retain(|&w| w != id);
+                rx.try_recv().ok()
             }
-        }
-    }
-
-    /// Call `id` was handed the stream: takes it and reads.
-    fn lead(&self, id: u64, rx: &Receiver<Wake>, deadline: Instant) -> Option<Answer> {
-        let mut st = lock(&self.read);
-        if st.heir == Some(id) {
-            st.heir = None;
-        }
-        match st.stream.take() {
-            Some(stream) => {
-                drop(st);
-                self.read_for(id, rx, stream, deadline)
-            }
-            // The connection ended after the hand-over.
-            None => Some(Err(self.lost_error())),
         }
     }
 
@@ -358,13 +316,13 @@ impl Shared {
     fn read_for(
         &self,
         id: u64,
-        rx: &Receiver<Wake>,
+        rx: &Receiver<Answer>,
         mut stream: Box<dyn ByteStream>,
         deadline: Instant,
     ) -> Option<Answer> {
         // The reader before may have delivered the answer after this caller last looked and
         // before it took the stream; nobody else reads now, so one look settles it.
-        if let Ok(Wake::Answer(a)) = rx.try_recv() {
+        if let Ok(a) = rx.try_recv() {
             self.put_down(stream);
             return Some(a);
         }
@@ -506,7 +464,7 @@ pub struct PendingCall {
     op: Op,
     timeout: Duration,
     deadline: Instant,
-    rx: Receiver<Wake>,
+    rx: Receiver<Answer>,
     /// The reader delivered the answer, and with it removed the request from the table.
     answered: bool,
     _permit: Permit,
@@ -613,7 +571,6 @@ impl Client {
             writer: Mutex::new(Some(Box::new(writer))),
             read: Mutex::new(ReadSide {
                 stream: Some(Box::new(reader)),
-                heir: None,
                 waiting: VecDeque::new(),
                 released: Instant::now(),
                 ended: false,
@@ -1074,7 +1031,7 @@ impl Shared {
                 match lock(&self.pending).remove(&id) {
                     Some(Pending::Call(_)) if Some(id) == own => return Dispatched::Mine(answer),
                     Some(Pending::Call(tx)) => {
-                        let _ = tx.try_send(Wake::Answer(answer));
+                        let _ = tx.try_send(answer);
                     }
                     Some(Pending::Download { tx, .. }) => {
                         let _ = tx.send(DlMsg::End(answer));
@@ -1146,10 +1103,10 @@ impl Shared {
     }
 }
 
-/// Reads the stream while no caller does: pushes, stream data and the end of the
-/// connection must be read when no call is waiting. Takes the stream once callers have left
-/// it alone for [`READER_GRACE`] (at once while a download or upload is open), and puts it
-/// down again as soon as a caller waits, so that the next call reads its own answer.
+/// Reads the stream when no caller does: for the callers waiting behind another reader, for
+/// an open download or upload, and, once callers have left the stream alone for
+/// [`READER_GRACE`], for pushes and the end of the connection. Puts it down as soon as no
+/// caller waits and no stream is open, so that the next call reads its own answer.
 fn background_reader(shared: &Shared) {
     loop {
         let mut stream = {
@@ -1158,9 +1115,10 @@ fn background_reader(shared: &Shared) {
                 if st.ended {
                     return;
                 }
-                if st.heir.is_none()
-                    && st.stream.is_some()
-                    && (shared.streams_open() || st.released.elapsed() >= READER_GRACE)
+                if st.stream.is_some()
+                    && (shared.callers_waiting(&mut st)
+                        || shared.streams_open()
+                        || st.released.elapsed() >= READER_GRACE)
                 {
                     break st.stream.take().expect("checked above");
                 }
@@ -1178,8 +1136,7 @@ fn background_reader(shared: &Shared) {
                 return;
             }
             let mut st = lock(&shared.read);
-            let callers = !st.waiting.is_empty();
-            if shared.hand_over(&mut st) || callers {
+            if !shared.callers_waiting(&mut st) && !shared.streams_open() {
                 st.stream = Some(stream);
                 st.released = Instant::now();
                 break;

@@ -227,7 +227,7 @@ fn a_call_times_out_and_the_connection_keeps_working() {
 }
 
 #[test]
-fn a_caller_that_gives_up_while_reading_hands_the_stream_on() {
+fn a_caller_that_gives_up_while_reading_leaves_the_stream_to_those_waiting() {
     let s = start(Role::Volume);
     let c = s.client.clone();
     // Reads the stream for its own answer (nobody else does), then gives up.
