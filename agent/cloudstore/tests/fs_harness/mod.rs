@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cloudstore::roles::consumer::fs::{mount, Connector, FsOptions, FsStatus, UnixSocketConnector};
+use cloudstore::roles::consumer::fs::{
+    mount, Connector, FsOptions, FsStatus, Streams, UnixSocketConnector,
+};
 use cloudstore_format::{Config, CreateOptions, DirIv, MasterKey};
 use cloudstore_protocol::{Client, ClientConfig, Expect, Hello, Request, Role};
 
@@ -367,28 +369,32 @@ pub fn hex(b: &[u8]) -> String {
 struct PipeRelay(UnixSocketConnector);
 
 impl Connector for PipeRelay {
-    fn connect(
-        &self,
-    ) -> std::io::Result<(
-        Box<dyn cloudstore_protocol::ByteStream>,
-        Box<dyn Write + Send>,
-    )> {
+    fn connect(&self) -> std::io::Result<Streams> {
         let (mut sock_r, mut sock_w) = self.0.connect()?;
-        let (down_r, down_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (up_r, up_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let mut down_w = std::fs::File::from(down_w);
-        let mut up_r = std::fs::File::from(up_r);
-        std::thread::spawn(move || {
-            let _ = pump(&mut sock_r, &mut down_w);
-        });
-        std::thread::spawn(move || {
-            let _ = pump(&mut up_r, &mut sock_w);
-        });
-        Ok((
-            Box::new(std::fs::File::from(down_r)),
-            Box::new(std::fs::File::from(up_w)),
-        ))
+        relay_over_pipes(
+            move |down| pump(&mut sock_r, down),
+            move |up| pump(up, &mut sock_w),
+        )
     }
+}
+
+/// Two close-on-exec pipes as a connection's halves: `down` is run on a thread of its own
+/// with the write end of what the filesystem reads, `up` with the read end of what it
+/// writes.
+fn relay_over_pipes(
+    down: impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+    up: impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<Streams> {
+    let (down_r, down_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (up_r, up_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut down_w = std::fs::File::from(down_w);
+    let mut up_r = std::fs::File::from(up_r);
+    std::thread::spawn(move || down(&mut down_w));
+    std::thread::spawn(move || up(&mut up_r));
+    Ok((
+        Box::new(std::fs::File::from(down_r)),
+        Box::new(std::fs::File::from(up_w)),
+    ))
 }
 
 /// How long [`RecordingRelay`] holds each answer back.
@@ -426,19 +432,10 @@ struct RecordingRelay {
 }
 
 impl Connector for RecordingRelay {
-    fn connect(
-        &self,
-    ) -> std::io::Result<(
-        Box<dyn cloudstore_protocol::ByteStream>,
-        Box<dyn Write + Send>,
-    )> {
-        use cloudstore_protocol::{read_frame, write_frame, Hello, Op, Role};
+    fn connect(&self) -> std::io::Result<Streams> {
+        use cloudstore_protocol::{read_frame, write_frame, Op};
         use std::io::Read;
         let (mut sock_r, mut sock_w) = self.inner.connect()?;
-        let (down_r, down_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (up_r, up_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let mut down_w = std::fs::File::from(down_w);
-        let mut up_r = std::fs::File::from(up_r);
         let (log_up, log_down) = (self.log.clone(), self.log.clone());
         let relay = |from: &mut dyn std::io::Read,
                      to: &mut dyn Write,
@@ -466,25 +463,23 @@ impl Connector for RecordingRelay {
             }
             Ok(())
         };
-        std::thread::spawn(move || {
-            // The welcome: 26 bytes, then a message of the length its last two give.
-            let mut head = [0u8; 26];
-            sock_r.read_exact(&mut head)?;
-            let mut msg = vec![0u8; u16::from_le_bytes([head[24], head[25]]) as usize];
-            sock_r.read_exact(&mut msg)?;
-            down_w.write_all(&head)?;
-            down_w.write_all(&msg)?;
-            relay(&mut sock_r, &mut down_w, false, log_down)
-        });
-        std::thread::spawn(move || {
-            let mut hello = vec![0u8; Hello::new(Role::Volume).encode().len()];
-            up_r.read_exact(&mut hello)?;
-            sock_w.write_all(&hello)?;
-            relay(&mut up_r, &mut sock_w, true, log_up)
-        });
-        Ok((
-            Box::new(std::fs::File::from(down_r)),
-            Box::new(std::fs::File::from(up_w)),
-        ))
+        relay_over_pipes(
+            move |down_w| {
+                // The welcome: 26 bytes, then a message of the length its last two give.
+                let mut head = [0u8; 26];
+                sock_r.read_exact(&mut head)?;
+                let mut msg = vec![0u8; u16::from_le_bytes([head[24], head[25]]) as usize];
+                sock_r.read_exact(&mut msg)?;
+                down_w.write_all(&head)?;
+                down_w.write_all(&msg)?;
+                relay(&mut sock_r, down_w, false, log_down)
+            },
+            move |up_r| {
+                let mut hello = vec![0u8; Hello::new(Role::Volume).encode().len()];
+                up_r.read_exact(&mut hello)?;
+                sock_w.write_all(&hello)?;
+                relay(up_r, &mut sock_w, true, log_up)
+            },
+        )
     }
 }

@@ -3,14 +3,14 @@
 //! doc/execution.rst: the caller's stdin/stdout are the service's stdout/stdin).
 
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
 use cloudstore_protocol::{Client, ClientConfig, Hello, Role};
 
-use super::fs::Connector;
+use super::fs::{Connector, Streams};
 
 /// Environment variable naming the qrexec client program (tests point it at a stand-in).
 pub const QREXEC_CLIENT_ENV: &str = "CLOUDSTORE_QREXEC_CLIENT";
@@ -139,12 +139,7 @@ pub fn client_config() -> ClientConfig {
 }
 
 impl Connector for QrexecConnector {
-    fn connect(
-        &self,
-    ) -> io::Result<(
-        Box<dyn cloudstore_protocol::ByteStream>,
-        Box<dyn Write + Send>,
-    )> {
+    fn connect(&self) -> io::Result<Streams> {
         let mut slot = self.child.lock().unwrap_or_else(|p| p.into_inner());
         Self::reap(&mut slot);
         let mut child = Command::new(&self.program)

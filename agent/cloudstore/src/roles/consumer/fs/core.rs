@@ -1844,8 +1844,6 @@ impl Core {
         }
     }
 
-    /// Lists a directory whole at opendir (pages of 1024 from storage), names decrypted;
-    /// undecryptable names are logged and left out, as gocryptfs does.
     /// The directory's IV and the first page of its listing, asked for together (one round
     /// trip where the IV is not known yet, as after the kernel forgot the directory). `None`
     /// when either fails: the caller asks again one at a time, for the precise error.
@@ -1882,6 +1880,8 @@ impl Core {
         }
     }
 
+    /// Lists a directory whole at opendir (pages of 1024 from storage), names decrypted;
+    /// undecryptable names are logged and left out, as gocryptfs does.
     pub(crate) fn opendir(&self, ino: u64) -> Result<u64, Fail> {
         let cpath = self.cpath(ino)?;
         let (iv, mut first_page) = match self.known_dir_iv(ino) {

@@ -34,15 +34,17 @@ use std::time::Duration;
 use anyhow::Context;
 use cloudstore_protocol::{ErrorCode, RemoteError};
 
+/// A connection's two halves: what storage sends (a descriptor the protocol client can
+/// poll) and what goes to storage.
+pub type Streams = (
+    Box<dyn cloudstore_protocol::ByteStream>,
+    Box<dyn Write + Send>,
+);
+
 /// How the filesystem reaches storage: each call yields a fresh byte stream to the
 /// `cloudstore.Volume+VOLUME` service (the protocol handshake has not been sent yet).
 pub trait Connector: Send + Sync {
-    fn connect(
-        &self,
-    ) -> std::io::Result<(
-        Box<dyn cloudstore_protocol::ByteStream>,
-        Box<dyn Write + Send>,
-    )>;
+    fn connect(&self) -> std::io::Result<Streams>;
 }
 
 /// Connects straight to the storage agent's `volume.sock`, writing the descriptor
@@ -57,12 +59,7 @@ pub struct UnixSocketConnector {
 }
 
 impl Connector for UnixSocketConnector {
-    fn connect(
-        &self,
-    ) -> std::io::Result<(
-        Box<dyn cloudstore_protocol::ByteStream>,
-        Box<dyn Write + Send>,
-    )> {
+    fn connect(&self) -> std::io::Result<Streams> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| {
             std::io::Error::new(e.kind(), format!("{}: {e}", self.socket.display()))
         })?;
