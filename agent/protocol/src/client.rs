@@ -3,10 +3,11 @@
 //! and feeds download streams: a caller waiting for its answer reads the stream itself when
 //! nobody else does (so its answer needs no thread between the stream and the caller), and a
 //! background reader serves callers waiting behind it and takes over once callers have left
-//! the stream alone for a moment (see [`ReadSide`]). Calls are bounded in number (the in-flight window) and in time (a per-call
-//! timeout); when the connection is lost every waiter wakes with `ConnectionLost`.
+//! the stream alone for a moment (see [`ReadSide`]). Calls are bounded in number (the
+//! in-flight window) and in time (a per-call timeout); when the connection is lost every
+//! waiter wakes with `ConnectionLost`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -104,21 +105,11 @@ struct ReadSide {
     stream: Option<Box<dyn ByteStream>>,
     /// Callers that found the stream taken and wait for their answers. An entry whose
     /// answer came meanwhile stays until the next [`Shared::callers_waiting`].
-    waiting: VecDeque<u64>,
+    waiting: Vec<u64>,
     /// When a reader last put the stream down.
     released: Instant,
     /// The connection is gone: nobody reads again.
     ended: bool,
-}
-
-/// What reading one frame led to.
-enum Dispatched {
-    /// The answer of the call reading the stream.
-    Mine(Answer),
-    /// Delivered to whoever it was for (or dropped: a call that gave up).
-    Other,
-    /// The stream cannot be trusted any more.
-    Fatal(String),
 }
 
 struct Shared {
@@ -298,7 +289,7 @@ impl Shared {
                     drop(st);
                     return self.read_for(id, rx, stream, deadline);
                 }
-                st.waiting.push_back(id);
+                st.waiting.push(id);
             }
         }
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -347,6 +338,7 @@ impl Shared {
             let mut rest = FrameRest {
                 stream: &mut *stream,
                 limit: self.config.timeout,
+                readable: true,
             };
             let why = match self.read_one(&mut rest, Some(id)) {
                 Ok(Some(answer)) => {
@@ -375,11 +367,7 @@ impl Shared {
             }
             Err(e) => return Err(format!("reading from the server failed: {e}")),
         };
-        match self.dispatch(frame, own) {
-            Dispatched::Mine(a) => Ok(Some(a)),
-            Dispatched::Other => Ok(None),
-            Dispatched::Fatal(why) => Err(why),
-        }
+        self.dispatch(frame, own)
     }
 }
 
@@ -388,11 +376,13 @@ impl Shared {
 struct FrameRest<'a> {
     stream: &'a mut dyn ByteStream,
     limit: Duration,
+    /// The caller has just seen the stream readable: the first read needs no poll.
+    readable: bool,
 }
 
 impl Read for FrameRest<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !poll_readable(self.stream.as_fd(), self.limit)? {
+        if !std::mem::take(&mut self.readable) && !poll_readable(self.stream.as_fd(), self.limit)? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -571,7 +561,7 @@ impl Client {
             writer: Mutex::new(Some(Box::new(writer))),
             read: Mutex::new(ReadSide {
                 stream: Some(Box::new(reader)),
-                waiting: VecDeque::new(),
+                waiting: Vec::new(),
                 released: Instant::now(),
                 ended: false,
             }),
@@ -1000,9 +990,14 @@ impl Drop for Upload {
 }
 
 impl Shared {
-    /// Delivers one frame to whoever waits for it; the answer of call `own` is returned
-    /// instead.
-    fn dispatch(&self, frame: crate::frame::Frame, own: Option<u64>) -> Dispatched {
+    /// Delivers one frame to whoever waits for it (or drops it: a call that gave up).
+    /// `Ok(Some)`: the answer of call `own`, returned instead; `Err`: the stream cannot be
+    /// trusted any more, and why.
+    fn dispatch(
+        &self,
+        frame: crate::frame::Frame,
+        own: Option<u64>,
+    ) -> Result<Option<Answer>, String> {
         let id = frame.id;
         match frame.kind {
             FrameType::Response | FrameType::Error => {
@@ -1025,11 +1020,11 @@ impl Shared {
                     if let Err(e) = answer {
                         *lock(&self.notice) = Some(e.to_string());
                     }
-                    return Dispatched::Other;
+                    return Ok(None);
                 }
                 // A missing id is a call that timed out or was cancelled: drop the answer.
                 match lock(&self.pending).remove(&id) {
-                    Some(Pending::Call(_)) if Some(id) == own => return Dispatched::Mine(answer),
+                    Some(Pending::Call(_)) if Some(id) == own => return Ok(Some(answer)),
                     Some(Pending::Call(tx)) => {
                         let _ = tx.try_send(answer);
                     }
@@ -1048,7 +1043,7 @@ impl Shared {
                 let pending = lock(&self.pending);
                 if let Some(Pending::Download { tx, allowed }) = pending.get(&id) {
                     if allowed.load(Ordering::Acquire) == 0 {
-                        return Dispatched::Fatal(format!(
+                        return Err(format!(
                             "the server sent request {id} a chunk without credit"
                         ));
                     }
@@ -1058,7 +1053,7 @@ impl Shared {
             }
             FrameType::Credit => {
                 let Ok(b) = <[u8; 4]>::try_from(frame.payload.as_slice()) else {
-                    return Dispatched::Fatal(format!(
+                    return Err(format!(
                         "the server sent a malformed credit frame for request {id}"
                     ));
                 };
@@ -1074,17 +1069,17 @@ impl Shared {
                     Ok(p) => p,
                     Err(e) => {
                         *lock(&self.notice) = Some(format!("malformed push: {e}"));
-                        return Dispatched::Other;
+                        return Ok(None);
                     }
                 };
                 let pushes = lock(&self.pushes);
                 let Some(pushes) = pushes.as_ref() else {
-                    return Dispatched::Other;
+                    return Ok(None);
                 };
                 if self.lagged.load(Ordering::Relaxed) {
                     match pushes.try_send(Push::Lagged) {
                         Ok(()) => self.lagged.store(false, Ordering::Relaxed),
-                        Err(TrySendError::Full(_)) => return Dispatched::Other,
+                        Err(TrySendError::Full(_)) => return Ok(None),
                         Err(TrySendError::Disconnected(_)) => {}
                     }
                 }
@@ -1093,13 +1088,13 @@ impl Shared {
                 }
             }
             FrameType::Request | FrameType::Cancel => {
-                return Dispatched::Fatal(format!(
+                return Err(format!(
                     "the server sent a {:?} frame, which only clients send",
                     frame.kind
                 ))
             }
         }
-        Dispatched::Other
+        Ok(None)
     }
 }
 
