@@ -1079,3 +1079,214 @@ fn a_directory_the_mount_does_not_know_is_listed_in_one_round_trip() {
         "the listing and the IV were asked one after the other: {frames:?}"
     );
 }
+
+/// The ciphertext entries of `dir` (a path below the tree), `gocryptfs.diriv` left out.
+fn ciphertext_entries(v: &Volume, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(v.tree().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "gocryptfs.diriv")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn unlinks_overlap_and_what_depends_on_them_waits_for_them() {
+    let v = Volume::create();
+    let (m, log) = v.mount_recorded();
+    fs::create_dir(m.p("d")).unwrap();
+    const FILES: usize = 8;
+    for i in 0..FILES {
+        fs::write(m.p(&format!("d/f{i}")), format!("file {i}")).unwrap();
+    }
+    log.clear();
+    // Every answer is held back 30 ms: unlinks that waited for theirs would take that long
+    // each, one after the other.
+    for i in 0..FILES {
+        fs::remove_file(m.p(&format!("d/f{i}"))).unwrap();
+    }
+    // Listed at once: the listing waits for the unlinks, so none of them shows.
+    let listed: Vec<_> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.is_empty(), "listed after the unlinks: {listed:?}");
+    let d = root_entry(&v, "d");
+    assert!(ciphertext_entries(&v, &d).is_empty());
+    let frames = log.frames();
+    let unlinks: Vec<u64> = frames
+        .iter()
+        .filter(|f| f.up && f.op == Some(Op::Unlink))
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(unlinks.len(), FILES, "{frames:?}");
+    let first_answer = frames
+        .iter()
+        .position(|f| !f.up && unlinks.contains(&f.id))
+        .expect("the unlinks' answers");
+    let sent_before = frames[..first_answer]
+        .iter()
+        .filter(|f| f.up && f.op == Some(Op::Unlink))
+        .count();
+    assert!(
+        sent_before > 1,
+        "each unlink waited for the one before: {frames:?}"
+    );
+    let last_answer = frames
+        .iter()
+        .rposition(|f| !f.up && unlinks.contains(&f.id))
+        .unwrap();
+    let listing = frames
+        .iter()
+        .position(|f| f.up && f.op == Some(Op::ReadDir))
+        .expect("the listing");
+    assert!(
+        listing > last_answer,
+        "the listing went out before the unlinks were answered: {frames:?}"
+    );
+    // A name made again right after its unlink: the create waits for the unlink's answer
+    // (storage could otherwise serve the create first, and the unlink would remove the new
+    // file).
+    fs::write(m.p("d/again"), b"old").unwrap();
+    log.clear();
+    fs::remove_file(m.p("d/again")).unwrap();
+    let err = fs::metadata(m.p("d/again")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    fs::write(m.p("d/again"), b"new").unwrap();
+    let frames = log.frames();
+    let unlink = frames
+        .iter()
+        .find(|f| f.up && f.op == Some(Op::Unlink))
+        .expect("the unlink");
+    let answered = frames
+        .iter()
+        .position(|f| !f.up && f.id == unlink.id)
+        .expect("its answer");
+    let create = frames
+        .iter()
+        .position(|f| f.up && f.op == Some(Op::Create))
+        .expect("the create");
+    assert!(
+        create > answered,
+        "the create went out before the unlink was answered: {frames:?}"
+    );
+    assert_eq!(fs::read(m.p("d/again")).unwrap(), b"new");
+    assert_eq!(ciphertext_entries(&v, &d).len(), 1);
+}
+
+#[test]
+fn a_name_unlinked_and_made_again_at_once_is_always_the_new_file() {
+    let v = Volume::create();
+    let m = v.mount();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/keep"), b"kept").unwrap();
+    for i in 0..200 {
+        let name = format!("d/n{}", i % 7);
+        let _ = fs::remove_file(m.p(&name));
+        fs::write(m.p(&name), format!("round {i}")).unwrap();
+        assert_eq!(
+            fs::read_to_string(m.p(&name)).unwrap(),
+            format!("round {i}")
+        );
+        fs::remove_file(m.p(&name)).unwrap();
+        // Looked up at once: the lookup waits for the unlink of that name.
+        let err = fs::metadata(m.p(&name)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "round {i}");
+        fs::write(m.p(&name), format!("again {i}")).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keep", "n0", "n1", "n2", "n3", "n4", "n5", "n6"]);
+    for (k, i) in (193..200).enumerate() {
+        let want = format!("again {i}");
+        assert_eq!(
+            fs::read_to_string(m.p(&format!("d/n{}", i % 7))).unwrap(),
+            want,
+            "{k}"
+        );
+    }
+    m.unmount();
+    // Storage holds the same, as gocryptfs reads it.
+    let g = v.gocryptfs();
+    assert_eq!(fs::read_dir(g.path().join("d")).unwrap().count(), 8);
+    assert_eq!(fs::read(g.path().join("d/keep")).unwrap(), b"kept");
+}
+
+#[test]
+fn an_unlink_storage_refuses_after_it_was_answered_leaves_the_file_and_says_so() {
+    let v = Volume::create();
+    let m = v.mount();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/kept.txt"), b"still here").unwrap();
+    fs::write(m.p("d/other.txt"), b"other").unwrap();
+    // Storage may not remove entries of the directory any more.
+    let cdir = v.tree().join(root_entry(&v, "d"));
+    fs::set_permissions(&cdir, fs::Permissions::from_mode(0o555)).unwrap();
+    fs::remove_file(m.p("d/kept.txt")).expect("answered before storage refused it");
+    let mut names: Vec<String> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["kept.txt", "other.txt"], "the file is listed again");
+    assert_eq!(fs::read(m.p("d/kept.txt")).unwrap(), b"still here");
+    let log = log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("unlink /d/kept.txt: failed after it was answered")
+            && l.contains("the file is still there")),
+        "the failure is logged with the plaintext path:\n{log}"
+    );
+    let last = m.status.last_error().expect("the failure in the status");
+    assert!(last.contains("unlink /d/kept.txt"), "{last}");
+    assert_eq!(m.status.pending_writes(), 0);
+    fs::set_permissions(&cdir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::remove_file(m.p("d/kept.txt")).unwrap();
+    assert_eq!(ciphertext_entries(&v, &root_entry(&v, "d")).len(), 1);
+}
+
+#[test]
+fn unlinks_in_flight_when_storage_dies_are_sent_again_and_a_rename_waits_for_them() {
+    let mut v = Volume::create();
+    let m = v.mount_over_pipes();
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..6 {
+        fs::write(m.p(&format!("d/f{i}")), b"x").unwrap();
+    }
+    fs::write(m.p("d/stays"), b"stays").unwrap();
+    // Stopped, storage reads nothing: the unlinks are answered here and wait there.
+    let pid = nix::unistd::Pid::from_raw(v.storage.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for i in 0..6 {
+        fs::remove_file(m.p(&format!("d/f{i}"))).unwrap();
+    }
+    assert!(
+        m.status.pending_writes() > 0,
+        "the unlinks count as pending"
+    );
+    let renamed = {
+        let (from, to) = (m.p("d"), m.p("e"));
+        std::thread::spawn(move || fs::rename(from, to))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !renamed.is_finished(),
+        "the rename did not wait for the unlinks"
+    );
+    // Killed without having read them, and back: they go again on the new connection.
+    v.storage.kill();
+    v.storage.spawn();
+    renamed.join().unwrap().unwrap();
+    let names: Vec<String> = fs::read_dir(m.p("e"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["stays"]);
+    assert_eq!(m.status.pending_writes(), 0);
+    assert_eq!(ciphertext_entries(&v, &root_entry(&v, "e")).len(), 1);
+    assert!(!v.tree().join(root_entry(&v, "d")).exists());
+}

@@ -176,6 +176,8 @@ impl Core {
                 wb.failed.get_or_insert(f);
             }
         }
+        // A directory's attributes, fsync and listing wait for its unlinks the same way.
+        self.unlinks_settled(state);
     }
 
     /// Waits for the write in flight, and reports (once) a write of this file that failed

@@ -75,6 +75,8 @@ pub(crate) struct Core {
     stopping: AtomicBool,
     /// Bytes of small files' content held from their open for their first read.
     held: Arc<AtomicUsize>,
+    /// Unlinks sent and not yet answered (unlinks.rs).
+    pub(crate) unlinks: super::unlinks::UnlinkQueue,
 }
 
 /// The most content a mount holds from read-only opens for the reads that follow: enough
@@ -436,6 +438,7 @@ impl Core {
             started: AtomicBool::new(false),
             held: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
+            unlinks: super::unlinks::UnlinkQueue::new(),
         }
     }
 
@@ -458,6 +461,7 @@ impl Core {
                     }
                 });
         }
+        self.start_unlink_collector();
         let weak: Weak<Core> = Arc::downgrade(self);
         self.st.set_hook(Box::new(move |client, gen, pushes| {
             if let Some(core) = weak.upgrade() {
@@ -473,6 +477,7 @@ impl Core {
     }
 
     pub(crate) fn stop(&self) {
+        self.all_unlinks_settled(self.opts.request_timeout);
         self.stopping.store(true, Ordering::Relaxed);
         self.jobs.close();
         if let Some((c, gen)) = self.st.current() {
@@ -690,7 +695,7 @@ impl Core {
         }
     }
 
-    fn cpath(&self, ino: u64) -> Result<String, Fail> {
+    pub(crate) fn cpath(&self, ino: u64) -> Result<String, Fail> {
         lock(&self.nodes)
             .cpath(ino)
             .ok_or_else(|| Fail::new(libc::ENOENT, format!("inode {ino} has no name any more")))
@@ -747,7 +752,7 @@ impl Core {
     }
 
     /// The IV of directory `ino` if it is known without asking storage.
-    fn known_dir_iv(&self, ino: u64) -> Option<DirIv> {
+    pub(crate) fn known_dir_iv(&self, ino: u64) -> Option<DirIv> {
         if !self.vol.names().uses_dir_iv() {
             return Some(DirIv::ZERO);
         }
@@ -1010,7 +1015,7 @@ impl Core {
         fh
     }
 
-    fn file_state(&self, ino: u64) -> Arc<FileState> {
+    pub(crate) fn file_state(&self, ino: u64) -> Arc<FileState> {
         lock(&self.nodes)
             .map
             .get(&ino)
@@ -1022,6 +1027,7 @@ impl Core {
 
     pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Result<FileAttr, Fail> {
         let (_, entry, cpath) = self.child(parent, name)?;
+        self.unlink_of_settled(parent, &entry);
         // Only while storage's pushes are followed: they are what keeps a listing right.
         if self.status.following() && lock(&self.nodes).known_absent(parent, &entry) {
             return Err(Fail::new(
@@ -1089,6 +1095,9 @@ impl Core {
         if !super::behind::idle(&state) {
             return None;
         }
+        if let Some(a) = self.attr_while_unlinking(&state) {
+            return Some(self.attr_of(ino, &a));
+        }
         let a = kept(&state)?;
         Some(self.attr_of(ino, &a))
     }
@@ -1122,6 +1131,9 @@ impl Core {
     /// which drop them on a change made elsewhere.
     fn fresh_attr(&self, ino: u64, of: Option<&OpenFile>) -> Option<Attr> {
         let state = self.state_of(ino, of);
+        if let Some(a) = self.attr_while_unlinking(&state) {
+            return Some(a);
+        }
         self.settle(&state);
         let a = state.take_attr()?;
         self.status.following().then_some(a)
@@ -1129,7 +1141,7 @@ impl Core {
 
     /// Requests about the entry `entry` of `parent` (an unlink, a rename) change the
     /// attributes of the file it names (its link count, its ctime).
-    fn entry_attrs_changing(&self, parent: u64, entry: &str) {
+    pub(crate) fn entry_attrs_changing(&self, parent: u64, entry: &str) {
         let child = lock(&self.nodes)
             .children
             .get(&(parent, entry.to_owned()))
@@ -1306,7 +1318,9 @@ impl Core {
     /// Runs an operation that adds an entry to `dir`; when it fails, the entry may exist on
     /// storage anyway (an answer lost with the connection), so the listing is no longer known.
     fn adding_entry<T>(&self, dir: u64, op: impl FnOnce() -> Result<T, Fail>) -> Result<T, Fail> {
-        self.file_state(dir).attrs_changing();
+        let state = self.file_state(dir);
+        self.unlinks_settled(&state);
+        state.attrs_changing();
         let r = op();
         if r.is_err() {
             lock(&self.nodes).unknown_entries(dir);
@@ -1598,8 +1612,16 @@ impl Core {
 
     pub(crate) fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
+        if !matches!(en, EncryptedName::Long { .. })
+            && self
+                .unlink_behind(parent, &entry, &cpath, self.shown_child(parent, name), true)
+                .is_some()
+        {
+            return Ok(());
+        }
         self.entry_attrs_changing(parent, &entry);
         let dir = self.file_state(parent);
+        self.unlinks_settled(&dir);
         let stamp = self.stamp(&dir);
         match self.st.call_with(|_, _, _| {
             Ok(Request::Unlink {
@@ -1669,7 +1691,16 @@ impl Core {
 
     pub(crate) fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let (en, entry, cpath) = self.child(parent, name)?;
-        self.file_state(parent).attrs_changing();
+        let dir = self.file_state(parent);
+        self.unlinks_settled(&dir);
+        let child = lock(&self.nodes)
+            .children
+            .get(&(parent, entry.clone()))
+            .copied();
+        if let Some(child) = child {
+            self.dir_unlinks_settled(child);
+        }
+        dir.attrs_changing();
         self.rmdir_cpath(&cpath)?;
         self.remove_long_name(&en, &cpath);
         lock(&self.nodes).detach(parent, &entry);
@@ -1748,6 +1779,9 @@ impl Core {
         newname: &[u8],
         flags: u32,
     ) -> Result<(), Fail> {
+        // An unlink on its way names its file by path, and is sent by that path again
+        // after a lost connection: the rename of a directory above it must wait for it.
+        self.all_unlinks_settled(self.opts.request_timeout * 2);
         self.adding_entry(newparent, || {
             self.rename_entry(parent, name, newparent, newname, flags)
         })
@@ -1883,6 +1917,7 @@ impl Core {
     /// Lists a directory whole at opendir (pages of 1024 from storage), names decrypted;
     /// undecryptable names are logged and left out, as gocryptfs does.
     pub(crate) fn opendir(&self, ino: u64) -> Result<u64, Fail> {
+        self.dir_unlinks_settled(ino);
         let cpath = self.cpath(ino)?;
         let (iv, mut first_page) = match self.known_dir_iv(ino) {
             Some(iv) => (iv, None),

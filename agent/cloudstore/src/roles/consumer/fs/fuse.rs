@@ -232,6 +232,10 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        if self.core.unlink_now(parent, name.as_bytes()) {
+            reply.ok();
+            return;
+        }
         let name = name.as_bytes().to_vec();
         self.run(move |c| match c.unlink(parent, &name) {
             Ok(()) => reply.ok(),

@@ -22,6 +22,7 @@ mod conn;
 mod core;
 mod fuse;
 mod nodes;
+mod unlinks;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -119,6 +119,10 @@ pub(crate) struct FileState {
     pub io: RwLock<()>,
     pub cache: Mutex<FileCache>,
     pub behind: Mutex<super::behind::WriteBehind>,
+    /// For a directory: the entries whose unlink is on its way to storage (unlinks.rs),
+    /// and the signal that one was answered.
+    pub unlinking: Mutex<super::unlinks::Unlinking>,
+    pub unlinked: std::sync::Condvar,
 }
 
 impl FileState {
