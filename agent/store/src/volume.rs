@@ -117,6 +117,17 @@ impl Read for FileReader {
     }
 }
 
+/// A file [`Volume::create_open`] made (or found, when not exclusive), open for reading and
+/// writing.
+#[derive(Debug)]
+pub struct Created {
+    pub file: File,
+    pub attr: Attr,
+    pub key: FileKey,
+    /// Its directory's attributes after the creation.
+    pub parent: Attr,
+}
+
 /// Usage figures of a volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VolumeStats {
@@ -713,11 +724,36 @@ impl Volume {
     /// kept). If it exists: `Exists` when `exclusive`, else its attributes (a directory or
     /// symlink there is `IsDir` / `Exists`).
     pub fn create(&self, p: &RelPath, mode: u32, exclusive: bool) -> Result<Attr> {
+        self.create_open(p, mode, exclusive).map(|c| c.attr)
+    }
+
+    /// [`Volume::create`], keeping the file open for reading and writing, with its
+    /// directory's attributes after (all from the descriptors the creation holds anyway).
+    pub fn create_open(&self, p: &RelPath, mode: u32, exclusive: bool) -> Result<Created> {
         let _g = self.ns.write().unwrap();
         let (dir, name) = self.parent("create", p, libc::O_PATH)?;
+        let created = |f: OwnedFd| -> Result<Created> {
+            let st = sys::fstat(f.as_fd()).ctx("create", p.as_str())?;
+            let parent = sys::fstat(dir.as_fd()).ctx("create", p.as_str())?;
+            Ok(Created {
+                file: File::from(f),
+                attr: Attr::from_stat(&st),
+                key: key_of(&st),
+                parent: Attr::from_stat(&parent),
+            })
+        };
         if let Some(st) = sys::stat_at_opt(dir.as_fd(), name).ctx("create", p.as_str())? {
             let errno = match kind_of(&st) {
-                FileType::File if !exclusive => return Ok(Attr::from_stat(&st)),
+                FileType::File if !exclusive => {
+                    let f = sys::open_at(
+                        dir.as_fd(),
+                        name,
+                        libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .ctx("create", p.as_str())?;
+                    return created(f);
+                }
                 FileType::Dir if !exclusive => libc::EISDIR,
                 _ => libc::EEXIST,
             };
@@ -739,9 +775,7 @@ impl Volume {
         .ctx("create", p.as_str())?;
         // The mode passed to open is filtered by the umask; set it exactly.
         sys::fchmod(f.as_fd(), (mode & 0o7777) | 0o600).ctx("create", p.as_str())?;
-        Ok(Attr::from_stat(
-            &sys::fstat(f.as_fd()).ctx("create", p.as_str())?,
-        ))
+        created(f)
     }
 
     /// Creates the directory `p` (owner rwx always kept).
@@ -819,8 +853,9 @@ impl Volume {
         ))
     }
 
-    /// Removes the file or symlink `p`, keeping its content as a version.
-    pub fn unlink(&self, p: &RelPath) -> Result<()> {
+    /// Removes the file or symlink `p`, keeping its content as a version; returns the
+    /// attributes its directory has after.
+    pub fn unlink(&self, p: &RelPath) -> Result<Attr> {
         let _g = self.ns.write().unwrap();
         self.unlink_locked("unlink", p, Expect::Any)
     }
@@ -860,7 +895,9 @@ impl Volume {
         })
     }
 
-    fn unlink_locked(&self, op: &'static str, p: &RelPath, expect: Expect) -> Result<()> {
+    /// Returns the directory's attributes after the unlink (taken from the descriptor it
+    /// already holds: an answer that carries them costs no second walk of the path).
+    fn unlink_locked(&self, op: &'static str, p: &RelPath, expect: Expect) -> Result<Attr> {
         let (dir, name) = self.parent(op, p, libc::O_RDONLY)?;
         let st = sys::stat_at(dir.as_fd(), name).ctx(op, p.as_str())?;
         self.check_expect(op, p, Some(&st), expect)?;
@@ -888,7 +925,9 @@ impl Volume {
             ts_mtime(&st),
             self.now(),
         )?;
-        sys::unlink_at(dir.as_fd(), name, false).ctx(op, p.as_str())
+        sys::unlink_at(dir.as_fd(), name, false).ctx(op, p.as_str())?;
+        let after = sys::fstat(dir.as_fd()).ctx(op, p.as_str())?;
+        Ok(Attr::from_stat(&after))
     }
 
     /// Removes the empty directory `p`.
@@ -1170,7 +1209,7 @@ impl Volume {
         if kind_of(&st) == FileType::Dir {
             self.rmdir_locked("delete", p, expect)
         } else {
-            self.unlink_locked("delete", p, expect)
+            self.unlink_locked("delete", p, expect).map(drop)
         }
     }
 

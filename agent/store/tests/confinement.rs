@@ -222,7 +222,7 @@ fn concurrent_symlink_swap_never_escapes() {
                 PutOptions::default(),
             )
             .map(drop),
-            v.unlink(&p(&name)),
+            v.unlink(&p(&name)).map(drop),
             v.symlink(&p(&format!("{name}s")), b"x").map(drop),
             v.mkdir(&p(&format!("{name}d")), 0o700).map(drop),
             v.rename(&p("d/secret"), &p("d/secret2"), RenameMode::Replace)

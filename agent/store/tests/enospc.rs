@@ -137,7 +137,7 @@ fn a_full_disk_is_a_clean_error_and_loses_nothing() {
         // Deleting does not free space (the content is kept as a version) but must not fail
         // in a way that loses the file: either it is gone and versioned, or still there.
         match v.unlink(&p("f0")) {
-            Ok(()) => assert_eq!(v.list_versions(&p("f0")).len(), before[0].2 + 1),
+            Ok(_) => assert_eq!(v.list_versions(&p("f0")).len(), before[0].2 + 1),
             Err(e) => {
                 assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
                 assert_eq!(get_bytes(&v, "f0"), chunk);

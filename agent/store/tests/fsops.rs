@@ -46,6 +46,44 @@ fn create_write_read_stat() {
 }
 
 #[test]
+fn a_create_or_unlink_answers_with_what_it_left() {
+    use std::os::unix::fs::FileExt;
+    let f = Fixture::new();
+    let v = &f.vol;
+    v.mkdir(&p("d"), 0o700).unwrap();
+    let c = v.create_open(&p("d/new"), 0o644, true).unwrap();
+    assert_eq!(
+        (c.attr.kind, c.attr.perm, c.attr.size),
+        (FileType::File, 0o644, 0)
+    );
+    // Open for writing: what goes through the descriptor is the file's content.
+    c.file.write_all_at(b"through the handle", 0).unwrap();
+    assert_eq!(v.read(&p("d/new"), 0, 100).unwrap(), b"through the handle");
+    let dir = v.stat(&p("d")).unwrap();
+    assert_eq!(c.parent, dir, "the directory's attributes after the create");
+    // Not exclusive, an existing file is opened as it is.
+    let again = v.create_open(&p("d/new"), 0o600, false).unwrap();
+    assert_eq!((again.attr.ino, again.attr.size), (c.attr.ino, 18));
+    let mut buf = [0u8; 7];
+    again.file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"through");
+    // Never through a symlink planted under the name.
+    v.symlink(&p("d/link"), b"new").unwrap();
+    assert_eq!(
+        v.create_open(&p("d/link"), 0o600, false)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Exists
+    );
+    let after = v.unlink(&p("d/new")).unwrap();
+    assert_eq!(
+        after,
+        v.stat(&p("d")).unwrap(),
+        "the directory after the unlink"
+    );
+}
+
+#[test]
 fn directories_and_readdir_paging() {
     let f = Fixture::new();
     let v = &f.vol;

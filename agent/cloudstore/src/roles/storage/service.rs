@@ -88,11 +88,6 @@ fn granted(call: &Call<'_>, feature: u32) -> bool {
 }
 
 /// The attributes of the directory holding `p`, after a change to its entries.
-fn parent_attr(vol: &Volume, p: &RelPath) -> Result<wire::Attr, RemoteError> {
-    let parent = p.parent().unwrap_or_else(RelPath::root);
-    Ok(convert::attr(&st(vol.stat(&parent))?))
-}
-
 fn bad_handle(h: u64) -> RemoteError {
     RemoteError::new(
         ErrorCode::BadHandle,
@@ -153,15 +148,26 @@ impl Connection {
         write: bool,
     ) -> Result<(u64, wire::Attr), RemoteError> {
         let (file, attr, key) = st(vol.open_file(p, write))?;
-        let h = self.register(OpenFile {
+        let h = self.hold(file, key, write, p)?;
+        Ok((h, convert::attr(&attr)))
+    }
+
+    /// Registers an open file under a new handle.
+    fn hold(
+        &self,
+        file: std::fs::File,
+        key: store::FileKey,
+        writable: bool,
+        p: &RelPath,
+    ) -> Result<u64, RemoteError> {
+        self.register(OpenFile {
             file,
             key,
-            writable: write,
+            writable,
             path: Mutex::new(Some(p.clone())),
             ahead: store::ReadAhead::default(),
             write_out: store::WriteOut::default(),
-        })?;
-        Ok((h, convert::attr(&attr)))
+        })
     }
 
     /// The whole content of a small file just opened, if it is still `size` bytes long (a
@@ -567,13 +573,14 @@ impl Connection {
                 exclusive,
             } => {
                 let p = path("create", &s)?;
-                st(vol.create(&p, mode, exclusive))?;
-                let (handle, attr) = self.open(vol, &p, true)?;
+                let created = st(vol.create_open(&p, mode, exclusive))?;
+                let (attr, parent) = (convert::attr(&created.attr), convert::attr(&created.parent));
+                let handle = self.hold(created.file, created.key, true, &p)?;
                 match granted(call, features::ATTRS_AFTER) {
                     true => Ok(Response::Created {
                         handle,
                         attr,
-                        parent: parent_attr(vol, &p)?,
+                        parent,
                     }),
                     false => Ok(Response::Opened { handle, attr }),
                 }
@@ -592,11 +599,11 @@ impl Connection {
             )?))),
             Request::Unlink { path: s } => {
                 let p = path("unlink", &s)?;
-                st(vol.unlink(&p))?;
+                let dir_after = st(vol.unlink(&p))?;
                 self.unlinked(&p);
                 match granted(call, features::ATTRS_AFTER) {
                     true => Ok(Response::Unlinked {
-                        parent: parent_attr(vol, &p)?,
+                        parent: convert::attr(&dir_after),
                     }),
                     false => Ok(Response::Ok),
                 }

@@ -13,10 +13,11 @@
 //! - Storage serves a connection's requests concurrently, so anything whose outcome an
 //!   unlink in flight could change waits for the directory's unlinks to be answered first
 //!   ([`Core::unlinks_settled`]): a lookup of a name whose unlink is on its way, any request
-//!   that adds, removes or renames an entry of the directory, its listing, its attributes,
-//!   its fsync, and the unmount. Lookups of other names, and everything about other
-//!   directories and files, go on meanwhile: storage may serve them in either order with
-//!   the same outcome.
+//!   that adds, removes or renames an entry of the directory, any rename (an unlink sent
+//!   again after a lost connection names its file by path), its listing, a change of its
+//!   attributes, its fsync, and the unmount. Lookups of other names, and everything about
+//!   other directories and files, go on meanwhile: storage may serve them in either order
+//!   with the same outcome.
 //! - The name is gone from this mount's tables at once; the kernel dropped it too. The
 //!   kernel asks for the directory's attributes after every unlink (its permission check
 //!   for the next one needs them): while unlinks are on their way it is answered with the
