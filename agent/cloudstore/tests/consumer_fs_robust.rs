@@ -1082,12 +1082,8 @@ fn a_directory_the_mount_does_not_know_is_listed_in_one_round_trip() {
 
 /// The ciphertext entries of `dir` (a path below the tree), `gocryptfs.diriv` left out.
 fn ciphertext_entries(v: &Volume, dir: &str) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(v.tree().join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n != "gocryptfs.diriv")
-        .collect();
-    names.sort();
+    let mut names = listing(&v.tree().join(dir));
+    names.retain(|n| n != "gocryptfs.diriv");
     names
 }
 
@@ -1107,10 +1103,7 @@ fn unlinks_overlap_and_what_depends_on_them_waits_for_them() {
         fs::remove_file(m.p(&format!("d/f{i}"))).unwrap();
     }
     // Listed at once: the listing waits for the unlinks, so none of them shows.
-    let listed: Vec<_> = fs::read_dir(m.p("d"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let listed = listing(&m.p("d"));
     assert!(listed.is_empty(), "listed after the unlinks: {listed:?}");
     let d = root_entry(&v, "d");
     assert!(ciphertext_entries(&v, &d).is_empty());
@@ -1195,12 +1188,10 @@ fn a_name_unlinked_and_made_again_at_once_is_always_the_new_file() {
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "round {i}");
         fs::write(m.p(&name), format!("again {i}")).unwrap();
     }
-    let mut names: Vec<String> = fs::read_dir(m.p("d"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["keep", "n0", "n1", "n2", "n3", "n4", "n5", "n6"]);
+    assert_eq!(
+        listing(&m.p("d")),
+        ["keep", "n0", "n1", "n2", "n3", "n4", "n5", "n6"]
+    );
     for (k, i) in (193..200).enumerate() {
         let want = format!("again {i}");
         assert_eq!(
@@ -1227,12 +1218,11 @@ fn an_unlink_storage_refuses_after_it_was_answered_leaves_the_file_and_says_so()
     let cdir = v.tree().join(root_entry(&v, "d"));
     fs::set_permissions(&cdir, fs::Permissions::from_mode(0o555)).unwrap();
     fs::remove_file(m.p("d/kept.txt")).expect("answered before storage refused it");
-    let mut names: Vec<String> = fs::read_dir(m.p("d"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["kept.txt", "other.txt"], "the file is listed again");
+    assert_eq!(
+        listing(&m.p("d")),
+        ["kept.txt", "other.txt"],
+        "the file is listed again"
+    );
     assert_eq!(fs::read(m.p("d/kept.txt")).unwrap(), b"still here");
     let log = log_text();
     assert!(
@@ -1281,11 +1271,7 @@ fn unlinks_in_flight_when_storage_dies_are_sent_again_and_a_rename_waits_for_the
     v.storage.kill();
     v.storage.spawn();
     renamed.join().unwrap().unwrap();
-    let names: Vec<String> = fs::read_dir(m.p("e"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(names, ["stays"]);
+    assert_eq!(listing(&m.p("e")), ["stays"]);
     assert_eq!(m.status.pending_writes(), 0);
     assert_eq!(ciphertext_entries(&v, &root_entry(&v, "e")).len(), 1);
     assert!(!v.tree().join(root_entry(&v, "d")).exists());

@@ -328,6 +328,16 @@ pub fn sh(cmd: &str, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The names in directory `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Every entry below `root` (relative path, kind, content or link target), sorted.
 pub fn snapshot(root: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
