@@ -1057,16 +1057,19 @@ impl Core {
         if !self.status.following() {
             return false;
         }
-        let Some(iv) = self.known_dir_iv(parent) else {
-            return false;
-        };
-        let Ok(en) = self.vol.names().encrypt_name(&iv, name) else {
-            return false;
-        };
-        let Ok(entry) = std::str::from_utf8(en.entry()) else {
-            return false;
-        };
-        lock(&self.nodes).known_absent(parent, entry)
+        match self.child_now(parent, name) {
+            Some((_, entry)) => lock(&self.nodes).known_absent(parent, &entry),
+            None => false,
+        }
+    }
+
+    /// The encrypted name and entry of `parent/name` if the directory's IV is known, so
+    /// without asking storage (see [`Core::child`]).
+    pub(crate) fn child_now(&self, parent: u64, name: &[u8]) -> Option<(EncryptedName, String)> {
+        let iv = self.known_dir_iv(parent)?;
+        let en = self.vol.names().encrypt_name(&iv, name).ok()?;
+        let entry = String::from_utf8(en.entry().to_vec()).ok()?;
+        Some((en, entry))
     }
 
     /// The attributes the last change made here left, if they can be given at once

@@ -75,7 +75,7 @@ struct SentUnlink {
 
 /// The mount's unlinks on their way, in the order they were sent.
 pub(crate) struct UnlinkQueue {
-    tx: Mutex<Sender<SentUnlink>>,
+    tx: Sender<SentUnlink>,
     rx: Mutex<Option<Receiver<SentUnlink>>>,
     pending: Mutex<usize>,
     answered: Condvar,
@@ -85,7 +85,7 @@ impl UnlinkQueue {
     pub(crate) fn new() -> UnlinkQueue {
         let (tx, rx) = std::sync::mpsc::channel();
         UnlinkQueue {
-            tx: Mutex::new(tx),
+            tx,
             rx: Mutex::new(Some(rx)),
             pending: Mutex::new(0),
             answered: Condvar::new(),
@@ -123,21 +123,18 @@ impl Core {
     /// reading thread: the directory's IV is known, the name is short and the directory
     /// has room for another unlink in flight. `false`: run [`Core::unlink`] on a worker.
     pub(crate) fn unlink_now(&self, parent: u64, name: &[u8]) -> bool {
-        let Some(iv) = self.known_dir_iv(parent) else {
-            return false;
-        };
-        let Ok(en) = self.names().encrypt_name(&iv, name) else {
+        let Some((en, entry)) = self.child_now(parent, name) else {
             return false;
         };
         if matches!(en, EncryptedName::Long { .. }) {
             return false;
         }
-        let (Ok(entry), Ok(dir)) = (std::str::from_utf8(en.entry()), self.cpath(parent)) else {
+        let Ok(dir) = self.cpath(parent) else {
             return false;
         };
-        let cpath = join(&dir, entry);
+        let cpath = join(&dir, &entry);
         let shown = self.shown_child(parent, name);
-        self.unlink_behind(parent, entry, &cpath, shown, false)
+        self.unlink_behind(parent, &entry, &cpath, shown, false)
             .is_some()
     }
 
@@ -212,7 +209,7 @@ impl Core {
             call,
             gen,
         };
-        if let Err(unsent) = lock(&self.unlinks.tx).send(sent) {
+        if let Err(unsent) = self.unlinks.tx.send(sent) {
             // No collector (the mount is stopping): answered here.
             self.finish_unlink(unsent.0);
         }
