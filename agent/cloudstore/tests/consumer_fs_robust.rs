@@ -1169,6 +1169,28 @@ fn unlinks_overlap_and_what_depends_on_them_waits_for_them() {
 }
 
 #[test]
+fn a_listing_served_before_a_write_in_flight_does_not_shrink_the_file() {
+    let v = Volume::create();
+    // Storage serves the listing before the writes, as it may: they run concurrently.
+    let m = v.mount_holding(Op::Write, Duration::from_millis(300));
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/old"), b"written before").unwrap();
+    fs::write(m.p("d/new"), b"written just now").unwrap();
+    // The listing carries every entry's attributes (readdirplus), which the kernel takes.
+    assert_eq!(listing(&m.p("d")), ["new", "old"]);
+    assert_eq!(fs::metadata(m.p("d/new")).unwrap().len(), 16);
+    assert_eq!(fs::read(m.p("d/new")).unwrap(), b"written just now");
+    assert_eq!(fs::read(m.p("d/old")).unwrap(), b"written before");
+    // A file written while its directory is open, listed after the write was answered.
+    let mut dir = fs::read_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/old"), b"written again, longer").unwrap();
+    assert_eq!(dir.by_ref().count(), 2);
+    drop(dir);
+    assert_eq!(fs::read(m.p("d/old")).unwrap(), b"written again, longer");
+    m.unmount();
+}
+
+#[test]
 fn a_name_unlinked_and_made_again_at_once_is_always_the_new_file() {
     let v = Volume::create();
     let m = v.mount();

@@ -129,10 +129,27 @@ impl Volume {
             Arc::new(RecordingRelay {
                 inner: direct,
                 log: log.clone(),
+                answer_delay: ANSWER_DELAY,
+                hold: None,
             }),
             |_| {},
         );
         (m, log)
+    }
+
+    /// Mounts with every request of `op` held back `delay` on its way to storage while the
+    /// frames after it pass: storage serves a connection's requests concurrently, so this
+    /// is an order it may serve them in, made certain.
+    pub fn mount_holding(&self, op: cloudstore_protocol::Op, delay: Duration) -> Mount {
+        self.mount_connector(
+            Arc::new(RecordingRelay {
+                inner: self.direct_connector(),
+                log: FrameLog::default(),
+                answer_delay: Duration::ZERO,
+                hold: Some((op, delay)),
+            }),
+            |_| {},
+        )
     }
 
     fn direct_connector(&self) -> UnixSocketConnector {
@@ -439,25 +456,31 @@ impl FrameLog {
 struct RecordingRelay {
     inner: UnixSocketConnector,
     log: FrameLog,
+    /// How long each answer is held back.
+    answer_delay: Duration,
+    /// Requests of this operation are held back this long while later frames pass.
+    hold: Option<(cloudstore_protocol::Op, Duration)>,
 }
 
 impl Connector for RecordingRelay {
     fn connect(&self) -> std::io::Result<Streams> {
         use cloudstore_protocol::{read_frame, write_frame, Op};
         use std::io::Read;
-        let (mut sock_r, mut sock_w) = self.inner.connect()?;
+        let (mut sock_r, sock_w) = self.inner.connect()?;
+        let sock_w = Arc::new(std::sync::Mutex::new(sock_w));
         let (log_up, log_down) = (self.log.clone(), self.log.clone());
-        let relay = |from: &mut dyn std::io::Read,
-                     to: &mut dyn Write,
-                     up: bool,
-                     log: FrameLog|
-         -> std::io::Result<()> {
+        let (answer_delay, hold) = (self.answer_delay, self.hold);
+        let relay = move |from: &mut dyn std::io::Read,
+                          to: &mut dyn FnMut(cloudstore_protocol::Frame) -> std::io::Result<()>,
+                          up: bool,
+                          log: FrameLog|
+              -> std::io::Result<()> {
             while let Ok(f) = read_frame(from) {
                 if !up {
                     // Each answer is held back and logged as it is passed on, so a request
                     // sent without waiting for the answer before it is logged before that
                     // answer whatever the threads' timing.
-                    std::thread::sleep(ANSWER_DELAY);
+                    std::thread::sleep(answer_delay);
                 }
                 let op = (up && f.kind == cloudstore_protocol::FrameType::Request)
                     .then(|| Op::from_code(u16::from_le_bytes([f.payload[0], f.payload[1]])))
@@ -468,10 +491,16 @@ impl Connector for RecordingRelay {
                     id: f.id,
                     op,
                 });
-                write_frame(to, f.kind, f.flags, f.id, &f.payload)?;
-                to.flush()?;
+                to(f)?;
             }
             Ok(())
+        };
+        let send = |to: &Arc<std::sync::Mutex<Box<dyn Write + Send>>>,
+                    f: &cloudstore_protocol::Frame|
+         -> std::io::Result<()> {
+            let mut w = to.lock().unwrap();
+            write_frame(&mut *w, f.kind, f.flags, f.id, &f.payload)?;
+            w.flush()
         };
         relay_over_pipes(
             move |down_w| {
@@ -482,13 +511,41 @@ impl Connector for RecordingRelay {
                 sock_r.read_exact(&mut msg)?;
                 down_w.write_all(&head)?;
                 down_w.write_all(&msg)?;
-                relay(&mut sock_r, down_w, false, log_down)
+                relay(
+                    &mut sock_r,
+                    &mut |f| {
+                        write_frame(&mut *down_w, f.kind, f.flags, f.id, &f.payload)?;
+                        down_w.flush()
+                    },
+                    false,
+                    log_down,
+                )
             },
             move |up_r| {
                 let mut hello = vec![0u8; Hello::new(Role::Volume).encode().len()];
                 up_r.read_exact(&mut hello)?;
-                sock_w.write_all(&hello)?;
-                relay(up_r, &mut sock_w, true, log_up)
+                sock_w.lock().unwrap().write_all(&hello)?;
+                relay(
+                    up_r,
+                    &mut |f| {
+                        let op = (f.kind == cloudstore_protocol::FrameType::Request).then(|| {
+                            Op::from_code(u16::from_le_bytes([f.payload[0], f.payload[1]]))
+                        });
+                        match hold {
+                            Some((held, delay)) if op.flatten() == Some(held) => {
+                                let to = sock_w.clone();
+                                std::thread::spawn(move || {
+                                    std::thread::sleep(delay);
+                                    let _ = send(&to, &f);
+                                });
+                                Ok(())
+                            }
+                            _ => send(&sock_w, &f),
+                        }
+                    },
+                    true,
+                    log_up,
+                )
             },
         )
     }

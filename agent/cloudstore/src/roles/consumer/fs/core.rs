@@ -24,7 +24,7 @@ use cloudstore_protocol::{
 use fuser::{FileAttr, TimeOrNow};
 
 use super::conn::Storage;
-use super::nodes::{FileState, Held, Nodes, ROOT};
+use super::nodes::{change_clock, FileState, Held, Nodes, ROOT};
 use super::{Connector, Fail, FsOptions, FsStatus};
 
 /// Longest `.name` file: a 255-byte plaintext name encrypts to 344 base64 characters.
@@ -52,6 +52,21 @@ pub(crate) struct DirItem {
     /// The ciphertext entry and its attributes (none for `.` and `..`), for readdirplus.
     pub cname: String,
     pub attr: Option<Attr>,
+    /// The [`change_clock`] when the page it came in was asked for.
+    pub asked_at: u64,
+}
+
+/// How a listed entry goes into a readdirplus answer.
+pub(crate) enum PlusEntry {
+    /// The entry, counted as a lookup, and its attributes.
+    Entry(u64, FileAttr),
+    /// `.` or `..`: the kernel takes no attributes for them.
+    Dots,
+    /// The listing's attributes may be older than what the kernel was told since: the entry
+    /// must be looked up, which may wait for storage.
+    Ask,
+    /// Looked up, and gone meanwhile.
+    Gone,
 }
 
 pub(crate) struct Core {
@@ -945,6 +960,7 @@ impl Core {
 
     /// Keeps attributes an answer carried (see [`Core::stamp`]).
     pub(crate) fn keep_attr(&self, state: &FileState, attr: Option<Attr>, stamp: Option<u64>) {
+        state.answered();
         if let (Some(attr), Some(stamp)) = (attr, stamp) {
             state.keep_attr(attr, stamp);
         }
@@ -1922,6 +1938,7 @@ impl Core {
     pub(crate) fn opendir(&self, ino: u64) -> Result<u64, Fail> {
         self.dir_unlinks_settled(ino);
         let cpath = self.cpath(ino)?;
+        let mut asked_at = change_clock();
         let (iv, mut first_page) = match self.known_dir_iv(ino) {
             Some(iv) => (iv, None),
             None => match self.dir_iv_and_first_page(ino, &cpath) {
@@ -1941,6 +1958,7 @@ impl Core {
                 ino,
                 cname: String::new(),
                 attr: None,
+                asked_at,
             },
             DirItem {
                 name: b"..".to_vec(),
@@ -1948,16 +1966,20 @@ impl Core {
                 ino: parent,
                 cname: String::new(),
                 attr: None,
+                asked_at,
             },
         ];
         let mut cookie = 0;
         loop {
             let page = match first_page.take() {
                 Some(p) => p,
-                None => match self.st.call(Self::read_dir_request(&cpath, cookie))? {
-                    Response::DirPage(p) => p,
-                    r => return Err(expect_resp(r, "DirPage")),
-                },
+                None => {
+                    asked_at = change_clock();
+                    match self.st.call(Self::read_dir_request(&cpath, cookie))? {
+                        Response::DirPage(p) => p,
+                        r => return Err(expect_resp(r, "DirPage")),
+                    }
+                }
             };
             for e in page.entries {
                 let plain = match classify(e.name.as_bytes()) {
@@ -1990,6 +2012,7 @@ impl Core {
                             ino: known.unwrap_or_else(|| Nodes::stable_ino(e.ino)),
                             cname: e.name.clone(),
                             attr: e.attr,
+                            asked_at,
                         })
                     }
                     Err(f) => tracing::warn!(
@@ -2009,13 +2032,68 @@ impl Core {
         Ok(fh)
     }
 
-    /// The inode and attributes of a listed entry, counted as a kernel lookup (readdirplus
-    /// saves `ls -l` one lookup round trip per entry). `None` for `.`, `..` and entries
-    /// listed without attributes.
-    pub(crate) fn plus_entry(&self, dir: u64, it: &DirItem) -> Option<(u64, FileAttr)> {
-        let a = it.attr.as_ref()?;
-        let ino = lock(&self.nodes).register(dir, &it.cname, &it.name, a.kind, a.ino);
-        Some((ino, self.attr_of(ino, a)))
+    /// A listed entry for readdirplus (which saves `ls -l` one lookup round trip per
+    /// entry): its inode, counted as a kernel lookup, and attributes. The kernel takes
+    /// them over what it holds unless a change it made was answered after it asked for
+    /// this page, so they must not be older than any change this mount answered before:
+    /// a listing taken at opendir, or served by storage while a write answered before it
+    /// was on its way, would shrink a file the kernel had just grown, and its next read
+    /// would come back short. Such entries are looked up instead ([`PlusEntry::Ask`]),
+    /// and only if `may_wait`, as that may wait for storage.
+    pub(crate) fn plus_entry(&self, dir: u64, it: &DirItem, may_wait: bool) -> PlusEntry {
+        if it.cname.is_empty() {
+            return PlusEntry::Dots;
+        }
+        let now = it
+            .attr
+            .as_ref()
+            .and_then(|listed| self.listed_attr_now(dir, it, listed));
+        if let Some(a) = now {
+            let ino = lock(&self.nodes).register(dir, &it.cname, &it.name, a.kind, a.ino);
+            return PlusEntry::Entry(ino, self.attr_of(ino, &a));
+        }
+        if !may_wait {
+            return PlusEntry::Ask;
+        }
+        match self.lookup(dir, &it.name) {
+            Ok(attr) => PlusEntry::Entry(attr.ino, attr),
+            Err(f) => {
+                if f.errno != libc::ENOENT {
+                    tracing::warn!(volume = %self.opts.volume_name, path = %self.shown_child(dir, &it.name), "leaving a listed entry out: {}", f.msg);
+                }
+                PlusEntry::Gone
+            }
+        }
+    }
+
+    /// The attributes a listed entry can be given with at once, if they are sure to be
+    /// current (see [`Core::plus_entry`]): the listing's if nothing was changed here since
+    /// the page was asked for, else those the last change left, if known.
+    fn listed_attr_now(&self, dir: u64, it: &DirItem, listed: &Attr) -> Option<Attr> {
+        let known = {
+            let nodes = lock(&self.nodes);
+            nodes
+                .children
+                .get(&(dir, it.cname.clone()))
+                .and_then(|c| nodes.map.get(c).map(|n| (n.sino, n.file.clone())))
+        };
+        let Some((sino, state)) = known else {
+            // Not known here: nothing changed it here, unless it was made or removed here
+            // after the listing was asked for.
+            return (!self.file_state(dir).touched_since(it.asked_at)).then(|| listed.clone());
+        };
+        if sino != listed.ino || !super::behind::idle(&state) {
+            return None;
+        }
+        if self.status.following() {
+            if let Some(a) = self.attr_while_unlinking(&state) {
+                return Some(a);
+            }
+            if let Some(a) = state.known_attr() {
+                return Some(a);
+            }
+        }
+        (!state.touched_since(it.asked_at)).then(|| listed.clone())
     }
 
     pub(crate) fn dir_items(&self, fh: u64) -> Option<Arc<Vec<DirItem>>> {

@@ -19,7 +19,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
-use super::core::Core;
+use super::core::{Core, DirItem, PlusEntry};
 use super::Fail;
 
 /// The largest write the kernel sends in one request: 1 MiB, the protocol's `MAX_IO`, so a
@@ -98,6 +98,40 @@ fn kind(k: cloudstore_protocol::FileType) -> FileType {
         cloudstore_protocol::FileType::Symlink => FileType::Symlink,
         _ => FileType::RegularFile,
     }
+}
+
+/// Adds the listed entries from index `from` to a readdirplus answer until it is full.
+/// Without `may_wait`, stops at an entry that must be looked up and returns its index.
+fn fill_plus(
+    core: &Core,
+    dir: u64,
+    items: &[DirItem],
+    from: usize,
+    reply: &mut ReplyDirectoryPlus,
+    may_wait: bool,
+) -> Option<usize> {
+    let ttl = core.ttl();
+    for (i, it) in items.iter().enumerate().skip(from) {
+        let off = (i + 1) as i64;
+        let name = OsStr::from_bytes(&it.name);
+        let full = match core.plus_entry(dir, it, may_wait) {
+            PlusEntry::Entry(child, attr) => {
+                let full = reply.add(child, off, name, &ttl, &attr, 0);
+                if full {
+                    // Not sent: not a lookup the kernel will count.
+                    core.forget(child, 1);
+                }
+                full
+            }
+            PlusEntry::Dots => reply.add(it.ino, off, name, &ttl, &dot_attr(it.ino), 0),
+            PlusEntry::Gone => false,
+            PlusEntry::Ask => return Some(i),
+        };
+        if full {
+            break;
+        }
+    }
+    None
 }
 
 impl fuser::Filesystem for FuseFs {
@@ -447,26 +481,21 @@ impl fuser::Filesystem for FuseFs {
             reply.error(libc::EBADF);
             return;
         };
-        let ttl = self.core.ttl();
-        for (i, it) in items.iter().enumerate().skip(offset.max(0) as usize) {
-            let off = (i + 1) as i64;
-            let name = OsStr::from_bytes(&it.name);
-            let full = match self.core.plus_entry(ino, it) {
-                Some((child, attr)) => {
-                    let full = reply.add(child, off, name, &ttl, &attr, 0);
-                    if full {
-                        // Not sent: not a lookup the kernel will count.
-                        self.core.forget(child, 1);
-                    }
-                    full
-                }
-                None => reply.add(it.ino, off, name, &ttl, &dot_attr(it.ino), 0),
-            };
-            if full {
-                break;
-            }
+        // An entry that must be looked up sends the rest of the answer to a worker.
+        match fill_plus(
+            &self.core,
+            ino,
+            &items,
+            offset.max(0) as usize,
+            &mut reply,
+            false,
+        ) {
+            None => reply.ok(),
+            Some(from) => self.run(move |c| {
+                fill_plus(c, ino, &items, from, &mut reply, true);
+                reply.ok();
+            }),
         }
-        reply.ok();
     }
 
     fn releasedir(

@@ -6,7 +6,7 @@
 //! (gocryptfs shows the backing inode numbers too, so `ls -i` matches).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cloudstore_format::DirIv;
@@ -49,6 +49,23 @@ pub(crate) struct FileCache {
     /// The whole ciphertext of a small file as a read-only open brought it
     /// (`OPEN_HEAD`), for the first read; dropped with the attributes.
     pub content: Option<Held>,
+    /// The [`change_clock`] when a change of the file was last sent or answered: a listing
+    /// asked for before then may predate that change.
+    pub touched: u64,
+}
+
+/// Orders the changes made here against the listings asked for: storage serves a
+/// connection's requests concurrently, so the attributes in a listing reflect a change only
+/// if the change was answered before the listing was asked for.
+static CHANGE_CLOCK: AtomicU64 = AtomicU64::new(1);
+
+/// The present time of the change clock (see [`FileCache::touched`]).
+pub(crate) fn change_clock() -> u64 {
+    CHANGE_CLOCK.load(Ordering::SeqCst)
+}
+
+fn tick() -> u64 {
+    CHANGE_CLOCK.fetch_add(1, Ordering::SeqCst) + 1
 }
 
 impl FileCache {
@@ -58,6 +75,7 @@ impl FileCache {
         self.fresh = None;
         self.given = None;
         self.content = None;
+        self.touched = tick();
         self.changes += 1;
         self.changes
     }
@@ -153,6 +171,29 @@ impl FileState {
         let mut c = self.cache();
         if c.changes == stamp {
             c.fresh = Some(attr);
+        }
+    }
+
+    /// An answer about the file came: a listing asked for before it may predate it.
+    pub(crate) fn answered(&self) {
+        self.cache().touched = tick();
+    }
+
+    /// Whether a change of the file was sent or answered since `clock` ([`change_clock`]).
+    pub(crate) fn touched_since(&self, clock: u64) -> bool {
+        self.cache().touched > clock
+    }
+
+    /// The attributes the last change made here left, without taking them: those kept, or
+    /// those last given out if nothing was counted since.
+    pub(crate) fn known_attr(&self) -> Option<Attr> {
+        let c = self.cache();
+        if let Some(a) = &c.fresh {
+            return Some(a.clone());
+        }
+        match &c.given {
+            Some((a, at)) if *at == c.changes => Some(a.clone()),
+            _ => None,
         }
     }
 
