@@ -534,15 +534,15 @@ fn writes_answered_before_storage_are_ordered_and_their_failures_reported() {
                 "close waited for storage: {:?}",
                 t.elapsed()
             );
-            // The release runs after the close; its wait ends with the 2 s timeout.
-            std::thread::sleep(Duration::from_millis(3000));
         }
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        // The release runs after the close; its wait ends with the 2 s timeout. Storage
+        // stays stopped until then: an answer it gave first would be taken.
         support::wait_until("the failure in the log", || {
             log_text()
                 .lines()
                 .any(|l| l.contains("ERROR") && l.contains(&format!("/{name}")))
         });
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     }
     // Storage is back: the mount serves, and a failure was reported once, not forever.
     support::wait_until("the mount to serve again", || {
@@ -849,6 +849,52 @@ fn a_directory_stat_after_an_entry_made_or_removed_here_is_answered_from_that_ch
         978_307_200,
         "after a mkdir"
     );
+}
+
+#[test]
+fn a_small_file_looked_up_is_opened_and_read_without_another_round_trip() {
+    let v = Volume::create();
+    let m = v.mount();
+    fs::write(m.p("small.txt"), b"small content").unwrap();
+    fs::write(m.p("changes.txt"), b"before").unwrap();
+    let big = pattern(3, 64 * 1024);
+    fs::write(m.p("big.bin"), &big).unwrap();
+    let (other, log) = v.mount_recorded();
+    support::wait_until("the other mount to follow storage's changes", || {
+        other.status.following()
+    });
+    let asked = |log: &FrameLog| -> Vec<Op> {
+        log.frames()
+            .iter()
+            .filter(|f| f.up && f.kind == cloudstore_protocol::FrameType::Request)
+            .filter_map(|f| f.op)
+            .collect()
+    };
+    // The root directory's IV, dropped when pushes began to be followed, asked again.
+    assert!(fs::metadata(other.p("absent")).is_err());
+    log.clear();
+    assert_eq!(fs::read(other.p("small.txt")).unwrap(), b"small content");
+    assert_eq!(asked(&log), [Op::Stat], "the lookup alone");
+    // Read again: the content went with the first read; the handle is opened now.
+    log.clear();
+    let f = File::open(other.p("small.txt")).unwrap();
+    let mut back = vec![0u8; 5];
+    f.read_exact_at(&mut back, 6).unwrap();
+    assert_eq!(back, b"conte");
+    assert!(asked(&log).contains(&Op::Open), "{:?}", asked(&log));
+    drop(f);
+    log.clear();
+    assert!(fs::read(other.p("big.bin")).unwrap() == big);
+    assert!(asked(&log).contains(&Op::Open), "a larger file is opened");
+    // Changed elsewhere between the lookup and the open: the change's push drops the content
+    // the lookup brought, and the open reads the new one.
+    assert_eq!(fs::metadata(other.p("changes.txt")).unwrap().len(), 6);
+    fs::write(m.p("changes.txt"), b"after, and longer").unwrap();
+    support::wait_until("the change to show in the other mount", || {
+        fs::read(other.p("changes.txt")).unwrap() == b"after, and longer"
+    });
+    other.unmount();
+    m.unmount();
 }
 
 #[test]

@@ -12,8 +12,8 @@ use std::thread;
 use std::time::Duration;
 
 use cloudstore_protocol::{
-    features, Changes, Client, ClientConfig, ErrorCode, Expect, FileRef, HandshakeError, Hello,
-    OpenFlags, Push, RenameMode, Request, Response, Role,
+    features, Changes, Client, ClientConfig, ErrorCode, Expect, FileRef, FileType, HandshakeError,
+    Hello, OpenFlags, Push, RenameMode, Request, Response, Role,
 };
 use support::*;
 
@@ -622,6 +622,65 @@ fn a_small_file_opened_for_reading_comes_with_its_content_to_a_client_that_asked
     assert!(matches!(open(&c, "one", true), Response::Opened { .. }));
     let old = client_with(&agent, features::PUSH | features::ATTRS_AFTER);
     assert!(matches!(open(&old, "one", false), Response::Opened { .. }));
+}
+
+#[test]
+fn a_small_file_looked_up_comes_with_its_content_to_a_consumer_that_asked() {
+    let agent = StorageAgent::start("work");
+    let (c, _) = agent
+        .client("cloudstore.Volume", "work", "my-work")
+        .unwrap();
+    assert_ne!(c.session().features & features::STAT_HEAD, 0);
+    let max = cloudstore_protocol::STAT_HEAD_MAX as usize;
+    let stat = |c: &Client, name: &str| {
+        c.call(Request::Stat {
+            file: FileRef::Path(name.into()),
+        })
+        .unwrap()
+    };
+    for (name, len) in [("empty", 0), ("one", 1), ("largest", max)] {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        write_file(&c, name, &content);
+        match stat(&c, name) {
+            Response::AttrWith { attr, content: got } => {
+                assert_eq!(attr.size, len as u64);
+                assert!(got == content, "{name}: the content is the file's");
+            }
+            other => panic!("{name}: expected AttrWith, got {other:?}"),
+        }
+    }
+    // Larger, a directory, a stat by handle, a client that did not ask, or the sync role:
+    // the attributes alone.
+    write_file(&c, "large", &vec![1; max + 1]);
+    assert!(matches!(stat(&c, "large"), Response::Attr(_)));
+    c.call(Request::Mkdir {
+        path: "d".into(),
+        mode: 0o700,
+    })
+    .unwrap();
+    assert!(matches!(stat(&c, "d"), Response::Attr(a) if a.kind == FileType::Dir));
+    let h = opened(
+        c.call(Request::Open {
+            path: "one".into(),
+            flags: OpenFlags {
+                write: true,
+                truncate: false,
+            },
+        })
+        .unwrap(),
+    );
+    assert!(matches!(
+        c.call(Request::Stat {
+            file: FileRef::Handle(h)
+        })
+        .unwrap(),
+        Response::Attr(_)
+    ));
+    let old = client_with(&agent, features::ALL & !features::STAT_HEAD);
+    assert!(matches!(stat(&old, "one"), Response::Attr(_)));
+    let (sync, _) = agent.client("cloudstore.Sync", "work", "transfer").unwrap();
+    assert_ne!(sync.session().features & features::STAT_HEAD, 0);
+    assert!(matches!(stat(&sync, "one"), Response::Attr(_)));
 }
 
 /// How many of the 4 KiB pages of `file` in `range` are in the page cache.

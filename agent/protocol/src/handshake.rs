@@ -73,8 +73,12 @@ pub mod features {
     /// answered `OpenedWith`: the handle, the attributes and the whole content, so a small
     /// file is opened and read in one round trip.
     pub const OPEN_HEAD: u32 = 1 << 2;
+    /// A `Stat` by path of a regular file of at most [`crate::STAT_HEAD_MAX`] bytes is
+    /// answered `AttrWith`: the attributes and the whole content, so the open and read
+    /// that usually follow the lookup of a small file need no round trip.
+    pub const STAT_HEAD: u32 = 1 << 3;
     /// Every feature this build knows.
-    pub const ALL: u32 = PUSH | ATTRS_AFTER | OPEN_HEAD;
+    pub const ALL: u32 = PUSH | ATTRS_AFTER | OPEN_HEAD | STAT_HEAD;
 }
 
 /// The client's side of the handshake.

@@ -37,6 +37,7 @@ pub use handshake::{
 };
 pub use message::{
     decode_error, encode_error, Body, Op, Push, Request, Response, MAX_IO, OPEN_HEAD_MAX,
+    STAT_HEAD_MAX,
 };
 pub use server::{
     serve, Call, DownloadWriter, Handler, Pusher, ServeError, ServeStats, ServerConfig,

@@ -19,6 +19,11 @@ pub const MAX_IO: usize = 1 << 20;
 /// the kernel's default readahead, so a file this small is usually read whole at once.
 pub const OPEN_HEAD_MAX: u64 = 18 + 32 * (4096 + 32);
 
+/// The largest file whose content comes with a `Stat` by path (`features::STAT_HEAD`):
+/// 16 KiB of plaintext. Smaller than [`OPEN_HEAD_MAX`]: every lookup pays for it, whether
+/// or not the file is then read.
+pub const STAT_HEAD_MAX: u64 = 18 + 4 * (4096 + 32);
+
 /// Whether an operation carries a data stream besides its request and response frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -627,6 +632,11 @@ pub enum Response {
         attr: Attr,
         content: Vec<u8>,
     },
+    /// `Attr`, with the file's whole content (`attr.size` bytes).
+    AttrWith {
+        attr: Attr,
+        content: Vec<u8>,
+    },
 }
 
 impl Response {
@@ -651,6 +661,7 @@ impl Response {
             Response::Created { .. } => 17,
             Response::Unlinked { .. } => 18,
             Response::OpenedWith { .. } => 19,
+            Response::AttrWith { .. } => 20,
         }
     }
 
@@ -676,6 +687,7 @@ impl Response {
             Response::Created { .. } => "Created",
             Response::Unlinked { .. } => "Unlinked",
             Response::OpenedWith { .. } => "OpenedWith",
+            Response::AttrWith { .. } => "AttrWith",
         }
     }
 
@@ -722,6 +734,10 @@ impl Response {
                 content,
             } => {
                 e.u64(*handle);
+                attr.enc(&mut e);
+                e.bytes(content);
+            }
+            Response::AttrWith { attr, content } => {
                 attr.enc(&mut e);
                 e.bytes(content);
             }
@@ -774,6 +790,10 @@ impl Response {
                 handle: d.u64("handle")?,
                 attr: Attr::dec(d)?,
                 content: d.bytes("content", OPEN_HEAD_MAX as usize)?.to_vec(),
+            },
+            20 => Response::AttrWith {
+                attr: Attr::dec(d)?,
+                content: d.bytes("content", STAT_HEAD_MAX as usize)?.to_vec(),
             },
             t => return Err(DecodeError::new("response", format!("unknown kind {t}"))),
         };

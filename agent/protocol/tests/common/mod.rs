@@ -281,6 +281,10 @@ pub fn responses() -> Vec<Response> {
             attr: attr(FileType::File, 5),
             content: b"hello".to_vec(),
         },
+        Response::AttrWith {
+            attr: attr(FileType::File, 5),
+            content: b"world".to_vec(),
+        },
     ]
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use cloudstore_protocol::{
     self as wire, features, Call, ErrorCode, FileRef, Handler, Push, RemoteError, Request,
-    Response, OPEN_HEAD_MAX,
+    Response, Role, OPEN_HEAD_MAX, STAT_HEAD_MAX,
 };
 use cloudstore_store::{self as store, parse_path, FileKey, RelPath, Volume};
 use tracing::{debug, warn};
@@ -85,6 +85,25 @@ fn st<T>(r: store::Result<T>) -> Result<T, RemoteError> {
 /// Whether the connection asked for `feature` (and was granted it).
 fn granted(call: &Call<'_>, feature: u32) -> bool {
     call.session().features & feature != 0
+}
+
+/// The whole content of `file`, if it is `size` bytes long.
+fn read_whole(file: &std::fs::File, size: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; size as usize + 1];
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got as u64 != size {
+        return Ok(None);
+    }
+    buf.truncate(got);
+    Ok(Some(buf))
 }
 
 /// The attributes of the directory holding `p`, after a change to its entries.
@@ -173,21 +192,22 @@ impl Connection {
     /// The whole content of a small file just opened, if it is still `size` bytes long (a
     /// file changed meanwhile is left to the reads).
     fn whole(&self, of: &OpenFile, size: u64) -> Result<Option<Vec<u8>>, RemoteError> {
-        let mut buf = vec![0u8; size as usize + 1];
-        let mut got = 0;
-        while got < buf.len() {
-            match of.file.read_at(&mut buf[got..], got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(convert::io_error("read", &Connection::label(of), &e)),
-            }
+        read_whole(&of.file, size)
+            .map_err(|e| convert::io_error("read", &Connection::label(of), &e))
+    }
+
+    /// `AttrWith` for the small regular file `p` (`features::STAT_HEAD`): its attributes and
+    /// content taken from one descriptor, so they agree. `None` when it cannot be opened
+    /// (its mode, or it changed kind since it was looked at) or changed size while read:
+    /// the plain attributes do then.
+    fn stat_with_content(&self, vol: &Volume, p: &RelPath) -> Option<Response> {
+        let (file, attr, _) = vol.open_file(p, false).ok()?;
+        let attr = convert::attr(&attr);
+        if attr.size > STAT_HEAD_MAX {
+            return None;
         }
-        if got as u64 != size {
-            return Ok(None);
-        }
-        buf.truncate(got);
-        Ok(Some(buf))
+        let content = read_whole(&file, attr.size).ok()??;
+        Some(Response::AttrWith { attr, content })
     }
 
     fn fstat(&self, of: &OpenFile) -> Result<wire::Attr, RemoteError> {
@@ -454,9 +474,21 @@ impl Connection {
         match req {
             Request::Ping => Ok(Response::Ok),
             Request::Stat { file } => match file {
-                FileRef::Path(s) => Ok(Response::Attr(convert::attr(&st(
-                    vol.stat(&path("stat", &s)?)
-                )?))),
+                FileRef::Path(s) => {
+                    let p = path("stat", &s)?;
+                    let attr = convert::attr(&st(vol.stat(&p))?);
+                    let small = attr.kind == wire::FileType::File && attr.size <= STAT_HEAD_MAX;
+                    // For a consumer's lookup only: the sync role stats to compare.
+                    if small
+                        && call.session().role == Role::Volume
+                        && granted(call, features::STAT_HEAD)
+                    {
+                        if let Some(with) = self.stat_with_content(vol, &p) {
+                            return Ok(with);
+                        }
+                    }
+                    Ok(Response::Attr(attr))
+                }
                 FileRef::Handle(h) => Ok(Response::Attr(self.fstat(&*self.handle(h)?)?)),
             },
             Request::ReadDir {

@@ -273,8 +273,9 @@ impl Remote<'_> {
     fn prefetched(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let pre = self.pre.as_ref()?;
         let end = offset + len as u64;
-        if end <= pre.len() as u64 || (pre.len() as u64) < PREFETCH.min(self.clen) {
-            // Inside what was fetched, or past the end of a file shorter than that.
+        let whole_file = pre.len() as u64 >= self.clen;
+        if end <= pre.len() as u64 || whole_file || (pre.len() as u64) < PREFETCH.min(self.clen) {
+            // Inside what was fetched, or past the end of a file no longer than that.
             let from = (offset as usize).min(pre.len());
             let n = len.min(pre.len() - from);
             return Some(&pre[from..from + n]);
@@ -1004,16 +1005,22 @@ impl Core {
 
     fn stat_ref(&self, ino: u64, of: Option<&OpenFile>) -> Result<Attr, Fail> {
         match self.file_call(ino, of, |file| Request::Stat { file })?.0 {
-            Response::Attr(a) => Ok(a),
+            Response::Attr(a) | Response::AttrWith { attr: a, .. } => Ok(a),
             r => Err(expect_resp(r, "Attr")),
         }
     }
 
     fn stat_path(&self, cpath: &str) -> Result<Attr, Fail> {
+        self.stat_path_with_content(cpath).map(|(a, _)| a)
+    }
+
+    /// The attributes of `cpath`, and the content of a small file (`STAT_HEAD`).
+    fn stat_path_with_content(&self, cpath: &str) -> Result<(Attr, Option<Vec<u8>>), Fail> {
         match self.st.call(Request::Stat {
             file: FileRef::Path(cpath.to_owned()),
         })? {
-            Response::Attr(a) => Ok(a),
+            Response::Attr(a) => Ok((a, None)),
+            Response::AttrWith { attr, content } => Ok((attr, Some(content))),
             r => Err(expect_resp(r, "Attr")),
         }
     }
@@ -1057,13 +1064,64 @@ impl Core {
             .copied();
         // Its size is only right once its write in flight is answered (`fresh_attr`
         // waits for it).
-        let a = match known.and_then(|child| self.fresh_attr(child, None)) {
-            Some(a) => a,
-            None => self.stat_path(&cpath)?,
-        };
+        if let Some(a) = known.and_then(|child| self.fresh_attr(child, None)) {
+            let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+            return Ok(self.attr_of(ino, &a));
+        }
+        let before = known.map_or(0, |child| self.file_state(child).changes());
+        let (a, content) = self.stat_path_with_content(&cpath)?;
         // Counted as the kernel counts its lookups, whoever answered.
         let ino = lock(&self.nodes).register(parent, &entry, name, a.kind, a.ino);
+        if let Some(content) = content {
+            // A node new with this lookup has counted no change yet.
+            let unchanged = if Some(ino) == known { before } else { 0 };
+            self.hold_looked_up(ino, &a, content, unchanged);
+        }
         Ok(self.attr_of(ino, &a))
+    }
+
+    /// Holds the content a lookup brought for the open and read that usually follow, if
+    /// nothing changed the file since the lookup was sent (its count still `unchanged`) and
+    /// pushes are followed (they drop it on a change made elsewhere).
+    fn hold_looked_up(&self, ino: u64, a: &Attr, content: Vec<u8>, unchanged: u64) {
+        if !self.status.following() {
+            return;
+        }
+        let state = self.file_state(ino);
+        let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = lock(&state.cache);
+        if c.changes != unchanged || c.content.is_some() {
+            return;
+        }
+        c.content = Held::new(content, &self.held, HELD_MAX);
+        c.looked_up = c
+            .content
+            .is_some()
+            .then_some((a.size, a.mtime.secs, a.mtime.nanos));
+    }
+
+    /// Opens a file for reading without asking storage, if its lookup brought its content
+    /// and nothing changed it since: the handle is opened on storage only if a read goes
+    /// past that content. The kernel drops its pages (they may be of an older version).
+    fn open_looked_up(&self, ino: u64, state: &Arc<FileState>) -> Option<u64> {
+        if !self.status.following() || !super::behind::idle(state) {
+            return None;
+        }
+        {
+            let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
+            let mut c = lock(&state.cache);
+            let seen = c.looked_up.take()?;
+            let header = c.content.as_ref()?.header();
+            c.clen = Some(seen.0);
+            c.header = header;
+            c.seen = Some(seen);
+        }
+        Some(self.new_fh(OpenFile {
+            ino,
+            write: false,
+            remote: Mutex::new(None),
+            file: state.clone(),
+        }))
     }
 
     /// Whether `name` in `parent` can be answered "no such file" at once, without waiting
@@ -1504,6 +1562,11 @@ impl Core {
     pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Fail> {
         // A truncating open must not overtake a write still on its way.
         let state = self.file_state(ino);
+        if flags & (libc::O_ACCMODE | libc::O_TRUNC) == libc::O_RDONLY {
+            if let Some(fh) = self.open_looked_up(ino, &state) {
+                return Ok((fh, false));
+            }
+        }
         let stamp = self.settle_then_count(&state);
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;

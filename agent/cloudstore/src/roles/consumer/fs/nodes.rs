@@ -52,6 +52,9 @@ pub(crate) struct FileCache {
     /// The [`change_clock`] when a change of the file was last sent or answered: a listing
     /// asked for before then may predate that change.
     pub touched: u64,
+    /// (size, mtime) of the file `content` is, when it came with a lookup (`STAT_HEAD`)
+    /// rather than an open: a read-only open then needs no round trip.
+    pub looked_up: Option<(u64, i64, u32)>,
 }
 
 /// Orders the changes made here against the listings asked for: storage serves a
@@ -75,6 +78,7 @@ impl FileCache {
         self.fresh = None;
         self.given = None;
         self.content = None;
+        self.looked_up = None;
         self.touched = tick();
         self.changes += 1;
         self.changes
@@ -172,6 +176,11 @@ impl FileState {
         if c.changes == stamp {
             c.fresh = Some(attr);
         }
+    }
+
+    /// The count of changes so far (see [`FileState::attrs_changing`]), without counting one.
+    pub(crate) fn changes(&self) -> u64 {
+        self.cache().changes
     }
 
     /// An answer about the file came: a listing asked for before it may predate it.
