@@ -886,6 +886,23 @@ fn a_small_file_looked_up_is_opened_and_read_without_another_round_trip() {
     log.clear();
     assert!(fs::read(other.p("big.bin")).unwrap() == big);
     assert!(asked(&log).contains(&Op::Open), "a larger file is opened");
+    // Content from lookups is held for the newest few hundred files only: a `find` or an
+    // `ls` of many files holds no more than that.
+    fs::create_dir(m.p("many")).unwrap();
+    for i in 0..300 {
+        fs::write(m.p(&format!("many/{i}")), format!("file {i}")).unwrap();
+    }
+    support::wait_until("the files to show in the other mount", || {
+        fs::metadata(other.p("many/299")).is_ok()
+    });
+    for i in 0..299 {
+        fs::metadata(other.p(&format!("many/{i}"))).unwrap();
+    }
+    log.clear();
+    assert_eq!(fs::read(other.p("many/298")).unwrap(), b"file 298");
+    assert!(!asked(&log).contains(&Op::Open), "{:?}", asked(&log));
+    assert_eq!(fs::read(other.p("many/0")).unwrap(), b"file 0");
+    assert!(asked(&log).contains(&Op::Open), "the oldest gave way");
     // Changed elsewhere between the lookup and the open: the change's push drops the content
     // the lookup brought, and the open reads the new one.
     assert_eq!(fs::metadata(other.p("changes.txt")).unwrap().len(), 6);

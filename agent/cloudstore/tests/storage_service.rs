@@ -473,7 +473,7 @@ fn changes_answer_with_the_attributes_they_left_only_to_a_client_that_asked() {
         })
         .unwrap()
     {
-        Response::Attr(a) => a,
+        Response::Attr(a) | Response::AttrWith { attr: a, .. } => a,
         other => panic!("expected Attr, got {other:?}"),
     };
     // A create and an unlink carry their directory as a stat sees it after them.

@@ -90,6 +90,11 @@ pub(crate) struct Core {
     stopping: AtomicBool,
     /// Bytes of small files' content held from their open for their first read.
     held: Arc<AtomicUsize>,
+    /// The same for content a lookup brought (`STAT_HEAD`), budgeted apart so that lookups
+    /// never read (a `find`, an `ls`) cannot crowd out what opens bring.
+    held_looked_up: Arc<AtomicUsize>,
+    /// The files holding such content, oldest first: the oldest gives way to the newest.
+    looked_up_order: Mutex<std::collections::VecDeque<Weak<FileState>>>,
     /// Unlinks sent and not yet answered (unlinks.rs).
     pub(crate) unlinks: super::unlinks::UnlinkQueue,
 }
@@ -97,6 +102,11 @@ pub(crate) struct Core {
 /// The most content a mount holds from read-only opens for the reads that follow: enough
 /// for a few dozen small files opened at once, whatever is opened and never read.
 const HELD_MAX: usize = 4 << 20;
+
+/// The most content a mount holds from lookups, and for how many files: the open follows its
+/// lookup at once where it follows at all, so this need only cover files looked up together.
+const LOOKED_UP_MAX: usize = 1 << 20;
+const LOOKED_UP_FILES: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -453,6 +463,8 @@ impl Core {
             adopting: Mutex::new(()),
             started: AtomicBool::new(false),
             held: Arc::new(AtomicUsize::new(0)),
+            held_looked_up: Arc::new(AtomicUsize::new(0)),
+            looked_up_order: Mutex::new(std::collections::VecDeque::new()),
             stopping: AtomicBool::new(false),
             unlinks: super::unlinks::UnlinkQueue::new(),
         }
@@ -1087,17 +1099,46 @@ impl Core {
         if !self.status.following() {
             return;
         }
+        self.make_room_for_looked_up(content.len());
         let state = self.file_state(ino);
-        let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
-        let mut c = lock(&state.cache);
-        if c.changes != unchanged || c.content.is_some() {
-            return;
+        {
+            let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
+            let mut c = lock(&state.cache);
+            if c.changes != unchanged || c.content.is_some() {
+                return;
+            }
+            c.content = Held::new(content, &self.held_looked_up, LOOKED_UP_MAX);
+            if c.content.is_none() {
+                return;
+            }
+            c.looked_up = Some((a.size, a.mtime.secs, a.mtime.nanos));
         }
-        c.content = Held::new(content, &self.held, HELD_MAX);
-        c.looked_up = c
-            .content
-            .is_some()
-            .then_some((a.size, a.mtime.secs, a.mtime.nanos));
+        lock(&self.looked_up_order).push_back(Arc::downgrade(&state));
+    }
+
+    /// Drops the content the oldest lookups brought until `len` more bytes fit. One file's
+    /// cache lock at a time: the caller holds none.
+    fn make_room_for_looked_up(&self, len: usize) {
+        loop {
+            let full = self.held_looked_up.load(Ordering::Relaxed) + len > LOOKED_UP_MAX;
+            let oldest = {
+                let mut order = lock(&self.looked_up_order);
+                if !full && order.len() < LOOKED_UP_FILES {
+                    return;
+                }
+                match order.pop_front() {
+                    Some(w) => w,
+                    None => return,
+                }
+            };
+            if let Some(state) = oldest.upgrade() {
+                let mut c = lock(&state.cache);
+                // Still the lookup's, not yet taken by an open.
+                if c.looked_up.take().is_some() {
+                    c.content = None;
+                }
+            }
+        }
     }
 
     /// Opens a file for reading without asking storage, if its lookup brought its content
