@@ -517,7 +517,7 @@ fn writes_answered_before_storage_are_ordered_and_their_failures_reported() {
         let mut f = File::create(m.p(&name)).unwrap();
         f.write_all(&pattern(1, 1 << 20)).unwrap();
         f.sync_all().unwrap();
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        support::stop_process(pid.as_raw());
         // Nothing is in flight before it, so it is answered as soon as it is sent (small
         // enough to fit the socket's buffer: a stopped reader blocks larger ones there).
         f.write_all(&pattern(2, 4096)).unwrap();
@@ -778,7 +778,7 @@ fn an_ownership_change_after_a_change_made_here_is_answered_without_storage() {
     let then = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     f.set_modified(then).unwrap();
     let stopped = nix::unistd::Pid::from_raw(v.storage.pid());
-    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    support::stop_process(stopped.as_raw());
     // Storage cannot answer now: the owner change that follows the times is answered from
     // the times' own answer...
     let t = Instant::now();
@@ -1338,7 +1338,7 @@ fn unlinks_in_flight_when_storage_dies_are_sent_again_and_a_rename_waits_for_the
     fs::write(m.p("d/stays"), b"stays").unwrap();
     // Stopped, storage reads nothing: the unlinks are answered here and wait there.
     let pid = nix::unistd::Pid::from_raw(v.storage.pid());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    support::stop_process(pid.as_raw());
     for i in 0..6 {
         fs::remove_file(m.p(&format!("d/f{i}"))).unwrap();
     }

@@ -334,7 +334,7 @@ fn two_way_sync() {
     );
 
     // Both sides change while the agent is stopped: both kept.
-    t.signal(nix::sys::signal::Signal::SIGSTOP);
+    support::stop_process(t.pid());
     put(&c, "only-storage", b"storage edit 2");
     write_cloud(&cloud, "only-storage", b"cloud edit 2!");
     // Deleted in the cloud while edited in storage: the edit wins.

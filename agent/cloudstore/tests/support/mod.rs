@@ -372,6 +372,27 @@ impl Drop for StorageAgent {
 
 /// Waits until `cond` holds or panics with `what`.
 #[track_caller]
+/// Stops process `pid` with SIGSTOP and returns once every thread of it has stopped: the
+/// signal takes effect asynchronously, and a thread that was running may first serve one more
+/// request (on a loaded machine, after the caller sent it).
+pub fn stop_process(pid: i32) {
+    let pid_t = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let all_stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            // The state follows the parenthesised command name, which may hold spaces.
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(true)
+        })
+    };
+    wait_until(&format!("process {pid} to stop"), all_stopped);
+}
+
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + WAIT;
     while Instant::now() < end {
