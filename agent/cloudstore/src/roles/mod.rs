@@ -190,6 +190,12 @@ pub fn decide(current: &Config, db: &mut impl KeySource) -> Action {
         };
     }
     match Config::load(db) {
+        // Changed between the two reads: still a change of role, never an update.
+        Ok(new) if new.role.value != current.role.value => Action::RoleChanged {
+            from: current.role.value,
+            to: new.role.value,
+            origin: new.role.origin,
+        },
         Ok(new) => {
             let changes = config::diff(current, &new);
             if changes.is_empty() {
@@ -664,6 +670,48 @@ pub fn status_main(args: StatusArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::config::fake_db as db;
+
+    /// Answers the role key with each of `roles` in turn, as if it changed between reads.
+    struct RoleChangingBetweenReads {
+        keys: std::collections::BTreeMap<String, String>,
+        roles: std::collections::VecDeque<&'static str>,
+    }
+
+    impl crate::config::KeySource for RoleChangingBetweenReads {
+        fn read_key(&mut self, path: &str) -> Result<Option<Vec<u8>>, cloudstore_qubesdb::Error> {
+            if path == "/cloudstore/role" {
+                let role = if self.roles.len() > 1 {
+                    self.roles.pop_front()
+                } else {
+                    self.roles.front().copied()
+                };
+                return Ok(role.map(|r| r.as_bytes().to_vec()));
+            }
+            self.keys.read_key(path)
+        }
+    }
+
+    #[test]
+    fn a_role_changed_between_the_reads_of_one_decision_is_a_role_change() {
+        let mut m = db(&[
+            ("/cloudstore/role", "storage"),
+            ("/cloudstore/volumes", "work"),
+        ]);
+        let cur = Config::load(&mut m).unwrap();
+        let mut changing = RoleChangingBetweenReads {
+            keys: m,
+            roles: ["storage", "consumer"].into(),
+        };
+        match decide(&cur, &mut changing) {
+            Action::RoleChanged { from, to, .. } => {
+                assert_eq!(
+                    (from.to_string(), to.to_string()),
+                    ("storage".into(), "consumer".into())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn decide_covers_each_kind_of_change() {
