@@ -9,7 +9,7 @@ mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use cloudstore_format::{DirIv, PLAIN_BS};
@@ -840,15 +840,61 @@ fn a_directory_stat_after_an_entry_made_or_removed_here_is_answered_from_that_ch
     );
     assert_eq!(dir.metadata().unwrap().mtime(), 978_307_200);
 
-    // A change whose answer does not carry the directory (a mkdir) leaves it to storage.
-    drop(File::create(m.p("d/y")).unwrap());
+    // A mkdir's answer carries the directory too.
     fs::create_dir(m.p("d/sub")).unwrap();
+    backdate();
+    assert!(
+        dir.metadata().unwrap().mtime() > 1_600_000_000,
+        "after a mkdir"
+    );
+    assert_eq!(dir.metadata().unwrap().mtime(), 978_307_200);
+
+    // A change whose answer does not carry the directory (a symlink) leaves it to storage.
+    drop(File::create(m.p("d/y")).unwrap());
+    std::os::unix::fs::symlink("y", m.p("d/link")).unwrap();
     backdate();
     assert_eq!(
         dir.metadata().unwrap().mtime(),
         978_307_200,
-        "after a mkdir"
+        "after a symlink"
     );
+}
+
+/// The operations of the requests a recorded mount sent, in order.
+fn requests_seen(log: &FrameLog) -> Vec<Op> {
+    log.frames()
+        .iter()
+        .filter(|f| f.up && f.kind == cloudstore_protocol::FrameType::Request)
+        .filter_map(|f| f.op)
+        .collect()
+}
+
+#[test]
+fn a_directory_is_made_with_its_iv_in_one_request() {
+    let v = Volume::create();
+    let (m, log) = v.mount_recorded();
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    fs::create_dir(m.p("top")).unwrap();
+    log.clear();
+    fs::create_dir(m.p("top/sub")).unwrap();
+    // The stat of its parent the kernel sends after it is answered from the same answer.
+    assert!(fs::metadata(m.p("top")).unwrap().is_dir());
+    assert_eq!(requests_seen(&log), [Op::MkdirWith]);
+    // A mode without the owner's bits is asked for after it (the IV is written first).
+    log.clear();
+    fs::DirBuilder::new()
+        .mode(0o555)
+        .create(m.p("top/locked"))
+        .unwrap();
+    assert_eq!(requests_seen(&log), [Op::MkdirWith, Op::SetAttr]);
+    fs::write(m.p("top/sub/f"), b"inside").unwrap();
+    m.unmount();
+    // gocryptfs finds the IV and decrypts the names made with it.
+    let g = v.gocryptfs();
+    assert_eq!(fs::read(g.path().join("top/sub/f")).unwrap(), b"inside");
+    assert_eq!(listing(&g.path().join("top")), ["locked", "sub"]);
 }
 
 #[test]
@@ -863,13 +909,7 @@ fn a_small_file_looked_up_is_opened_and_read_without_another_round_trip() {
     support::wait_until("the other mount to follow storage's changes", || {
         other.status.following()
     });
-    let asked = |log: &FrameLog| -> Vec<Op> {
-        log.frames()
-            .iter()
-            .filter(|f| f.up && f.kind == cloudstore_protocol::FrameType::Request)
-            .filter_map(|f| f.op)
-            .collect()
-    };
+    let asked = requests_seen;
     // The root directory's IV, dropped when pushes began to be followed, asked again.
     assert!(fs::metadata(other.p("absent")).is_err());
     log.clear();

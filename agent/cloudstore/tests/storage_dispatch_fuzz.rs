@@ -153,6 +153,20 @@ fn regenerate_corpus() {
             path: "d".into(),
             mode: 0o755,
         },
+        Request::MkdirWith {
+            path: "d/e".into(),
+            mode: 0o755,
+            file: "gocryptfs.diriv".into(),
+            content: vec![9; 16],
+            file_mode: 0o400,
+        },
+        Request::MkdirWith {
+            path: "d/x".into(),
+            mode: 0o755,
+            file: "../../escape".into(),
+            content: vec![1],
+            file_mode: 0o600,
+        },
         Request::Create {
             path: "d/f".into(),
             mode: 0o644,

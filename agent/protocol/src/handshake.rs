@@ -77,8 +77,10 @@ pub mod features {
     /// answered `AttrWith`: the attributes and the whole content, so the open and read
     /// that usually follow the lookup of a small file need no round trip.
     pub const STAT_HEAD: u32 = 1 << 3;
+    /// The server knows `MkdirWith`: a directory and a first file inside in one step.
+    pub const MKDIR_WITH: u32 = 1 << 4;
     /// Every feature this build knows.
-    pub const ALL: u32 = PUSH | ATTRS_AFTER | OPEN_HEAD | STAT_HEAD;
+    pub const ALL: u32 = PUSH | ATTRS_AFTER | OPEN_HEAD | STAT_HEAD | MKDIR_WITH;
 }
 
 /// The client's side of the handshake.

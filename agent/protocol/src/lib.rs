@@ -36,8 +36,8 @@ pub use handshake::{
     Role, Session, MAGIC, MIN_VERSION, VERSION,
 };
 pub use message::{
-    decode_error, encode_error, Body, Op, Push, Request, Response, MAX_IO, OPEN_HEAD_MAX,
-    STAT_HEAD_MAX,
+    decode_error, encode_error, Body, Op, Push, Request, Response, MAX_IO, MAX_MKDIR_FILE,
+    OPEN_HEAD_MAX, STAT_HEAD_MAX,
 };
 pub use server::{
     serve, Call, DownloadWriter, Handler, Pusher, ServeError, ServeStats, ServerConfig,

@@ -24,6 +24,10 @@ pub const OPEN_HEAD_MAX: u64 = 18 + 32 * (4096 + 32);
 /// or not the file is then read.
 pub const STAT_HEAD_MAX: u64 = 18 + 4 * (4096 + 32);
 
+/// The most bytes the file `MkdirWith` puts in the new directory may hold (a gocryptfs
+/// directory IV is 16).
+pub const MAX_MKDIR_FILE: usize = 4096;
+
 /// Whether an operation carries a data stream besides its request and response frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -89,6 +93,8 @@ ops! {
     StatFs = 0x0112, None, volume: true, sync: true;
     Subscribe = 0x0113, None, volume: true, sync: true;
     Unsubscribe = 0x0114, None, volume: true, sync: true;
+    /// `Mkdir` with a first file inside (`features::MKDIR_WITH`).
+    MkdirWith = 0x0115, None, volume: true, sync: false;
     ListVersions = 0x0201, None, volume: true, sync: true;
     Restore = 0x0202, None, volume: true, sync: false;
     ListConflicts = 0x0203, None, volume: true, sync: true;
@@ -157,6 +163,16 @@ pub enum Request {
     Mkdir {
         path: String,
         mode: u32,
+    },
+    /// A directory with the file `file` inside, holding `content` (at most
+    /// [`MAX_MKDIR_FILE`] bytes) with mode `file_mode`, made in one step and the file flushed
+    /// (a gocryptfs directory and its IV) → `Made`.
+    MkdirWith {
+        path: String,
+        mode: u32,
+        file: String,
+        content: Vec<u8>,
+        file_mode: u32,
     },
     /// A symlink at `path` holding `target` (stored, never followed) → `Attr`.
     Symlink {
@@ -268,6 +284,7 @@ impl Request {
             Request::Write { .. } => Op::Write,
             Request::Create { .. } => Op::Create,
             Request::Mkdir { .. } => Op::Mkdir,
+            Request::MkdirWith { .. } => Op::MkdirWith,
             Request::Symlink { .. } => Op::Symlink,
             Request::ReadLink { .. } => Op::ReadLink,
             Request::Link { .. } => Op::Link,
@@ -351,6 +368,19 @@ impl Request {
             Request::Mkdir { path, mode } => {
                 enc_path(&mut e, path);
                 e.u32(*mode);
+            }
+            Request::MkdirWith {
+                path,
+                mode,
+                file,
+                content,
+                file_mode,
+            } => {
+                enc_path(&mut e, path);
+                e.u32(*mode);
+                enc_path(&mut e, file);
+                e.bytes(content);
+                e.u32(*file_mode);
             }
             Request::Symlink { path, target } => {
                 enc_path(&mut e, path);
@@ -485,6 +515,13 @@ impl Request {
             Op::Mkdir => Request::Mkdir {
                 path: dec_path(d, "path")?,
                 mode: dec_mode(d, "mode")?,
+            },
+            Op::MkdirWith => Request::MkdirWith {
+                path: dec_path(d, "path")?,
+                mode: dec_mode(d, "mode")?,
+                file: dec_path(d, "file")?,
+                content: d.bytes("content", MAX_MKDIR_FILE)?.to_vec(),
+                file_mode: dec_mode(d, "file_mode")?,
             },
             Op::Symlink => Request::Symlink {
                 path: dec_path(d, "path")?,
@@ -637,6 +674,11 @@ pub enum Response {
         attr: Attr,
         content: Vec<u8>,
     },
+    /// The directory `MkdirWith` made, and its parent's attributes, both taken after.
+    Made {
+        attr: Attr,
+        parent: Attr,
+    },
 }
 
 impl Response {
@@ -662,6 +704,7 @@ impl Response {
             Response::Unlinked { .. } => 18,
             Response::OpenedWith { .. } => 19,
             Response::AttrWith { .. } => 20,
+            Response::Made { .. } => 21,
         }
     }
 
@@ -688,6 +731,7 @@ impl Response {
             Response::Unlinked { .. } => "Unlinked",
             Response::OpenedWith { .. } => "OpenedWith",
             Response::AttrWith { .. } => "AttrWith",
+            Response::Made { .. } => "Made",
         }
     }
 
@@ -740,6 +784,10 @@ impl Response {
             Response::AttrWith { attr, content } => {
                 attr.enc(&mut e);
                 e.bytes(content);
+            }
+            Response::Made { attr, parent } => {
+                attr.enc(&mut e);
+                parent.enc(&mut e);
             }
         }
         e.buf
@@ -794,6 +842,10 @@ impl Response {
             20 => Response::AttrWith {
                 attr: Attr::dec(d)?,
                 content: d.bytes("content", STAT_HEAD_MAX as usize)?.to_vec(),
+            },
+            21 => Response::Made {
+                attr: Attr::dec(d)?,
+                parent: Attr::dec(d)?,
             },
             t => return Err(DecodeError::new("response", format!("unknown kind {t}"))),
         };

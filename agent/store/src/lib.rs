@@ -47,6 +47,6 @@ pub use types::{
 };
 pub use versions::{PruneReport, RetentionPolicy, VersionId, VersionInfo, VersionReason};
 pub use volume::{
-    ConflictInfo, Created, FileKey, FileReader, PutOptions, Volume, VolumeStats, MAX_READ,
+    ConflictInfo, Created, FileKey, FileReader, Made, PutOptions, Volume, VolumeStats, MAX_READ,
     MAX_READDIR_PAGE, MAX_SYMLINK_TARGET,
 };

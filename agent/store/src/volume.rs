@@ -128,6 +128,13 @@ pub struct Created {
     pub parent: Attr,
 }
 
+/// A directory [`Volume::mkdir_with_file`] made, and its parent's attributes after.
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub attr: Attr,
+    pub parent: Attr,
+}
+
 /// Usage figures of a volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VolumeStats {
@@ -793,6 +800,76 @@ impl Volume {
         Ok(Attr::from_stat(
             &sys::fstat(d.as_fd()).ctx("mkdir", p.as_str())?,
         ))
+    }
+
+    /// Creates the directory `p` (owner rwx always kept) with the file `file` inside holding
+    /// `content` (mode `file_mode`), both journaled, in one step: a gocryptfs directory with
+    /// its IV. The file is flushed before this returns, which on a journaling file system
+    /// also makes the directory durable; the parent is not flushed, as a local `mkdir` is
+    /// not. Anything made inside later is ordered after it by that journal, so the IV every
+    /// name there depends on is never lost while they are kept. A failure after the
+    /// directory was made removes what was made.
+    pub fn mkdir_with_file(
+        &self,
+        p: &RelPath,
+        mode: u32,
+        file: &str,
+        content: &[u8],
+        file_mode: u32,
+    ) -> Result<Made> {
+        let inside = match p.join(file) {
+            Ok(inside) if !file.contains('/') => inside,
+            _ => {
+                return Err(StoreError::refused(
+                    "mkdir",
+                    p.as_str(),
+                    ErrorKind::Invalid,
+                    format!("{file:?} is not a name for a file inside the new directory"),
+                ))
+            }
+        };
+        let _g = self.ns.write().unwrap();
+        let (dir, name) = self.parent("mkdir", p, libc::O_PATH)?;
+        self.must_be_absent("mkdir", dir.as_fd(), name, p)?;
+        let now = self.now();
+        self.journal
+            .append(ChangeKind::Mkdir, p.as_str(), None, 0, now, now)?;
+        self.journal.append(
+            ChangeKind::Put,
+            inside.as_str(),
+            None,
+            content.len() as u64,
+            now,
+            now,
+        )?;
+        sys::mkdir_at(dir.as_fd(), name, (mode & 0o7777) | 0o700).ctx("mkdir", p.as_str())?;
+        let made = (|| -> io::Result<Made> {
+            let d = sys::open_at(dir.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            sys::fchmod(d.as_fd(), (mode & 0o7777) | 0o700)?;
+            let mut f = File::from(sys::open_at(
+                d.as_fd(),
+                file,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )?);
+            f.write_all(content)?;
+            // The mode passed to open is filtered by the umask; set it exactly. The times
+            // are the journal record's.
+            sys::fchmod(f.as_fd(), file_mode & 0o7777)?;
+            sys::utimens_at(f.as_fd(), "", now.to_libc(), now.to_libc())?;
+            sys::fsync(f.as_fd())?;
+            Ok(Made {
+                attr: Attr::from_stat(&sys::fstat(d.as_fd())?),
+                parent: Attr::from_stat(&sys::fstat(dir.as_fd())?),
+            })
+        })();
+        made.map_err(|e| {
+            if let Ok(d) = sys::open_at(dir.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                let _ = sys::unlink_at(d.as_fd(), file, false);
+            }
+            let _ = sys::unlink_at(dir.as_fd(), name, true);
+            StoreError::fs("mkdir", p.as_str(), e)
+        })
     }
 
     /// Creates the symlink `p` with `target` stored verbatim (never resolved by the store).

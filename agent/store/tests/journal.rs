@@ -33,6 +33,62 @@ fn kinds(entries: &[ChangeEntry]) -> Vec<(ChangeKind, String, Option<String>)> {
 }
 
 #[test]
+fn a_directory_made_with_a_file_inside_is_journaled_as_both_and_refuses_other_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let v = &f.vol;
+    v.mkdir(&p("d"), 0o700).unwrap();
+    let start = v.journal_head();
+    let made = v
+        .mkdir_with_file(&p("d/e"), 0o751, "gocryptfs.diriv", &[7; 16], 0o440)
+        .unwrap();
+    let dir = f.tree().join("d/e");
+    assert_eq!(std::fs::read(dir.join("gocryptfs.diriv")).unwrap(), [7; 16]);
+    let meta = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap();
+    assert_eq!(
+        meta(&dir.join("gocryptfs.diriv")).permissions().mode() & 0o7777,
+        0o440
+    );
+    assert_eq!(meta(&dir).permissions().mode() & 0o7777, 0o751);
+    // Its attributes and its parent's are as a stat sees them after.
+    assert_eq!(made.attr, v.stat(&p("d/e")).unwrap());
+    assert_eq!(made.parent, v.stat(&p("d")).unwrap());
+    let e = all_changes(v, start);
+    use ChangeKind::*;
+    assert_eq!(
+        kinds(&e),
+        vec![
+            (Mkdir, "d/e".to_string(), None),
+            (Put, "d/e/gocryptfs.diriv".to_string(), None),
+        ]
+    );
+    // The journal's size and time are the file's.
+    let file = meta(&dir.join("gocryptfs.diriv"));
+    assert_eq!(e[1].size, 16);
+    assert_eq!(
+        (e[1].mtime.secs, e[1].mtime.nanos as i64),
+        (
+            std::os::unix::fs::MetadataExt::mtime(&file),
+            std::os::unix::fs::MetadataExt::mtime_nsec(&file)
+        )
+    );
+    // A name that is not one entry inside, or a directory already there: refused, and
+    // nothing made.
+    for bad in ["", ".", "..", "../x", "a/b", "a\0b"] {
+        let err = v
+            .mkdir_with_file(&p("d/g"), 0o700, bad, b"x", 0o600)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{bad:?}: {err}");
+        assert!(!f.tree().join("d/g").exists(), "{bad:?}");
+    }
+    let err = v
+        .mkdir_with_file(&p("d/e"), 0o700, "other", b"x", 0o600)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Exists);
+    assert!(!dir.join("other").exists());
+}
+
+#[test]
 fn every_mutation_is_journaled_in_order() {
     let f = Fixture::new();
     let v = &f.vol;

@@ -191,6 +191,13 @@ pub fn requests() -> Vec<Request> {
         },
         Request::ParkConflict { path: p("f") },
         Request::Ack { seq: 99 },
+        Request::MkdirWith {
+            path: p("d3"),
+            mode: 0o755,
+            file: "gocryptfs.diriv".into(),
+            content: vec![9; 16],
+            file_mode: 0o400,
+        },
     ]
 }
 
@@ -284,6 +291,10 @@ pub fn responses() -> Vec<Response> {
         Response::AttrWith {
             attr: attr(FileType::File, 5),
             content: b"world".to_vec(),
+        },
+        Response::Made {
+            attr: attr(FileType::Dir, 4096),
+            parent: attr(FileType::Dir, 4096),
         },
     ]
 }

@@ -620,6 +620,20 @@ impl Connection {
             Request::Mkdir { path: s, mode } => Ok(Response::Attr(convert::attr(&st(
                 vol.mkdir(&path("mkdir", &s)?, mode)
             )?))),
+            Request::MkdirWith {
+                path: s,
+                mode,
+                file,
+                content,
+                file_mode,
+            } => {
+                let made =
+                    st(vol.mkdir_with_file(&path("mkdir", &s)?, mode, &file, &content, file_mode))?;
+                Ok(Response::Made {
+                    attr: convert::attr(&made.attr),
+                    parent: convert::attr(&made.parent),
+                })
+            }
             Request::Symlink { path: s, target } => Ok(Response::Attr(convert::attr(&st(
                 vol.symlink(&path("symlink", &s)?, &target)
             )?))),

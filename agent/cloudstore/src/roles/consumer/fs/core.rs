@@ -18,8 +18,8 @@ use cloudstore_format::{
 };
 use cloudstore_protocol::queue::WorkQueue;
 use cloudstore_protocol::{
-    Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType, OpenFlags, Push,
-    RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
+    features, Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType,
+    OpenFlags, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
 };
 use fuser::{FileAttr, TimeOrNow};
 
@@ -1454,35 +1454,10 @@ impl Core {
         let (en, entry, cpath) = self.child(parent, name)?;
         self.write_long_name(&en, &cpath)?;
         let mode = mode & 0o7777;
-        match self.st.call_with(|_, _, _| {
-            Ok(Request::Mkdir {
-                path: cpath.clone(),
-                mode: mode | 0o700,
-            })
-        }) {
-            Ok(_) => {}
-            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => {}
-            Err(f) => {
-                if !f.is(ErrorCode::Exists) {
-                    self.remove_long_name(&en, &cpath);
-                }
-                return Err(f);
-            }
-        }
-        let setup = self.finish_mkdir(&cpath, mode);
-        let a = match setup {
-            Ok(a) => a,
-            Err(f) => {
-                // gocryptfs node_dir.go Mkdir: a directory without its IV is unusable.
-                let _ = self.st.call(Request::Unlink {
-                    path: join(&cpath, DIRIV_NAME),
-                });
-                let _ = self.st.call(Request::Rmdir {
-                    path: cpath.clone(),
-                });
-                self.remove_long_name(&en, &cpath);
-                return Err(f);
-            }
+        let (a, iv) = if self.vol.names().uses_dir_iv() && self.storage_has(features::MKDIR_WITH) {
+            self.mkdir_with_iv(parent, &en, &cpath, mode)?
+        } else {
+            self.mkdir_then_iv(&en, &cpath, mode)?
         };
         let following = self.status.following();
         let ino = {
@@ -1493,22 +1468,127 @@ impl Core {
             if following {
                 nodes.know_entries(ino);
             }
+            // The IV it was made with: the first name made inside needs no round trip.
+            if let (Some(iv), Some(n)) = (iv, nodes.map.get_mut(&ino)) {
+                n.diriv = Some(iv);
+            }
             ino
         };
         Ok(self.attr_of(ino, &a))
     }
 
+    /// Whether the storage connection up now has `feature`.
+    fn storage_has(&self, feature: u32) -> bool {
+        self.st
+            .current()
+            .is_some_and(|(client, _)| client.session().features & feature != 0)
+    }
+
+    /// Makes the directory and its IV in one request (`MkdirWith`): one round trip and one
+    /// flush instead of a `Mkdir`, a `Put` (whose staged file and parent directory are both
+    /// flushed) and a `Stat`. Returns its attributes and, if this request made it, its IV.
+    fn mkdir_with_iv(
+        &self,
+        parent: u64,
+        en: &EncryptedName,
+        cpath: &str,
+        mode: u32,
+    ) -> Result<(Attr, Option<DirIv>), Fail> {
+        let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
+        let dir = self.file_state(parent);
+        let stamp = self.stamp(&dir);
+        let made = self.st.call_with(|_, _, _| {
+            Ok(Request::MkdirWith {
+                path: cpath.to_owned(),
+                mode: mode | 0o700,
+                file: DIRIV_NAME.into(),
+                content: iv.0.to_vec(),
+                file_mode: DIRIV_MODE,
+            })
+        });
+        let (a, made_here) = match made {
+            Ok((Response::Made { attr, parent }, _, _)) => {
+                self.keep_attr(&dir, Some(parent), stamp);
+                (attr, Some(iv))
+            }
+            Ok((r, _, _)) => return Err(expect_resp(r, "Made")),
+            // Made by this request before the connection was lost (one step, so with its IV),
+            // or by someone else meanwhile: its IV is read when needed.
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => (self.stat_path(cpath)?, None),
+            Err(f) => {
+                if !f.is(ErrorCode::Exists) {
+                    self.remove_long_name(en, cpath);
+                }
+                return Err(f);
+            }
+        };
+        if mode == mode | 0o700 {
+            return Ok((a, made_here));
+        }
+        match self.st.call(Request::SetAttr {
+            file: FileRef::Path(cpath.to_owned()),
+            attr: SetAttr {
+                mode: Some(mode),
+                ..SetAttr::default()
+            },
+        })? {
+            Response::Attr(a) => Ok((a, made_here)),
+            r => Err(expect_resp(r, "Attr")),
+        }
+    }
+
+    /// Makes the directory, then its IV (gocryptfs node_dir.go `Mkdir`), for a storage
+    /// agent without `MkdirWith`.
+    fn mkdir_then_iv(
+        &self,
+        en: &EncryptedName,
+        cpath: &str,
+        mode: u32,
+    ) -> Result<(Attr, Option<DirIv>), Fail> {
+        match self.st.call_with(|_, _, _| {
+            Ok(Request::Mkdir {
+                path: cpath.to_owned(),
+                mode: mode | 0o700,
+            })
+        }) {
+            Ok(_) => {}
+            Err(f) if f.maybe_applied && f.is(ErrorCode::Exists) => {}
+            Err(f) => {
+                if !f.is(ErrorCode::Exists) {
+                    self.remove_long_name(en, cpath);
+                }
+                return Err(f);
+            }
+        }
+        match self.finish_mkdir(cpath, mode) {
+            Ok(made) => Ok(made),
+            Err(f) => {
+                // gocryptfs node_dir.go Mkdir: a directory without its IV is unusable.
+                let _ = self.st.call(Request::Unlink {
+                    path: join(cpath, DIRIV_NAME),
+                });
+                let _ = self.st.call(Request::Rmdir {
+                    path: cpath.to_owned(),
+                });
+                self.remove_long_name(en, cpath);
+                Err(f)
+            }
+        }
+    }
+
     /// The new directory's IV (gocryptfs node_dir.go `Mkdir`: created 0700 so the IV can be
     /// written, then given its mode) and its attributes.
-    fn finish_mkdir(&self, cpath: &str, mode: u32) -> Result<Attr, Fail> {
+    fn finish_mkdir(&self, cpath: &str, mode: u32) -> Result<(Attr, Option<DirIv>), Fail> {
         // Volumes with deterministic or plaintext names have no per-directory IV.
+        let mut made_here = None;
         if self.vol.names().uses_dir_iv() {
             let iv = DirIv::new_random().map_err(|e| Fail::io(format!("random IV: {e}")))?;
             match self
                 .st
                 .put(&join(cpath, DIRIV_NAME), &iv.0, DIRIV_MODE, Expect::Absent)
             {
-                Ok(()) => {}
+                Ok(()) => made_here = Some(iv),
+                // Put before the connection was lost, or by someone else: read when needed.
                 Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
                 Err(f) => return Err(f),
             }
@@ -1522,7 +1602,7 @@ impl Core {
                 },
             })?;
         }
-        self.stat_path(cpath)
+        Ok((self.stat_path(cpath)?, made_here))
     }
 
     pub(crate) fn create(
