@@ -7,14 +7,14 @@
 //! that is down costs a connection attempt every few seconds, not a busy loop.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudstore_protocol::{
     Client, ClientConfig, ErrorCode, Expect, Hello, Push, RemoteError, Request, Response, Role,
 };
 
-use super::{Connector, Fail, FsStatus};
+use super::{lock, Connector, Fail, FsStatus};
 
 /// First pause after a failed connection attempt; doubled up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -42,10 +42,6 @@ pub(crate) struct Storage {
     pub(crate) status: Arc<FsStatus>,
     hook: Mutex<Option<Arc<ConnectHook>>>,
     volume: String,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether the error means "the stream is gone" (retry on the next connection).

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudstore_format::file::{CipherStore, CryptFile};
@@ -25,7 +25,7 @@ use fuser::{FileAttr, TimeOrNow};
 
 use super::conn::Storage;
 use super::nodes::{change_clock, FileState, Held, Nodes, ROOT};
-use super::{Connector, Fail, FsOptions, FsStatus};
+use super::{lock, Connector, Fail, FsOptions, FsStatus};
 
 /// Longest `.name` file: a 255-byte plaintext name encrypts to 344 base64 characters.
 const LONGNAME_FILE_READ: u32 = 4096;
@@ -107,10 +107,6 @@ const HELD_MAX: usize = 4 << 20;
 /// lookup at once where it follows at all, so this need only cover files looked up together.
 const LOOKED_UP_MAX: usize = 1 << 20;
 const LOOKED_UP_FILES: usize = 256;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {

@@ -35,6 +35,12 @@ use std::time::Duration;
 use anyhow::Context;
 use cloudstore_protocol::{ErrorCode, RemoteError};
 
+/// Locks `m`, taking the data of a lock a panicking thread left: every structure these
+/// locks guard stays consistent between statements, and the mount keeps serving.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A connection's two halves: what storage sends (a descriptor the protocol client can
 /// poll) and what goes to storage.
 pub type Streams = (
@@ -155,10 +161,7 @@ impl FsStatus {
         self.pending_writes.load(Ordering::Relaxed)
     }
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.last_error).clone()
     }
     pub(crate) fn set_following(&self, yes: bool) {
         self.following.store(yes, Ordering::SeqCst);
@@ -167,7 +170,7 @@ impl FsStatus {
         self.connected.store(up, Ordering::Relaxed);
     }
     pub(crate) fn set_error(&self, e: String) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        *lock(&self.last_error) = Some(e);
     }
     pub(crate) fn write_started(&self) {
         self.pending_writes.fetch_add(1, Ordering::Relaxed);

@@ -34,7 +34,7 @@
 //! - Until storage has answered, the unlink counts in the status's pending writes.
 
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cloudstore_protocol::{Attr, ErrorCode, PendingCall, Request, Response, Timespec};
@@ -42,6 +42,7 @@ use cloudstore_protocol::{Attr, ErrorCode, PendingCall, Request, Response, Times
 use cloudstore_format::EncryptedName;
 
 use super::core::{expect_resp, join, Core};
+use super::lock;
 use super::nodes::FileState;
 
 /// Unlinks of one directory on their way at once. Below the protocol client's window (64)
@@ -91,10 +92,6 @@ impl UnlinkQueue {
             answered: Condvar::new(),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Collects the answers, one unlink after the other, until the mount is gone.
