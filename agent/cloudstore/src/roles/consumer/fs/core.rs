@@ -2220,14 +2220,21 @@ impl Core {
     /// was on its way, would shrink a file the kernel had just grown, and its next read
     /// would come back short. Such entries are looked up instead ([`PlusEntry::Ask`]),
     /// and only if `may_wait`, as that may wait for storage.
-    pub(crate) fn plus_entry(&self, dir: u64, it: &DirItem, may_wait: bool) -> PlusEntry {
+    /// `dir_state` is the directory's [`FileState`], taken once for the whole answer.
+    pub(crate) fn plus_entry(
+        &self,
+        dir: u64,
+        dir_state: &FileState,
+        it: &DirItem,
+        may_wait: bool,
+    ) -> PlusEntry {
         if it.cname.is_empty() {
             return PlusEntry::Dots;
         }
         let now = it
             .attr
             .as_ref()
-            .and_then(|listed| self.listed_attr_now(dir, it, listed));
+            .and_then(|listed| self.listed_attr_now(dir, dir_state, it, listed));
         if let Some(a) = now {
             let ino = lock(&self.nodes).register(dir, &it.cname, &it.name, a.kind, a.ino);
             return PlusEntry::Entry(ino, self.attr_of(ino, &a));
@@ -2249,7 +2256,13 @@ impl Core {
     /// The attributes a listed entry can be given with at once, if they are sure to be
     /// current (see [`Core::plus_entry`]): the listing's if nothing was changed here since
     /// the page was asked for, else those the last change left, if known.
-    fn listed_attr_now(&self, dir: u64, it: &DirItem, listed: &Attr) -> Option<Attr> {
+    fn listed_attr_now(
+        &self,
+        dir: u64,
+        dir_state: &FileState,
+        it: &DirItem,
+        listed: &Attr,
+    ) -> Option<Attr> {
         let known = {
             let nodes = lock(&self.nodes);
             nodes
@@ -2260,7 +2273,7 @@ impl Core {
         let Some((sino, state)) = known else {
             // Not known here: nothing changed it here, unless it was made or removed here
             // after the listing was asked for.
-            return (!self.file_state(dir).touched_since(it.asked_at)).then(|| listed.clone());
+            return (!dir_state.touched_since(it.asked_at)).then(|| listed.clone());
         };
         if sino != listed.ino || !super::behind::idle(&state) {
             return None;

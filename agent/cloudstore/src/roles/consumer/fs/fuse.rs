@@ -111,10 +111,11 @@ fn fill_plus(
     may_wait: bool,
 ) -> Option<usize> {
     let ttl = core.ttl();
+    let dir_state = core.file_state(dir);
     for (i, it) in items.iter().enumerate().skip(from) {
         let off = (i + 1) as i64;
         let name = OsStr::from_bytes(&it.name);
-        let full = match core.plus_entry(dir, it, may_wait) {
+        let full = match core.plus_entry(dir, &dir_state, it, may_wait) {
             PlusEntry::Entry(child, attr) => {
                 let full = reply.add(child, off, name, &ttl, &attr, 0);
                 if full {
