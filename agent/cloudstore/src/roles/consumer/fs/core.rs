@@ -1521,6 +1521,11 @@ impl Core {
         if mode == mode | 0o700 {
             return Ok((a, made_here));
         }
+        Ok((self.set_dir_mode(cpath, mode)?, made_here))
+    }
+
+    /// Gives a directory just made 0700-or-more (so its IV could be written) its mode.
+    fn set_dir_mode(&self, cpath: &str, mode: u32) -> Result<Attr, Fail> {
         match self.st.call(Request::SetAttr {
             file: FileRef::Path(cpath.to_owned()),
             attr: SetAttr {
@@ -1528,7 +1533,7 @@ impl Core {
                 ..SetAttr::default()
             },
         })? {
-            Response::Attr(a) => Ok((a, made_here)),
+            Response::Attr(a) => Ok(a),
             r => Err(expect_resp(r, "Attr")),
         }
     }
@@ -1590,13 +1595,7 @@ impl Core {
             }
         }
         if mode != mode | 0o700 {
-            self.st.call(Request::SetAttr {
-                file: FileRef::Path(cpath.to_owned()),
-                attr: SetAttr {
-                    mode: Some(mode),
-                    ..SetAttr::default()
-                },
-            })?;
+            self.set_dir_mode(cpath, mode)?;
         }
         Ok((self.stat_path(cpath)?, made_here))
     }
