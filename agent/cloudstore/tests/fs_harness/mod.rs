@@ -471,7 +471,10 @@ impl Connector for RecordingRelay {
         let (log_up, log_down) = (self.log.clone(), self.log.clone());
         let (answer_delay, hold) = (self.answer_delay, self.hold);
         let relay = move |from: &mut dyn std::io::Read,
-                          to: &mut dyn FnMut(cloudstore_protocol::Frame) -> std::io::Result<()>,
+                          to: &mut dyn FnMut(
+            cloudstore_protocol::Frame,
+            Option<Op>,
+        ) -> std::io::Result<()>,
                           up: bool,
                           log: FrameLog|
               -> std::io::Result<()> {
@@ -491,7 +494,7 @@ impl Connector for RecordingRelay {
                     id: f.id,
                     op,
                 });
-                to(f)?;
+                to(f, op)?;
             }
             Ok(())
         };
@@ -513,7 +516,7 @@ impl Connector for RecordingRelay {
                 down_w.write_all(&msg)?;
                 relay(
                     &mut sock_r,
-                    &mut |f| {
+                    &mut |f, _| {
                         write_frame(&mut *down_w, f.kind, f.flags, f.id, &f.payload)?;
                         down_w.flush()
                     },
@@ -527,21 +530,16 @@ impl Connector for RecordingRelay {
                 sock_w.lock().unwrap().write_all(&hello)?;
                 relay(
                     up_r,
-                    &mut |f| {
-                        let op = (f.kind == cloudstore_protocol::FrameType::Request).then(|| {
-                            Op::from_code(u16::from_le_bytes([f.payload[0], f.payload[1]]))
-                        });
-                        match hold {
-                            Some((held, delay)) if op.flatten() == Some(held) => {
-                                let to = sock_w.clone();
-                                std::thread::spawn(move || {
-                                    std::thread::sleep(delay);
-                                    let _ = send(&to, &f);
-                                });
-                                Ok(())
-                            }
-                            _ => send(&sock_w, &f),
+                    &mut |f, op| match hold {
+                        Some((held, delay)) if op == Some(held) => {
+                            let to = sock_w.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                let _ = send(&to, &f);
+                            });
+                            Ok(())
                         }
+                        _ => send(&sock_w, &f),
                     },
                     true,
                     log_up,
