@@ -813,14 +813,14 @@ fn ten_thousand_files_initial_sync() {
     let (_cd, cloud) = cloud_dir();
     let remote = cloud.parent().unwrap().to_str().unwrap().to_owned();
     let t0 = Instant::now();
-    // rclone is replaced whenever it grows past 60 MiB (it starts near 45 MiB and keeps
-    // some 30 KiB per upload), so the sync runs across several rclone processes.
+    // rclone is replaced whenever its Go heap is past 1 MiB when the agent looks (every 32
+    // calls; it holds 10-16 MiB then), so the sync runs across several rclone processes.
     let t = Transfer::start(
         &storage,
         &remote,
         &[
             ("CLOUDSTORE_TRANSFER_WORKERS", "8"),
-            ("CLOUDSTORE_RCLONE_RECYCLE_MIB", "60"),
+            ("CLOUDSTORE_RCLONE_RECYCLE_MIB", "1"),
         ],
     );
     wait_for("10 000 files in the cloud", 100, || {

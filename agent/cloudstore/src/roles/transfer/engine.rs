@@ -19,7 +19,7 @@
 //!   confirms (`cloudstore sync --confirm-deletes`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,8 @@ use cloudstore_protocol::{
 use tracing::{debug, info, warn};
 
 use super::newdirs::{NewDirs, Ready, Sent};
-use super::rclone::{AddError, CloudEntry, Rclone};
+use super::offer::{offer, Content, Offered};
+use super::rclone::{CloudEntry, CloudError, Rclone};
 use super::statedb::{CloudSig, Entry, StateDb, StoreSig};
 use super::status::VolumeStatus;
 
@@ -940,69 +941,79 @@ impl VolumeSync {
         Ok(outcomes)
     }
 
-    /// Streams `files` (path, size) from storage into `dir` of the partial area with one
-    /// `uploadfile` call (see `UPLOAD_BATCH_*`), each under its own name. Returns the files
-    /// that failed, and those stored complete; `Err` if the call failed as a whole (no file
-    /// is known to have arrived).
+    /// Has rclone pull `files` (path, size) from storage into `dir` of the partial area,
+    /// each under its own name, with one call (see `UPLOAD_BATCH_*` and [`super::offer`]).
+    /// Returns the files that failed, and those served whole; `Err` if the call failed for
+    /// a reason other than storage failing some files (no file is then known to have
+    /// arrived).
     fn send_files(&self, dir: &str, files: &[(String, u64)]) -> Result<(Vec<Outcome>, Vec<Sent>)> {
+        let offered: Vec<Offered> = files
+            .iter()
+            .map(|(p, size)| Offered {
+                name: file_name(p),
+                size: *size,
+            })
+            .collect();
+        let from_store = FromStore {
+            sync: self,
+            files,
+            read: files.iter().map(|_| Mutex::new(None)).collect(),
+        };
+        let (copied, delivered) =
+            offer(&offered, &from_store, |url| self.cloud.pull_into(dir, url)).map_err(
+                |source| CloudError::Transport {
+                    op: "upload",
+                    path: dir.to_owned(),
+                    source,
+                },
+            )?;
         let mut failed = Vec::new();
         let mut sent = Vec::new();
         let mut cut: Vec<String> = Vec::new();
-        let mut batch = self.cloud.begin_upload(dir)?;
-        for (p, size) in files {
-            let fail = |e: SyncError| Outcome {
-                path: p.clone(),
-                size: *size,
-                result: Err(e),
-            };
-            let mut dl = match self.store.get(p, None) {
-                Ok(dl) => dl,
-                Err(e) => {
-                    failed.push(fail(e.into()));
-                    continue;
-                }
-            };
-            let added = batch.add(
-                file_name(p),
-                &self.cloud_path(p),
-                &mut Counting {
-                    inner: &mut dl,
-                    status: &self.status,
-                    up: true,
-                },
-            );
-            match added {
-                Ok(partial) => match dl.finish() {
-                    Ok(attr) => sent.push(Sent {
+        let mut unexplained = Vec::new();
+        let read = from_store.read.into_iter().map(|r| r.into_inner().unwrap());
+        for (((p, size), read), delivered) in files.iter().zip(read).zip(delivered) {
+            let partial = format!("{dir}/{}", file_name(p));
+            match (read, delivered) {
+                (Some(Ok(attr)), true) => sent.push(Sent {
+                    path: p.clone(),
+                    size: *size,
+                    partial,
+                    s: store_sig(&attr).expect("a file"),
+                }),
+                (Some(Err(e)), _) => {
+                    failed.push(Outcome {
                         path: p.clone(),
                         size: *size,
-                        partial,
-                        s: store_sig(&attr).expect("a file"),
-                    }),
-                    Err(e) => {
-                        failed.push(fail(e.into()));
-                        cut.push(partial);
-                    }
-                },
-                Err(AddError::Content { partial, source }) => {
-                    // What storage said is the better explanation (e.g. the file changed).
-                    failed.push(fail(match dl.finish() {
-                        Err(e) => e.into(),
-                        Ok(_) => SyncError::Other {
-                            op: "upload",
-                            path: p.clone(),
-                            why: format!("reading it from storage: {source}"),
-                        },
-                    }));
+                        result: Err(e),
+                    });
                     cut.push(partial);
                 }
-                Err(AddError::Cloud(e)) => {
-                    let _ = dl.finish();
-                    return Err(e.into());
-                }
+                _ => unexplained.push((p, *size, partial)),
             }
         }
-        batch.finish()?;
+        match copied {
+            // rclone failed the call for files storage could not give it: those fail, the
+            // rest arrived.
+            Err(e) if !unexplained.is_empty() || matches!(e, CloudError::Transport { .. }) => {
+                return Err(e.into())
+            }
+            _ => {}
+        }
+        for (p, size, partial) in unexplained {
+            // Listed yet never fetched whole, and the call did not fail: rclone skips a
+            // file whose `HEAD` failed.
+            failed.push(Outcome {
+                path: p.clone(),
+                size,
+                result: Err(SyncError::Other {
+                    op: "upload",
+                    path: p.clone(),
+                    why: "rclone did not fetch all of it".into(),
+                }),
+            });
+            cut.push(partial);
+        }
         for partial in &cut {
             let _ = self.cloud.delete_file(partial);
         }
@@ -1032,7 +1043,7 @@ impl VolumeSync {
         };
         // The directory moves as a whole only while it holds nothing but complete files
         // under their own names: a cut file still there, anything unexpected, a file that
-        // failed its check or its own move, and every file moves alone.
+        // failed its check, and every file moves alone.
         let prefix = format!("{dir}/");
         let expected: BTreeSet<&str> = sent
             .iter()
@@ -1071,14 +1082,7 @@ impl VolumeSync {
                 }),
             };
             match checked {
-                Ok(e) if name == file_name(&x.path) => together.push((x, e)),
-                Ok(e) => {
-                    // Sent under another name: moved to its own on its own (first, so that
-                    // it is not left for the `sync/move` under the name it travelled with).
-                    let moved = self.cloud.move_file(&x.partial, &self.cloud_path(&x.path));
-                    whole_dir &= moved.is_ok();
-                    outcomes.push(x.outcome(moved.map(|()| e).map_err(Into::into)));
-                }
+                Ok(e) => together.push((x, e)),
                 Err(e) => outcomes.push(x.outcome(Err(e))),
             }
         }
@@ -1475,6 +1479,76 @@ impl<R: Read> Read for Counting<'_, R> {
         let n = self.inner.read(buf)?;
         self.status.lock().unwrap().moved(self.up, n as u64);
         Ok(n)
+    }
+}
+
+/// The content of an upload's files, streamed from storage as rclone fetches them; what
+/// storage said of each file's last attempt is kept for the outcome.
+struct FromStore<'a> {
+    sync: &'a VolumeSync,
+    files: &'a [(String, u64)],
+    /// `None`: not read to its end (not fetched, or rclone stopped reading).
+    read: Vec<Mutex<Option<Result<Attr>>>>,
+}
+
+impl Content for FromStore<'_> {
+    fn send(&self, i: usize, out: &mut dyn Write) -> io::Result<()> {
+        let path = &self.files[i].0;
+        let outcome = |r: Result<Attr>| {
+            let e = r.as_ref().err().map(|e| io::Error::other(e.to_string()));
+            *self.read[i].lock().unwrap() = Some(r);
+            e.map_or(Ok(()), Err)
+        };
+        *self.read[i].lock().unwrap() = None;
+        let mut dl = match self.sync.store.get(path, None) {
+            Ok(dl) => dl,
+            Err(e) => return outcome(Err(e.into())),
+        };
+        let mut counted = Counting {
+            inner: &mut dl,
+            status: &self.sync.status,
+            up: true,
+        };
+        let size = self.files[i].1;
+        let changed = |total| SyncError::Other {
+            op: "upload",
+            path: path.clone(),
+            why: format!("it changed while it was uploaded ({total} bytes read of {size} planned)"),
+        };
+        let mut total = 0u64;
+        let mut buf = vec![0u8; (size as usize).clamp(4096, 256 * 1024)];
+        loop {
+            let k = match counted.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    // What storage said is the better explanation (e.g. the file changed).
+                    return outcome(match dl.finish() {
+                        Err(e) => Err(e.into()),
+                        Ok(_) => Err(SyncError::Other {
+                            op: "upload",
+                            path: path.clone(),
+                            why: format!("reading it from storage: {source}"),
+                        }),
+                    });
+                }
+            };
+            total += k as u64;
+            if let Err(e) = out.write_all(&buf[..k]) {
+                let _ = dl.finish();
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // More than offered: a fresh pass plans it again.
+                    return outcome(Err(changed(total)));
+                }
+                // rclone stopped reading.
+                return Err(e);
+            }
+        }
+        match dl.finish() {
+            Ok(_) if total != size => outcome(Err(changed(total))),
+            r => outcome(r.map_err(Into::into)),
+        }
     }
 }
 

@@ -31,6 +31,7 @@
 
 pub mod engine;
 mod newdirs;
+mod offer;
 pub mod rclone;
 pub mod statedb;
 pub mod status;
@@ -60,11 +61,10 @@ use status::{TransferStatus, VolumeStatus};
 pub const SANDBOX_POLICY: &str = include_str!("sandbox.json");
 const POLICY_ORIGIN: &str = "roles/transfer/sandbox.json";
 
-/// rclone's spool directory in the state directory (`--temp-dir`): backends that cannot
-/// stream an upload of unknown size (OneDrive among them) have rclone spool each file above
-/// `--streaming-upload-cutoff` there first (rclone fs/operations/operations.go Rcat, into
-/// `$TMPDIR`, which `--temp-dir` sets: fs/config/config.go SetTempDir), and the sandbox
-/// reaches no other writable place. Emptied at every start. The rc password's htpasswd file
+/// rclone's spool directory in the state directory (`--temp-dir`, rclone's `$TMPDIR`:
+/// fs/config/config.go SetTempDir): uploads tell rclone each size (offer.rs), so nothing is
+/// spooled for them, but whatever else in rclone needs a temporary file finds it here, the
+/// only writable place the sandbox gives it. Emptied at every start. The rc password's htpasswd file
 /// lives there too (rclone.rs `write_htpasswd`).
 pub const RCLONE_TEMP_DIR: &str = "rclone-tmp";
 
