@@ -62,6 +62,15 @@ const RECYCLE_ENV: &str = "CLOUDSTORE_RCLONE_RECYCLE_MIB";
 /// Calls between two looks at rclone's heap (an rc call of its own).
 const HEAP_CHECK_EVERY: u64 = 32;
 
+/// rc options for moves into place: the uploaded object replaces the one there whatever
+/// their sizes and times. rclone otherwise skips a move onto an object of the same size
+/// and modification time and deletes the source (fs/operations `NeedTransfer`); an upload
+/// carries its offer's `Last-Modified`, whole seconds, so a file changed to the same size
+/// within a second of its last upload would have been dropped.
+fn replace_always() -> Value {
+    json!({"IgnoreTimes": true})
+}
+
 /// Largest rc answer we read into memory (a listing of 100 000 entries is ~25 MB of JSON
 /// without hashes); more means something is wrong with the remote or with rclone.
 const MAX_JSON_ANSWER: u64 = 512 << 20;
@@ -536,7 +545,7 @@ impl Rclone {
             "sync/move",
             to,
             json!({"srcFs": self.fs_at(from), "dstFs": self.fs_at(to),
-                   "deleteEmptySrcDirs": true}),
+                   "deleteEmptySrcDirs": true, "_config": replace_always()}),
         )?;
         self.rmdir(from)
     }
@@ -560,7 +569,7 @@ impl Rclone {
             "operations/movefile",
             to,
             json!({"srcFs": self.opts.remote, "srcRemote": from,
-                   "dstFs": self.opts.remote, "dstRemote": to}),
+                   "dstFs": self.opts.remote, "dstRemote": to, "_config": replace_always()}),
         )
         .map(drop)
     }
@@ -1115,6 +1124,51 @@ mod tests {
         );
         // The same connection carries the next call.
         assert_eq!(r.ensure().unwrap().idle.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_upload_replaces_an_object_of_the_same_size_and_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = rclone(tmp.path());
+        let cloud = tmp.path().join("cloud");
+        std::fs::create_dir_all(cloud.join("vol")).unwrap();
+        for f in ["a", "b", "c"] {
+            std::fs::write(cloud.join("vol").join(f), b"old content").unwrap();
+        }
+        // The stored copies carry their offer's time, whole seconds; the old objects get the
+        // same, as when a file is changed to the same size within a second of its upload.
+        let same_time_as = |partial: &str, old: &str| {
+            let t = std::fs::metadata(cloud.join(partial))
+                .unwrap()
+                .modified()
+                .unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(cloud.join(old))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        // One file moved alone.
+        let one = r.partial_dir();
+        pull(&r, &one, &[("a", b"new content".to_vec())], &[])
+            .0
+            .unwrap();
+        same_time_as(&format!("{one}/a"), "vol/a");
+        r.move_file(&format!("{one}/a"), "vol/a").unwrap();
+        // Several moved together into a directory that has them.
+        let many = r.partial_dir();
+        let files = [
+            ("b", b"new b conte".to_vec()),
+            ("c", b"new c conte".to_vec()),
+        ];
+        pull(&r, &many, &files, &[]).0.unwrap();
+        same_time_as(&format!("{many}/b"), "vol/b");
+        same_time_as(&format!("{many}/c"), "vol/c");
+        r.move_files_of(&many, "vol").unwrap();
+        assert_eq!(std::fs::read(cloud.join("vol/a")).unwrap(), b"new content");
+        assert_eq!(std::fs::read(cloud.join("vol/b")).unwrap(), b"new b conte");
+        assert_eq!(std::fs::read(cloud.join("vol/c")).unwrap(), b"new c conte");
     }
 
     #[test]
