@@ -955,6 +955,78 @@ fn a_small_file_looked_up_is_opened_and_read_without_another_round_trip() {
 }
 
 #[test]
+fn files_opened_in_listing_order_are_read_ahead() {
+    let v = Volume::create();
+    let m = v.mount();
+    fs::create_dir(m.p("tree")).unwrap();
+    // Small files, every tenth too large to come with a `Stat`.
+    let content = |i: u64| {
+        pattern(
+            i,
+            if i % 10 == 9 {
+                40_000
+            } else {
+                (i * 157 % 16_000) as usize
+            },
+        )
+    };
+    for i in 0..100 {
+        fs::write(m.p(&format!("tree/f{i:03}")), content(i)).unwrap();
+    }
+    let (other, log) = v.mount_recorded();
+    support::wait_until("the other mount to follow storage's changes", || {
+        other.status.following()
+    });
+    // As `tar c` goes: all names first, then each file in that order. The listing gives the
+    // kernel each entry's attributes, so no lookup brings content.
+    let names: Vec<String> = fs::read_dir(other.p("tree"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 100);
+    log.clear();
+    for n in &names {
+        let i: u64 = n[1..].parse().unwrap();
+        assert!(
+            fs::read(other.p(&format!("tree/{n}"))).unwrap() == content(i),
+            "{n}"
+        );
+    }
+    let opens = requests_seen(&log)
+        .iter()
+        .filter(|&&op| op == Op::Open)
+        .count();
+    // The ten large files, and each open that had to ask fetched the small ones after it.
+    assert!(
+        (10..=20).contains(&opens),
+        "{opens} opens for 90 small and 10 large files"
+    );
+    other.unmount();
+    // In a fresh mount, read ahead and then changed elsewhere before the open: the change's
+    // push drops what was fetched, and the open reads the new content. Written here after
+    // being read ahead: read back as written.
+    let fresh = v.mount();
+    support::wait_until("the fresh mount to follow storage's changes", || {
+        fresh.status.following()
+    });
+    let names: Vec<String> = fs::read_dir(fresh.p("tree"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with('9'))
+        .collect();
+    let at = |n: &String| format!("tree/{n}");
+    let _ = fs::read(fresh.p(&at(&names[0]))).unwrap();
+    fs::write(m.p(&at(&names[1])), b"changed elsewhere").unwrap();
+    support::wait_until("the change to show in the fresh mount", || {
+        fs::read(fresh.p(&at(&names[1]))).unwrap() == b"changed elsewhere"
+    });
+    fs::write(fresh.p(&at(&names[2])), b"written here").unwrap();
+    assert_eq!(fs::read(fresh.p(&at(&names[2]))).unwrap(), b"written here");
+    fresh.unmount();
+    m.unmount();
+}
+
+#[test]
 fn a_small_file_is_read_with_its_open() {
     let v = Volume::create();
     let m = v.mount();

@@ -105,6 +105,14 @@ pub(crate) fn idle(state: &FileState) -> bool {
     }
 }
 
+/// The file's count of changes if it has no write in flight, both read under its
+/// write-behind lock (see [`Core::settle_then_count`]); `None` if a write is in flight or the
+/// lock is busy.
+pub(crate) fn changes_if_idle(state: &FileState) -> Option<u64> {
+    let wb = state.behind.try_lock().ok()?;
+    wb.inflight.is_none().then(|| state.changes())
+}
+
 fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
     state.behind.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -19,7 +19,8 @@ use cloudstore_format::{
 use cloudstore_protocol::queue::WorkQueue;
 use cloudstore_protocol::{
     features, Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType,
-    OpenFlags, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
+    OpenFlags, PendingCall, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec,
+    MAX_IO, STAT_HEAD_MAX,
 };
 use fuser::{FileAttr, TimeOrNow};
 
@@ -95,6 +96,9 @@ pub(crate) struct Core {
     held_looked_up: Arc<AtomicUsize>,
     /// The files holding such content, oldest first: the oldest gives way to the newest.
     looked_up_order: Mutex<std::collections::VecDeque<Weak<FileState>>>,
+    /// The last directories listed, newest last, kept past their handles for reading ahead
+    /// (see [`Core::begin_read_ahead`]).
+    listings: Mutex<std::collections::VecDeque<Arc<Listing>>>,
     /// Unlinks sent and not yet answered (unlinks.rs).
     pub(crate) unlinks: super::unlinks::UnlinkQueue,
 }
@@ -107,6 +111,22 @@ const HELD_MAX: usize = 4 << 20;
 /// lookup at once where it follows at all, so this need only cover files looked up together.
 const LOOKED_UP_MAX: usize = 1 << 20;
 const LOOKED_UP_FILES: usize = 256;
+
+/// Directories whose listing is kept for reading ahead: a program walking a tree lists a
+/// directory, closes it, and then opens its files (GNU tar reads all the names first).
+const LISTINGS_KEPT: usize = 8;
+
+/// Entries after an opened file whose content an open that had to ask storage fetches
+/// with it (the small regular files among them), from the budget lookups use.
+const READ_AHEAD_ENTRIES: usize = 32;
+
+/// A directory's listing kept past its handle, in the order it was given to the kernel.
+pub(crate) struct Listing {
+    dir: u64,
+    items: Arc<Vec<DirItem>>,
+    /// Each entry's position by its name on storage, built at the first open from it.
+    at: std::sync::OnceLock<HashMap<String, usize>>,
+}
 
 pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
@@ -461,6 +481,7 @@ impl Core {
             held: Arc::new(AtomicUsize::new(0)),
             held_looked_up: Arc::new(AtomicUsize::new(0)),
             looked_up_order: Mutex::new(std::collections::VecDeque::new()),
+            listings: Mutex::new(std::collections::VecDeque::new()),
             stopping: AtomicBool::new(false),
             unlinks: super::unlinks::UnlinkQueue::new(),
         }
@@ -1678,11 +1699,17 @@ impl Core {
     pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Fail> {
         // A truncating open must not overtake a write still on its way.
         let state = self.file_state(ino);
-        if flags & (libc::O_ACCMODE | libc::O_TRUNC) == libc::O_RDONLY {
+        let read_only = flags & (libc::O_ACCMODE | libc::O_TRUNC) == libc::O_RDONLY;
+        if read_only {
             if let Some(fh) = self.open_looked_up(ino, &state) {
                 return Ok((fh, false));
             }
         }
+        let ahead = if read_only {
+            self.begin_read_ahead(ino)
+        } else {
+            Vec::new()
+        };
         let stamp = self.settle_then_count(&state);
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1740,7 +1767,90 @@ impl Core {
             remote: Mutex::new(Some((gen, handle))),
             file,
         });
+        self.finish_read_ahead(ahead);
         Ok((fh, keep))
+    }
+
+    /// Starts fetching the content of the small files listed after `ino` in its directory's
+    /// kept listing, for an open of `ino` that has to ask storage anyway: a program going
+    /// through a directory in listing order then opens the next ones without a round trip
+    /// each ([`Core::open_looked_up`]), and this open waits for one round trip, not
+    /// one per file. Each is a `Stat` with content (`STAT_HEAD`), held as a lookup's would
+    /// be, so the same rules keep it right: nothing changed here since it was asked for,
+    /// pushes followed. Files with a write in flight or content already held are skipped.
+    fn begin_read_ahead(&self, ino: u64) -> Vec<(u64, PendingCall, u64)> {
+        let mut started = Vec::new();
+        if !self.status.following() || !self.storage_has(features::STAT_HEAD) {
+            return started;
+        }
+        let Some((parent, cname)) = lock(&self.nodes)
+            .map
+            .get(&ino)
+            .and_then(|n| n.names.last())
+            .map(|n| (n.parent, n.cname.clone()))
+        else {
+            return started;
+        };
+        let Some(listing) = lock(&self.listings)
+            .iter()
+            .rev()
+            .find(|l| l.dir == parent)
+            .cloned()
+        else {
+            return started;
+        };
+        let at = listing.at.get_or_init(|| {
+            listing
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(_, it)| !it.cname.is_empty())
+                .map(|(i, it)| (it.cname.clone(), i))
+                .collect()
+        });
+        let (Some(&pos), Ok(dir_cpath), Some((client, _))) =
+            (at.get(&cname), self.cpath(parent), self.st.current())
+        else {
+            return started;
+        };
+        for it in listing.items.iter().skip(pos + 1).take(READ_AHEAD_ENTRIES) {
+            let small = it.kind == FileType::File
+                && it.attr.as_ref().is_some_and(|a| a.size <= STAT_HEAD_MAX);
+            let child = lock(&self.nodes)
+                .children
+                .get(&(parent, it.cname.clone()))
+                .copied();
+            let Some(child) = child.filter(|_| small) else {
+                continue;
+            };
+            let state = self.file_state(child);
+            if lock(&state.cache).content.is_some() {
+                continue;
+            }
+            let Some(unchanged) = super::behind::changes_if_idle(&state) else {
+                continue;
+            };
+            let stat = Request::Stat {
+                file: FileRef::Path(join(&dir_cpath, &it.cname)),
+            };
+            match client.begin(&stat, self.st.timeout) {
+                Ok(pending) => started.push((child, pending, unchanged)),
+                Err(_) => break,
+            }
+        }
+        started
+    }
+
+    /// Holds what [`Core::begin_read_ahead`] fetched; a failure only means an open later
+    /// asks storage.
+    fn finish_read_ahead(&self, started: Vec<(u64, PendingCall, u64)>) {
+        for (ino, pending, unchanged) in started {
+            if let Ok(Response::AttrWith { attr, content }) = pending.wait() {
+                if attr.kind == FileType::File {
+                    self.hold_looked_up(ino, &attr, content, unchanged);
+                }
+            }
+        }
     }
 
     pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Fail> {
@@ -2206,8 +2316,21 @@ impl Core {
                 None => break,
             }
         }
+        let items = Arc::new(items);
+        {
+            let mut kept = lock(&self.listings);
+            kept.retain(|l| l.dir != ino);
+            if kept.len() == LISTINGS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(Arc::new(Listing {
+                dir: ino,
+                items: items.clone(),
+                at: std::sync::OnceLock::new(),
+            }));
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(items));
+        lock(&self.dirs).insert(fh, items);
         Ok(fh)
     }
 
