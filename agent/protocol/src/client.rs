@@ -242,6 +242,21 @@ impl Shared {
         }
     }
 
+    /// A slot if more than `spare` are free now; never waits.
+    fn try_acquire(self: &Arc<Self>, spare: usize) -> Result<Option<Permit>, RemoteError> {
+        let mut n = lock(&self.in_flight);
+        if lock(&self.lost).is_some() {
+            return Err(self.lost_error());
+        }
+        if *n + spare >= self.config.max_in_flight {
+            return Ok(None);
+        }
+        *n += 1;
+        Ok(Some(Permit {
+            shared: self.clone(),
+        }))
+    }
+
     fn forget(&self, id: u64) {
         lock(&self.pending).remove(&id);
     }
@@ -636,6 +651,30 @@ impl Client {
     /// [`PendingCall::wait`]. `timeout` counts from now. The request is encoded at once:
     /// the caller keeps it (to send again on another connection, say).
     pub fn begin(&self, req: &Request, timeout: Duration) -> Result<PendingCall, RemoteError> {
+        Self::plain_call(req)?;
+        let deadline = Instant::now() + timeout;
+        let permit = self.shared().acquire(deadline)?;
+        self.begin_with(req, timeout, deadline, permit)
+    }
+
+    /// [`Client::begin`] only if more than `spare` slots of the in-flight window are free:
+    /// for work that may as well not be done (reading ahead), so that it never waits for a
+    /// slot while holding others and leaves room for what must be done. `None` if not sent.
+    pub fn begin_if_room(
+        &self,
+        req: &Request,
+        timeout: Duration,
+        spare: usize,
+    ) -> Result<Option<PendingCall>, RemoteError> {
+        Self::plain_call(req)?;
+        let deadline = Instant::now() + timeout;
+        match self.shared().try_acquire(spare)? {
+            Some(permit) => self.begin_with(req, timeout, deadline, permit).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn plain_call(req: &Request) -> Result<(), RemoteError> {
         let op = req.op();
         if op.body() != Body::None {
             return Err(RemoteError::new(
@@ -643,9 +682,18 @@ impl Client {
                 format!("{op} streams data: use Client::get or Client::upload"),
             ));
         }
+        Ok(())
+    }
+
+    fn begin_with(
+        &self,
+        req: &Request,
+        timeout: Duration,
+        deadline: Instant,
+        permit: Permit,
+    ) -> Result<PendingCall, RemoteError> {
+        let op = req.op();
         let shared = self.shared();
-        let deadline = Instant::now() + timeout;
-        let permit = shared.acquire(deadline)?;
         let (tx, rx) = mpsc::sync_channel(1);
         let id = self.start(req, Pending::Call(tx))?;
         Ok(PendingCall {

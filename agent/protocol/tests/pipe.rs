@@ -407,6 +407,38 @@ fn the_in_flight_window_bounds_outstanding_calls() {
 }
 
 #[test]
+fn a_call_that_may_be_skipped_leaves_room_in_the_window() {
+    let mut cc = ClientConfig::new(Hello::new(Role::Volume));
+    cc.max_in_flight = 4;
+    let s = start_with(
+        Role::Volume,
+        ServerConfig::new(Accept::new(Role::Volume)),
+        cc,
+    );
+    let slow = Request::Stat {
+        file: FileRef::Path("sleep/300".into()),
+    };
+    let t = Duration::from_secs(5);
+    let mut held = Vec::new();
+    while let Some(p) = s.client.begin_if_room(&slow, t, 1).unwrap() {
+        held.push(p);
+    }
+    assert_eq!(held.len(), 3, "one slot of four left spare");
+    // What must be sent still finds a slot, at once.
+    let t0 = Instant::now();
+    assert_eq!(s.client.call(Request::Ping).unwrap(), Response::Ok);
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    for p in held {
+        p.wait().unwrap();
+    }
+    assert!(s.client.begin_if_room(&slow, t, 1).unwrap().is_some());
+}
+
+#[test]
 fn streamed_get_delivers_every_byte() {
     let s = start(Role::Sync);
     let size = 20 * 1024 * 1024 + 12345u64;

@@ -19,8 +19,8 @@ use cloudstore_format::{
 use cloudstore_protocol::queue::WorkQueue;
 use cloudstore_protocol::{
     features, Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType,
-    OpenFlags, PendingCall, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec,
-    MAX_IO, STAT_HEAD_MAX,
+    OpenFlags, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
+    STAT_HEAD_MAX,
 };
 use fuser::{FileAttr, TimeOrNow};
 
@@ -97,7 +97,7 @@ pub(crate) struct Core {
     /// The files holding such content, oldest first: the oldest gives way to the newest.
     looked_up_order: Mutex<std::collections::VecDeque<Weak<FileState>>>,
     /// The last directories listed, newest last, kept past their handles for reading ahead
-    /// (see [`Core::begin_read_ahead`]).
+    /// (see [`Core::read_ahead`]).
     listings: Mutex<std::collections::VecDeque<Arc<Listing>>>,
     /// Unlinks sent and not yet answered (unlinks.rs).
     pub(crate) unlinks: super::unlinks::UnlinkQueue,
@@ -117,8 +117,10 @@ const LOOKED_UP_FILES: usize = 256;
 const LISTINGS_KEPT: usize = 8;
 
 /// Entries after an opened file whose content an open that had to ask storage fetches
-/// with it (the small regular files among them), from the budget lookups use.
+/// after it (the small regular files among them), from the budget lookups use.
 const READ_AHEAD_ENTRIES: usize = 32;
+/// Slots of the client's in-flight window reading ahead leaves to others.
+const READ_AHEAD_SPARE: usize = 16;
 
 /// A directory's listing kept past its handle, in the order it was given to the kernel.
 pub(crate) struct Listing {
@@ -1705,11 +1707,6 @@ impl Core {
                 return Ok((fh, false));
             }
         }
-        let ahead = if read_only {
-            self.begin_read_ahead(ino)
-        } else {
-            Vec::new()
-        };
         let stamp = self.settle_then_count(&state);
         let cpath = self.cpath(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1767,21 +1764,23 @@ impl Core {
             remote: Mutex::new(Some((gen, handle))),
             file,
         });
-        self.finish_read_ahead(ahead);
+        if read_only {
+            self.read_ahead(ino);
+        }
         Ok((fh, keep))
     }
 
-    /// Starts fetching the content of the small files listed after `ino` in its directory's
-    /// kept listing, for an open of `ino` that has to ask storage anyway: a program going
-    /// through a directory in listing order then opens the next ones without a round trip
-    /// each ([`Core::open_looked_up`]), and this open waits for one round trip, not
-    /// one per file. Each is a `Stat` with content (`STAT_HEAD`), held as a lookup's would
-    /// be, so the same rules keep it right: nothing changed here since it was asked for,
-    /// pushes followed. Files with a write in flight or content already held are skipped.
-    fn begin_read_ahead(&self, ino: u64) -> Vec<(u64, PendingCall, u64)> {
-        let mut started = Vec::new();
+    /// Fetches the content of the small files listed after `ino` in its directory's kept
+    /// listing, after an open of `ino` that had to ask storage: a program going through a
+    /// directory in listing order then opens the next ones without a round trip each
+    /// ([`Core::open_looked_up`]), and this open waits one more round trip, not one per
+    /// file. Each is a `Stat` with content (`STAT_HEAD`), held as a lookup's would be, so
+    /// the same rules keep it right: nothing changed here since it was asked for, pushes
+    /// followed. Files with a write in flight or content already held are skipped, and only
+    /// free slots of the in-flight window are used, leaving [`READ_AHEAD_SPARE`] to others.
+    fn read_ahead(&self, ino: u64) {
         if !self.status.following() || !self.storage_has(features::STAT_HEAD) {
-            return started;
+            return;
         }
         let Some((parent, cname)) = lock(&self.nodes)
             .map
@@ -1789,7 +1788,7 @@ impl Core {
             .and_then(|n| n.names.last())
             .map(|n| (n.parent, n.cname.clone()))
         else {
-            return started;
+            return;
         };
         let Some(listing) = lock(&self.listings)
             .iter()
@@ -1797,7 +1796,7 @@ impl Core {
             .find(|l| l.dir == parent)
             .cloned()
         else {
-            return started;
+            return;
         };
         let at = listing.at.get_or_init(|| {
             listing
@@ -1811,8 +1810,9 @@ impl Core {
         let (Some(&pos), Ok(dir_cpath), Some((client, _))) =
             (at.get(&cname), self.cpath(parent), self.st.current())
         else {
-            return started;
+            return;
         };
+        let mut started = Vec::new();
         for it in listing.items.iter().skip(pos + 1).take(READ_AHEAD_ENTRIES) {
             let small = it.kind == FileType::File
                 && it.attr.as_ref().is_some_and(|a| a.size <= STAT_HEAD_MAX);
@@ -1833,21 +1833,15 @@ impl Core {
             let stat = Request::Stat {
                 file: FileRef::Path(join(&dir_cpath, &it.cname)),
             };
-            match client.begin(&stat, self.st.timeout) {
-                Ok(pending) => started.push((child, pending, unchanged)),
-                Err(_) => break,
+            match client.begin_if_room(&stat, self.st.timeout, READ_AHEAD_SPARE) {
+                Ok(Some(pending)) => started.push((child, pending, unchanged)),
+                _ => break,
             }
         }
-        started
-    }
-
-    /// Holds what [`Core::begin_read_ahead`] fetched; a failure only means an open later
-    /// asks storage.
-    fn finish_read_ahead(&self, started: Vec<(u64, PendingCall, u64)>) {
-        for (ino, pending, unchanged) in started {
+        for (child, pending, unchanged) in started {
             if let Ok(Response::AttrWith { attr, content }) = pending.wait() {
                 if attr.kind == FileType::File {
-                    self.hold_looked_up(ino, &attr, content, unchanged);
+                    self.hold_looked_up(child, &attr, content, unchanged);
                 }
             }
         }
