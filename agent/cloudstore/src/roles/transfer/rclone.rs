@@ -49,14 +49,13 @@ const CALL_ATTEMPTS: u32 = 4;
 /// goes past it rather than fail). 256 MiB holds a 100 000-entry listing several times over.
 const RCLONE_SOFT_MEMORY_LIMIT: &str = "256MiB";
 
-/// Go heap in use past which `rclone rcd` is replaced by a fresh one. rclone v1.60 keeps
-/// memory alive for every `operations/uploadfile` call (how uploads once travelled), however its stats and jobs are
-/// pruned (measured: 8 000 uploads of 8 KB left 920 MiB of heap in use after `core/gc`
-/// and the resident size 260 MiB higher, with `--max-stats-groups=10` and
-/// `core/stats-reset`); a first sync of 100 000 files took it to 7 GiB resident. A transfer
-/// qube has far less memory, so the agent starts a new server when the old one grows past
-/// this and lets the old one finish its calls, then ends it. `CLOUDSTORE_RCLONE_RECYCLE_MIB`
-/// overrides it (tests).
+/// Go heap in use past which `rclone rcd` is replaced by a fresh one, letting the old one
+/// finish its calls. While uploads were pushed (`operations/uploadfile`), rclone v1.60 kept
+/// memory alive for every call however its stats and jobs were pruned (8 000 uploads of
+/// 8 KB left 920 MiB of heap in use after `core/gc`; a first sync of 100 000 files took it
+/// to 7 GiB resident). Pulled uploads (offer.rs) leave it at 10-16 MiB in the 10 000-file
+/// test; the limit stays as the guard a transfer qube's memory needs against growth in
+/// another rclone version or backend. `CLOUDSTORE_RCLONE_RECYCLE_MIB` overrides it (tests).
 const RCLONE_RECYCLE_MIB: u64 = 384;
 const RECYCLE_ENV: &str = "CLOUDSTORE_RCLONE_RECYCLE_MIB";
 /// Calls between two looks at rclone's heap (an rc call of its own).

@@ -1131,6 +1131,10 @@ impl Core {
                 return;
             }
             c.looked_up = Some((a.size, a.mtime.secs, a.mtime.nanos));
+            // Answers the stat the kernel sends after the read (a read drops its atime,
+            // and `tar` checks each file's attributes after reading it), under the same
+            // rules as the content.
+            c.fresh = Some(a.clone());
         }
         lock(&self.looked_up_order).push_back(Arc::downgrade(&state));
     }
@@ -1348,19 +1352,23 @@ impl Core {
 
     /// Runs `f` over the file's ciphertext with its cached length and header; the cache is
     /// refreshed once if the ciphertext turned out shorter than cached (changed elsewhere).
+    /// `reading`: a read, after which content held whole is held again for the next read
+    /// of the same handle (the kernel reads a small file's partial last page on its own).
+    #[allow(clippy::too_many_arguments)] // each is a distinct part of one file operation
     fn with_crypt<T>(
         &self,
         ino: u64,
         of: Option<&OpenFile>,
         behind: Option<&Arc<OpenFile>>,
         state: &FileState,
+        reading: bool,
         mut f: impl FnMut(&mut CryptFile<Remote<'_>>, &mut ContentCipher) -> Result<T, FormatError>,
     ) -> Result<T, Fail> {
         for attempt in 0..2 {
-            let (clen, header, content) = {
+            let (clen, header, content, changes) = {
                 let mut c = lock(&state.cache);
                 let content = if attempt == 0 { c.content.take() } else { None };
-                (c.clen, c.header, content)
+                (c.clen, c.header, content, c.changes)
             };
             let clen = match clen {
                 Some(l) if attempt == 0 => l,
@@ -1383,7 +1391,7 @@ impl Core {
                 lock(&state.cache).clen = None;
                 return Err(f);
             }
-            let (res, remote) = match CryptFile::open(remote) {
+            let (res, mut remote) = match CryptFile::open(remote) {
                 Ok(mut cf) => {
                     let r = self.with_cc(|cc| f(&mut cf, cc))?;
                     let mut remote = cf.into_inner();
@@ -1406,6 +1414,13 @@ impl Core {
                     let mut c = lock(&state.cache);
                     c.clen = Some(remote.clen);
                     c.header = remote.header;
+                    let whole = remote.pre.take().filter(|p| p.len() as u64 == remote.clen);
+                    if let Some(bytes) = whole.filter(|_| reading && c.changes == changes) {
+                        if c.content.is_none() {
+                            // Dropped at the handle's release like content from the open.
+                            c.content = Held::new(bytes, &self.held, HELD_MAX);
+                        }
+                    }
                     return Ok(v);
                 }
                 Err(e) => {
@@ -1434,7 +1449,7 @@ impl Core {
     fn truncate(&self, ino: u64, of: Option<&OpenFile>, size: u64) -> Result<(), Fail> {
         let state = self.file_state(ino);
         let _g = state.io.write().unwrap_or_else(|p| p.into_inner());
-        self.with_crypt(ino, of, None, &state, |cf, cc| cf.truncate(cc, size))?;
+        self.with_crypt(ino, of, None, &state, false, |cf, cc| cf.truncate(cc, size))?;
         Ok(())
     }
 
@@ -1850,7 +1865,7 @@ impl Core {
     pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Fail> {
         let of = self.open_file(fh)?;
         let _g = of.file.io.read().unwrap_or_else(|p| p.into_inner());
-        self.with_crypt(of.ino, Some(&of), None, &of.file, |cf, cc| {
+        self.with_crypt(of.ino, Some(&of), None, &of.file, true, |cf, cc| {
             cf.read_vec(cc, offset, size as usize)
         })
     }
@@ -1860,7 +1875,7 @@ impl Core {
         self.status.write_started();
         let res = {
             let _g = of.file.io.write().unwrap_or_else(|p| p.into_inner());
-            self.with_crypt(of.ino, Some(&of), Some(&of), &of.file, |cf, cc| {
+            self.with_crypt(of.ino, Some(&of), Some(&of), &of.file, false, |cf, cc| {
                 cf.write(cc, offset, data)
             })
         };
