@@ -114,7 +114,10 @@ const LOOKED_UP_FILES: usize = 256;
 
 /// Directories whose listing is kept for reading ahead: a program walking a tree lists a
 /// directory, closes it, and then opens its files (GNU tar reads all the names first).
+/// Only listings of at most `LISTING_KEPT_ENTRIES` entries are kept (a few hundred KiB
+/// each), so that listing huge directories leaves nothing behind.
 const LISTINGS_KEPT: usize = 8;
+const LISTING_KEPT_ENTRIES: usize = 4096;
 
 /// Entries after an opened file whose content an open that had to ask storage fetches
 /// after it (the small regular files among them), from the budget lookups use.
@@ -1415,7 +1418,10 @@ impl Core {
                     c.clen = Some(remote.clen);
                     c.header = remote.header;
                     let whole = remote.pre.take().filter(|p| p.len() as u64 == remote.clen);
-                    if let Some(bytes) = whole.filter(|_| reading && c.changes == changes) {
+                    let read_only = of.is_some_and(|o| !o.write);
+                    if let Some(bytes) =
+                        whole.filter(|_| reading && read_only && c.changes == changes)
+                    {
                         if c.content.is_none() {
                             // Dropped at the handle's release like content from the open.
                             c.content = Held::new(bytes, &self.held, HELD_MAX);
@@ -1770,6 +1776,10 @@ impl Core {
                     }
                 }
                 c.seen = Some(now);
+                if !write {
+                    // For the stat the kernel sends after a read (see `hold_looked_up`).
+                    c.fresh = Some(a.clone());
+                }
                 keep
             }
         };
@@ -2329,6 +2339,9 @@ impl Core {
         {
             let mut kept = lock(&self.listings);
             kept.retain(|l| l.dir != ino);
+        }
+        if items.len() <= LISTING_KEPT_ENTRIES {
+            let mut kept = lock(&self.listings);
             if kept.len() == LISTINGS_KEPT {
                 kept.pop_front();
             }
