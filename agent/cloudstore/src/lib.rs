@@ -10,3 +10,4 @@ pub mod passphrase;
 pub mod qrexec;
 pub mod roles;
 pub mod sandbox_probe;
+pub mod time;

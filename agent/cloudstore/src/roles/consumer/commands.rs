@@ -10,9 +10,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::control::{self, Reply, Request, Secret, VolumeStatus};
-use super::time;
 use crate::config::validate_volume_name;
 use crate::passphrase;
+use crate::time;
 
 #[derive(Debug, Args)]
 pub struct UnlockArgs {

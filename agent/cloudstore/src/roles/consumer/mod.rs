@@ -26,7 +26,6 @@ pub mod control;
 pub mod fs;
 pub mod keys;
 pub mod mounts;
-pub mod time;
 pub mod versions;
 pub mod worker;
 
@@ -744,7 +743,7 @@ impl Agent {
                             "restored {} to version {} (kept {}, {} bytes)",
                             path.display(),
                             version.id,
-                            time::format_utc(version.time.0, version.time.1),
+                            crate::time::format_utc(version.time.0, version.time.1),
                             version.size
                         ),
                     }),

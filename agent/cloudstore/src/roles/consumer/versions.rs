@@ -177,7 +177,7 @@ pub fn restore(
                 anyhow!(
                     "{} has no version kept at or before {}",
                     rel.display(),
-                    super::time::format_utc(at, 0)
+                    crate::time::format_utc(at, 0)
                 )
             })?,
         (None, None) => versions

@@ -389,17 +389,7 @@ fn http_date(t: SystemTime) -> String {
         .map_or(0, |d| d.as_secs());
     let days = secs / 86_400;
     let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    // Days since 1970-01-01 to a civil date (H. Hinnant, "chrono-Compatible Low-Level
-    // Date Algorithms", days_from_civil inverted).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = crate::time::civil_from_days(days as i64);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -412,7 +402,7 @@ fn http_date(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::time::Duration;
 
@@ -434,12 +424,13 @@ mod tests {
         assert_eq!(percent_decode("%FF"), None);
     }
 
-    /// Content from memory; `fail` names files whose source breaks after half of them,
-    /// `grow` files whose source has one byte more than offered.
-    struct Memory {
-        files: Vec<Vec<u8>>,
-        fail: Vec<usize>,
-        grow: Vec<usize>,
+    /// Content from memory; `fail` names files whose source breaks after half of them (a
+    /// storage stream that went away), `grow` files whose source has one byte more than
+    /// offered.
+    pub(in crate::roles::transfer) struct Memory {
+        pub files: Vec<Vec<u8>>,
+        pub fail: Vec<usize>,
+        pub grow: Vec<usize>,
     }
 
     impl Content for Memory {

@@ -948,7 +948,8 @@ impl Read for Response {
 
 #[cfg(test)]
 mod tests {
-    use super::super::offer::{offer, Content, Offered};
+    use super::super::offer::tests::Memory;
+    use super::super::offer::{offer, Offered};
     use super::*;
 
     /// A real `rclone rcd` over a local folder as the cloud.
@@ -1040,24 +1041,6 @@ mod tests {
         assert!(r.stat("file-008").unwrap().is_some());
     }
 
-    /// Content for an offer from memory; a file in `fail` breaks after half of it, as a
-    /// storage stream that went away.
-    struct Memory {
-        files: Vec<Vec<u8>>,
-        fail: Vec<usize>,
-    }
-
-    impl Content for Memory {
-        fn send(&self, i: usize, out: &mut dyn Write) -> io::Result<()> {
-            let data = &self.files[i];
-            if self.fail.contains(&i) {
-                out.write_all(&data[..data.len() / 2])?;
-                return Err(io::Error::other("storage went away"));
-            }
-            out.write_all(data)
-        }
-    }
-
     /// Offers `files` (name, content) and has rclone pull them into `dir`; the call's result
     /// and which files were served whole.
     fn pull(
@@ -1069,6 +1052,7 @@ mod tests {
         let content = Memory {
             files: files.iter().map(|f| f.1.clone()).collect(),
             fail: fail.to_vec(),
+            grow: Vec::new(),
         };
         let offered: Vec<Offered> = files
             .iter()

@@ -113,20 +113,10 @@ pub(crate) fn conflict_name(name: &[u8], stamp: &str, n: u32) -> Vec<u8> {
     out
 }
 
-/// `YYYY-MM-DD HHMM` in UTC from seconds since the epoch (days to civil date as in
-/// H. Hinnant's `civil_from_days`).
+/// `YYYY-MM-DD HHMM` in UTC from seconds since the epoch.
 pub(crate) fn utc_stamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::time::civil_from_days(secs.div_euclid(86_400));
     format!(
         "{y:04}-{m:02}-{d:02} {:02}{:02}",
         rem / 3600,

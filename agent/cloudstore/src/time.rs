@@ -1,5 +1,6 @@
-//! UTC times for `versions` output and `restore --at`, without a calendar dependency:
-//! Howard Hinnant's `days_from_civil` / `civil_from_days` (chrono's algorithm too).
+//! UTC times without a calendar dependency (`versions` output, `restore --at`, conflict
+//! names, HTTP dates): Howard Hinnant's `days_from_civil` / `civil_from_days` (chrono's
+//! algorithm too).
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_utc(secs: i64, _nanos: u32) -> String {
@@ -14,7 +15,8 @@ pub fn format_utc(secs: i64, _nanos: u32) -> String {
     )
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// (year, month 1-12, day 1-31) of day `z` counted from 1970-01-01.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
