@@ -54,7 +54,7 @@ pub fn offer<T>(
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let addr = listener.local_addr()?;
     let shop = Shop {
-        token: random_token(),
+        prefix: format!("/{}/", random_token()),
         by_name: files.iter().enumerate().map(|(i, f)| (f.name, i)).collect(),
         files,
         content,
@@ -63,7 +63,7 @@ pub fn offer<T>(
         open: Mutex::new(Vec::new()),
         closing: AtomicBool::new(false),
     };
-    let url = format!("http://{addr}/{}/", shop.token);
+    let url = format!("http://{addr}{}", shop.prefix);
     let pulled = std::thread::scope(|scope| -> io::Result<T> {
         let shop = &shop;
         let listener = &listener;
@@ -94,7 +94,8 @@ pub fn offer<T>(
 }
 
 struct Shop<'a> {
-    token: String,
+    /// `/TOKEN/`: the random path every request must start with.
+    prefix: String,
     files: &'a [Offered<'a>],
     by_name: HashMap<&'a str, usize>,
     content: &'a dyn Content,
@@ -164,8 +165,7 @@ impl Shop<'_> {
 
     /// Answers one request; `Ok(false)` if the connection must end after it.
     fn answer(&self, req: &Request, w: &mut impl Write) -> io::Result<bool> {
-        let prefix = format!("/{}/", self.token);
-        let Some(rest) = req.target.strip_prefix(&prefix) else {
+        let Some(rest) = req.target.strip_prefix(&self.prefix) else {
             // Not from the rclone this offer is for.
             simple(w, 404, "Not Found")?;
             return Ok(false);

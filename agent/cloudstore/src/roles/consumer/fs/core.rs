@@ -1837,18 +1837,30 @@ impl Core {
         else {
             return;
         };
+        // The small regular files among the next entries that the mount knows, with their
+        // state, under one lock of the inode table.
+        let candidates: Vec<(u64, &str, Arc<FileState>)> = {
+            let nodes = lock(&self.nodes);
+            let mut key = (parent, String::new());
+            listing
+                .items
+                .iter()
+                .skip(pos + 1)
+                .take(READ_AHEAD_ENTRIES)
+                .filter(|it| {
+                    it.kind == FileType::File
+                        && it.attr.as_ref().is_some_and(|a| a.size <= STAT_HEAD_MAX)
+                })
+                .filter_map(|it| {
+                    it.cname.clone_into(&mut key.1);
+                    let child = *nodes.children.get(&key)?;
+                    let state = nodes.map.get(&child)?.file.clone();
+                    Some((child, it.cname.as_str(), state))
+                })
+                .collect()
+        };
         let mut started = Vec::new();
-        for it in listing.items.iter().skip(pos + 1).take(READ_AHEAD_ENTRIES) {
-            let small = it.kind == FileType::File
-                && it.attr.as_ref().is_some_and(|a| a.size <= STAT_HEAD_MAX);
-            let child = lock(&self.nodes)
-                .children
-                .get(&(parent, it.cname.clone()))
-                .copied();
-            let Some(child) = child.filter(|_| small) else {
-                continue;
-            };
-            let state = self.file_state(child);
+        for (child, cname, state) in candidates {
             if lock(&state.cache).content.is_some() {
                 continue;
             }
@@ -1856,7 +1868,7 @@ impl Core {
                 continue;
             };
             let stat = Request::Stat {
-                file: FileRef::Path(join(&dir_cpath, &it.cname)),
+                file: FileRef::Path(join(&dir_cpath, cname)),
             };
             match client.begin_if_room(&stat, self.st.timeout, READ_AHEAD_SPARE) {
                 Ok(Some(pending)) => started.push((child, pending, unchanged)),
