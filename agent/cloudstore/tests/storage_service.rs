@@ -282,6 +282,61 @@ fn refuses_calls_outside_its_configuration_with_a_clear_logged_error_and_keeps_s
 }
 
 #[test]
+fn changes_through_one_handle_run_in_the_order_sent() {
+    let agent = StorageAgent::start("work");
+    let (c, _) = agent
+        .client("cloudstore.Volume", "work", "my-work")
+        .unwrap();
+    let timeout = Duration::from_secs(30);
+    for round in 0..10u32 {
+        let path = format!("f{round}");
+        let h = opened(
+            c.call(Request::Create {
+                path: path.clone(),
+                mode: 0o600,
+                exclusive: true,
+            })
+            .unwrap(),
+        );
+        // Sent without waiting, as the consumer sends a file's times behind its last write:
+        // the write takes longer, so run out of order the times would be the write's.
+        let set = cloudstore_protocol::Timespec::new(1_000_000_000 + i64::from(round), 0);
+        let mut calls = Vec::new();
+        for piece in 0..4u64 {
+            let write = Request::Write {
+                file: FileRef::Handle(h),
+                offset: piece << 20,
+                data: vec![round as u8; 1 << 20],
+            };
+            calls.push(c.begin(&write, timeout).unwrap());
+        }
+        let times = Request::SetAttr {
+            file: FileRef::Handle(h),
+            attr: cloudstore_protocol::SetAttr {
+                mode: Some(0o640),
+                size: None,
+                atime: None,
+                mtime: Some(cloudstore_protocol::TimeSet::At(set)),
+            },
+        };
+        calls.push(c.begin(&times, timeout).unwrap());
+        calls.push(c.begin(&Request::Close { handle: h }, timeout).unwrap());
+        let answers: Vec<Response> = calls.into_iter().map(|p| p.wait().unwrap()).collect();
+        match &answers[4] {
+            Response::Attr(a) => assert_eq!((a.mtime, a.size), (set, 4 << 20), "{path}"),
+            other => panic!("{other:?}"),
+        }
+        let md = std::fs::metadata(agent.tree("work").join(&path)).unwrap();
+        assert_eq!(md.len(), 4 << 20, "{path}");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&md),
+            set.secs,
+            "{path}: the times were set before a write"
+        );
+    }
+}
+
+#[test]
 fn hostile_requests_get_clear_errors_and_the_volume_root_is_never_left() {
     let agent = StorageAgent::start("work");
     let (c, _) = agent

@@ -19,7 +19,7 @@ use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{read_frame, write_frame, FrameError, FrameType, FLAG_FINAL, MAX_PAYLOAD};
 use crate::handshake::{features, server_handshake, Accept, HandshakeError, Session};
 use crate::message::{encode_error, Body, Op, Push, Request, Response, MAX_IO};
-use crate::queue::WorkQueue;
+use crate::queue::{Lanes, WorkQueue};
 
 /// Chunks a stream's sender may have outstanding before the receiver grants more credit.
 /// With [`CHUNK_SIZE`] chunks, 4 keep 1 MiB in flight per stream — enough to cover a pipe's
@@ -78,6 +78,14 @@ pub trait Handler: Sync {
     /// wait on another request (a stream's chunks, a lock a streaming handler holds) belong.
     fn inline(&self, _req: &Request) -> bool {
         false
+    }
+
+    /// The lane `req` runs in, if it must run after the requests sent before it in the same
+    /// lane: requests of one lane run one at a time in the order they arrived (on workers,
+    /// never on the reading thread); others run as workers take them, in any order. Only
+    /// for requests without a stream.
+    fn lane(&self, _req: &Request) -> Option<u64> {
+        None
     }
 
     /// Called once after the connection ended and every request finished: release handles,
@@ -383,6 +391,7 @@ impl Write for DownloadWriter {
 struct Job {
     id: u64,
     req: Request,
+    lane: Option<u64>,
     upload: Option<UploadReader>,
     download: Option<Arc<DownloadCtl>>,
 }
@@ -420,18 +429,35 @@ where
     let mut stats = ServeStats::default();
     let errors = AtomicU64::new(0);
     let jobs = WorkQueue::<Job>::new(config.queue);
+    let lanes = Lanes::<Job>::new(config.queue);
     let result = std::thread::scope(|s| {
         for _ in 0..config.workers {
-            let (jobs, conn, errors) = (&jobs, &conn, &errors);
+            let (jobs, lanes, conn, errors) = (&jobs, &lanes, &conn, &errors);
             s.spawn(move || {
                 while let Some(job) = jobs.pop() {
-                    if !run_job(conn, handler, job) {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    let mut job = Some(job);
+                    while let Some(j) = job.take() {
+                        let lane = j.lane;
+                        if !run_job(conn, handler, j) {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The lane's next request runs here, after this one, not queued
+                        // behind requests that came after it.
+                        job = lane.and_then(|l| lanes.next(l));
                     }
                 }
             });
         }
-        let r = read_loop(&mut reader, &conn, config, handler, &jobs, &mut stats);
+        let r = read_loop(
+            &mut reader,
+            &conn,
+            config,
+            handler,
+            &jobs,
+            &lanes,
+            &mut stats,
+        );
+        lanes.close();
         jobs.close();
         conn.end_streams();
         r
@@ -513,6 +539,7 @@ fn read_loop<H: Handler>(
     config: &ServerConfig,
     handler: &H,
     jobs: &WorkQueue<Job>,
+    lanes: &Lanes<Job>,
     stats: &mut ServeStats,
 ) -> Result<(), ServeError> {
     loop {
@@ -581,9 +608,15 @@ fn read_loop<H: Handler>(
                     );
                     continue;
                 }
+                let lane = if op.body() == Body::None {
+                    handler.lane(&req)
+                } else {
+                    None
+                };
                 let mut job = Job {
                     id,
                     req,
+                    lane,
                     upload: None,
                     download: None,
                 };
@@ -637,7 +670,14 @@ fn read_loop<H: Handler>(
                         job.download = Some(ctl);
                     }
                 }
-                if job.upload.is_none() && job.download.is_none() && handler.inline(&job.req) {
+                if let Some(lane) = job.lane {
+                    match lanes.enter(lane, job) {
+                        Some(free) => job = free,
+                        // Run by the worker that finishes the lane's job before it.
+                        None => continue,
+                    }
+                } else if job.upload.is_none() && job.download.is_none() && handler.inline(&job.req)
+                {
                     if !run_job(conn, handler, job) {
                         stats.errors += 1;
                     }

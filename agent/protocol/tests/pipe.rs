@@ -209,6 +209,63 @@ fn quick_requests_run_on_the_reading_thread_and_the_rest_on_workers() {
 }
 
 #[test]
+fn requests_of_one_lane_run_in_the_order_sent_and_others_pass_them() {
+    for laned_sleeps in [false, true] {
+        let s = start_handler(
+            Role::Volume,
+            ServerConfig::new(Accept::new(Role::Volume)),
+            ClientConfig::new(Hello::new(Role::Volume)),
+            MemHandler {
+                laned_sleeps,
+                ..MemHandler::default()
+            },
+        );
+        let sleep = |path: &str| {
+            let req = Request::Stat {
+                file: FileRef::Path(path.into()),
+            };
+            s.client.begin(&req, Duration::from_secs(10)).unwrap()
+        };
+        // Sent back to back without waiting, as a write and the attribute change behind it.
+        let first = sleep("sleep/300/first");
+        let second = sleep("sleep/0/second");
+        let third = sleep("sleep/0/third");
+        let t = Instant::now();
+        s.client.call(Request::Ping).unwrap();
+        let ping = t.elapsed();
+        for call in [first, second, third] {
+            call.wait().unwrap();
+        }
+        let slept = s.handler.slept.lock().unwrap().clone();
+        if laned_sleeps {
+            assert_eq!(
+                slept,
+                ["sleep/300/first", "sleep/0/second", "sleep/0/third"],
+                "one lane runs in the order sent"
+            );
+        } else {
+            assert_eq!(
+                slept[2], "sleep/300/first",
+                "without a lane the quick ones pass"
+            );
+        }
+        assert!(
+            ping < Duration::from_millis(250),
+            "a request of no lane waited for the lane ({ping:?}, lane: {laned_sleeps})"
+        );
+        assert!(
+            !s.handler
+                .ran_on
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, t)| *t == s.server.thread().id()),
+            "laned requests run on workers"
+        );
+    }
+}
+
+#[test]
 fn a_call_times_out_and_the_connection_keeps_working() {
     let s = start(Role::Volume);
     let e = s

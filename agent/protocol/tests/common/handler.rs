@@ -29,6 +29,10 @@ pub struct MemHandler {
     pub inline_stat: bool,
     /// The thread each request ran on, by operation.
     pub ran_on: Mutex<Vec<(Op, std::thread::ThreadId)>>,
+    /// `Stat`s of `sleep/` paths run in one lane ([`Handler::lane`]).
+    pub laned_sleeps: bool,
+    /// The `sleep/` paths in the order their requests finished.
+    pub slept: Mutex<Vec<String>>,
 }
 
 /// Deterministic content for `Get` of `gen/<size>`.
@@ -76,7 +80,9 @@ impl MemHandler {
             return None;
         }
         if let Some(ms) = path.strip_prefix("sleep/") {
+            let ms = ms.split('/').next().unwrap_or_default();
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            self.slept.lock().unwrap().push(path.to_owned());
             return Some(Ok(Response::Attr(attr_of(FileType::File, 0))));
         }
         match path {
@@ -96,6 +102,15 @@ impl MemHandler {
 impl Handler for MemHandler {
     fn inline(&self, req: &Request) -> bool {
         self.inline_stat && matches!(req, Request::Stat { .. })
+    }
+
+    fn lane(&self, req: &Request) -> Option<u64> {
+        match req {
+            Request::Stat {
+                file: FileRef::Path(p),
+            } if self.laned_sleeps && p.starts_with("sleep/") => Some(7),
+            _ => None,
+        }
     }
 
     fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {

@@ -437,6 +437,34 @@ impl Handler for Connection {
         }
     }
 
+    /// Changes through one handle run in the order they were sent: the consumer sends an
+    /// attribute change after a write without waiting for the write's answer (behind.rs),
+    /// and a write's two pieces, or a close after them, must not pass each other either.
+    /// Reads and stats by handle are not laned: the consumer sends them only after every
+    /// change of the file was answered.
+    fn lane(&self, req: &Request) -> Option<u64> {
+        match req {
+            Request::Write {
+                file: FileRef::Handle(h),
+                ..
+            }
+            | Request::SetAttr {
+                file: FileRef::Handle(h),
+                ..
+            }
+            | Request::Truncate {
+                file: FileRef::Handle(h),
+                ..
+            }
+            | Request::Fsync {
+                file: FileRef::Handle(h),
+                ..
+            }
+            | Request::Close { handle: h } => Some(*h),
+            _ => None,
+        }
+    }
+
     fn handle(&self, req: Request, call: &mut Call<'_>) -> Result<Response, RemoteError> {
         store::acting_for(self.id, || self.serve(req, call))
     }

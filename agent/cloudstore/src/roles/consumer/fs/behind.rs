@@ -22,11 +22,23 @@
 //!   otherwise wait on storage, and a close happens behind every `exec` of a process that
 //!   inherited the descriptor.
 //! - Until storage has answered, the write counts in the status's pending writes.
+//!
+//! An attribute change (`chmod`, `utimensat`) made while a write of the file is in flight
+//! goes behind it the same way: `tar` and `cp -a` set a file's times and mode right after
+//! writing it, and waiting for the write's answer and then the change's own would cost two
+//! round trips a file. It is sent at once through the write's storage handle, which storage
+//! runs in order (one lane per handle, see the storage role's `Handler::lane`), and answered
+//! with the attributes it will leave: those storage last gave for the file, with the size
+//! of the ciphertext written since, the times of the write or the change, and the change's
+//! mode. Its failure is reported like a write's; its answer, when collected, replaces what
+//! was predicted.
 
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
-use cloudstore_protocol::{Attr, ErrorCode, PendingCall, Request, Response, MAX_IO};
+use cloudstore_protocol::{
+    Attr, ErrorCode, FileRef, PendingCall, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
+};
 
 use super::core::{expect_resp, Core, OpenFile};
 use super::nodes::FileState;
@@ -36,6 +48,11 @@ use super::{Fail, FsStatus};
 #[derive(Default)]
 pub(crate) struct WriteBehind {
     inflight: Option<SentWrite>,
+    /// Attribute changes sent after the write in flight (or the first of them) through the
+    /// same handle, in the order sent.
+    attrs: Vec<SentAttr>,
+    /// The attributes the file will have once the last of `attrs` is done.
+    expected: Option<Attr>,
     /// The failure of a write already answered to the application, until reported.
     failed: Option<Fail>,
 }
@@ -44,6 +61,7 @@ impl std::fmt::Debug for WriteBehind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteBehind")
             .field("inflight", &self.inflight.is_some())
+            .field("attrs", &self.attrs.len())
             .field("failed", &self.failed)
             .finish()
     }
@@ -58,6 +76,17 @@ struct SentWrite {
     requests: Vec<Request>,
     calls: Vec<PendingCall>,
     /// The stamp under which the attributes its answer carries may be kept.
+    stamp: Option<u64>,
+    _pending: PendingWrite,
+}
+
+/// An attribute change sent behind a write, on connection `gen`.
+struct SentAttr {
+    ino: u64,
+    of: Arc<OpenFile>,
+    gen: u64,
+    attr: SetAttr,
+    call: PendingCall,
     stamp: Option<u64>,
     _pending: PendingWrite,
 }
@@ -100,7 +129,7 @@ impl Drop for PendingWrite {
 /// Whether the file has no write in flight, found without waiting.
 pub(crate) fn idle(state: &FileState) -> bool {
     match state.behind.try_lock() {
-        Ok(wb) => wb.inflight.is_none(),
+        Ok(wb) => wb.is_idle(),
         Err(_) => false,
     }
 }
@@ -110,7 +139,13 @@ pub(crate) fn idle(state: &FileState) -> bool {
 /// lock is busy.
 pub(crate) fn changes_if_idle(state: &FileState) -> Option<u64> {
     let wb = state.behind.try_lock().ok()?;
-    wb.inflight.is_none().then(|| state.changes())
+    wb.is_idle().then(|| state.changes())
+}
+
+impl WriteBehind {
+    fn is_idle(&self) -> bool {
+        self.inflight.is_none() && self.attrs.is_empty()
+    }
 }
 
 fn lock(state: &FileState) -> MutexGuard<'_, WriteBehind> {
@@ -180,6 +215,13 @@ impl Core {
     fn settle_locked(&self, state: &FileState, wb: &mut WriteBehind) {
         if let Some(sent) = wb.inflight.take() {
             if let Err(f) = self.finish_write(sent) {
+                state.forget_cached();
+                wb.failed.get_or_insert(f);
+            }
+        }
+        wb.expected = None;
+        for sent in std::mem::take(&mut wb.attrs) {
+            if let Err(f) = self.finish_attr(sent) {
                 state.forget_cached();
                 wb.failed.get_or_insert(f);
             }
@@ -271,6 +313,102 @@ impl Core {
         let attr = check_written(pieces, answers)?;
         self.keep_attr(&self.state_of(ino, of), attr, stamp);
         Ok(())
+    }
+
+    /// Sends an attribute change behind the file's write (and changes) in flight and
+    /// returns the attributes it will leave, without waiting. `None`, with nothing sent, if
+    /// nothing is in flight, the attributes before it are not known, or its connection is
+    /// gone: the caller then makes the change the ordinary way.
+    pub(crate) fn set_attr_behind(&self, state: &FileState, attr: SetAttr) -> Option<Attr> {
+        if attr.size.is_some() || !self.status.following() {
+            return None;
+        }
+        let mut wb = lock(state);
+        if wb.failed.is_some() {
+            return None;
+        }
+        let (of, gen, base) = match (wb.attrs.last(), &wb.inflight) {
+            (Some(last), _) => (last.of.clone(), last.gen, wb.expected.clone()?),
+            (None, Some(write)) => (write.of.clone(), write.gen, state.base_attr()?),
+            (None, None) => return None,
+        };
+        let (client, current) = self.st.current()?;
+        let handle = match *super::lock(&of.remote) {
+            Some((g, h)) if g == gen && current == gen => h,
+            _ => return None,
+        };
+        let clen = super::lock(&state.cache).clen?;
+        let since_epoch = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
+        let now = Timespec::new(since_epoch.as_secs() as i64, since_epoch.subsec_nanos());
+        let time = |set: Option<TimeSet>, unset: Timespec| match set {
+            Some(TimeSet::At(t)) => t,
+            Some(TimeSet::Now) => now,
+            None => unset,
+        };
+        let written = wb.inflight.is_some() && wb.attrs.is_empty();
+        let expected = Attr {
+            size: clen,
+            blocks: clen.div_ceil(512),
+            // Storage keeps its own read and write bits on every file (store::Volume::setattr).
+            perm: attr.mode.map_or(base.perm, |m| (m & 0o7777) | 0o600),
+            atime: time(attr.atime, base.atime),
+            mtime: time(attr.mtime, if written { now } else { base.mtime }),
+            ctime: now,
+            ..base
+        };
+        let stamp = self.stamp(state);
+        let request = Request::SetAttr {
+            file: FileRef::Handle(handle),
+            attr,
+        };
+        let call = client.begin(&request, self.opts.request_timeout).ok()?;
+        wb.attrs.push(SentAttr {
+            ino: of.ino,
+            of,
+            gen,
+            attr,
+            call,
+            stamp,
+            _pending: PendingWrite::new(&self.status),
+        });
+        wb.expected = Some(expected.clone());
+        Some(expected)
+    }
+
+    fn finish_attr(&self, sent: SentAttr) -> Result<(), Fail> {
+        let answer = match sent.call.wait() {
+            Ok(r) => r,
+            Err(e) => {
+                // Setting the same mode and times again is harmless if the first one landed.
+                let mut maybe_sent = false;
+                match self.st.retry_after(e, sent.gen, &mut maybe_sent) {
+                    Some(f) => return Err(f),
+                    None => self
+                        .file_calls_stamped(sent.ino, Some(&sent.of), false, 1, |file, _| {
+                            Request::SetAttr {
+                                file,
+                                attr: sent.attr,
+                            }
+                        })?
+                        .0
+                        .remove(0),
+                }
+            }
+        };
+        match answer {
+            Response::Attr(a) => {
+                self.keep_attr(&sent.of.file, Some(a), sent.stamp);
+                Ok(())
+            }
+            r => Err(expect_resp(r, "Attr")),
+        }
+    }
+
+    /// The attributes an ownership change leaves while attribute changes are in flight:
+    /// those the last of them will leave (storage does not keep ownership).
+    pub(crate) fn expected_attr(&self, state: &FileState) -> Option<Attr> {
+        let wb = state.behind.try_lock().ok()?;
+        wb.expected.clone().filter(|_| !wb.attrs.is_empty())
     }
 
     fn finish_write(&self, sent: SentWrite) -> Result<(), Fail> {

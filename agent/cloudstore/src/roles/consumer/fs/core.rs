@@ -42,7 +42,7 @@ pub(crate) struct OpenFile {
     pub ino: u64,
     write: bool,
     /// (connection generation, storage handle)
-    remote: Mutex<Option<(u64, u64)>>,
+    pub remote: Mutex<Option<(u64, u64)>>,
     pub file: Arc<FileState>,
 }
 
@@ -617,7 +617,7 @@ impl Core {
     fn forget_followed(&self) {
         for n in lock(&self.nodes).map.values_mut() {
             n.entries = None;
-            n.file.attrs_changing();
+            n.file.forget_attrs();
         }
     }
 
@@ -1236,6 +1236,10 @@ impl Core {
         }
         let of = fh.and_then(|fh| lock(&self.files).get(&fh).cloned());
         let state = self.state_of(ino, of.as_deref());
+        // Attribute changes in flight (behind.rs) leave what they were answered with.
+        if let Some(a) = self.expected_attr(&state) {
+            return Some(self.attr_of(ino, &a));
+        }
         if !super::behind::idle(&state) {
             return None;
         }
@@ -1319,6 +1323,11 @@ impl Core {
                 atime: atime.map(to_timeset),
                 mtime: mtime.map(to_timeset),
             };
+            if size.is_none() {
+                if let Some(a) = self.set_attr_behind(&self.state_of(ino, of.as_deref()), sa) {
+                    return Ok(self.attr_of(ino, &a));
+                }
+            }
             let (mut answers, _, stamp) =
                 self.file_calls_stamped(ino, of.as_deref(), true, 1, |file, _| Request::SetAttr {
                     file,
@@ -1707,6 +1716,7 @@ impl Core {
             c.clen = Some(a.size);
             c.header = None;
             c.seen = None;
+            c.base = Some(a.clone());
         }
         let fh = self.new_fh(OpenFile {
             ino,

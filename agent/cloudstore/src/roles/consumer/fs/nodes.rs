@@ -55,6 +55,10 @@ pub(crate) struct FileCache {
     /// (size, mtime) of the file `content` is, when it came with a lookup (`STAT_HEAD`)
     /// rather than an open: a read-only open then needs no round trip.
     pub looked_up: Option<(u64, i64, u32)>,
+    /// The attributes storage last gave for the file, kept across the changes made here
+    /// (unlike `fresh`) and dropped with a change made elsewhere: the base from which an
+    /// attribute change sent behind a write predicts what it will leave (behind.rs).
+    pub base: Option<Attr>,
 }
 
 /// Orders the changes made here against the listings asked for: storage serves a
@@ -159,7 +163,20 @@ impl FileState {
         c.clen = None;
         c.header = None;
         c.seen = None;
+        c.base = None;
         c.attrs_unknown();
+    }
+
+    /// Changes made elsewhere may have been missed: nothing is known of the attributes.
+    pub(crate) fn forget_attrs(&self) {
+        let mut c = self.cache();
+        c.base = None;
+        c.attrs_unknown();
+    }
+
+    /// See [`FileCache::base`].
+    pub(crate) fn base_attr(&self) -> Option<Attr> {
+        self.cache().base.clone()
     }
 
     /// A request that may change the attributes is on its way: whatever they were, they
@@ -174,6 +191,7 @@ impl FileState {
     pub(crate) fn keep_attr(&self, attr: Attr, stamp: u64) {
         let mut c = self.cache();
         if c.changes == stamp {
+            c.base = Some(attr.clone());
             c.fresh = Some(attr);
         }
     }
