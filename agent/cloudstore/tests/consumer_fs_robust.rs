@@ -873,6 +873,84 @@ fn requests_seen(log: &FrameLog) -> Vec<Op> {
         .collect()
 }
 
+/// Of the requests of `op` that went up, how many were sent before the answer to the one
+/// before them came back.
+fn sent_before_the_last_answer(frames: &[SeenFrame], op: Op) -> (usize, usize) {
+    let (mut sent, mut behind) = (0, 0);
+    let mut last: Option<u64> = None;
+    for (at, f) in frames.iter().enumerate() {
+        if !(f.up && f.op == Some(op)) {
+            continue;
+        }
+        sent += 1;
+        if let Some(id) = last {
+            if !frames[..at].iter().any(|a| !a.up && a.id == id) {
+                behind += 1;
+            }
+        }
+        last = Some(f.id);
+    }
+    (sent, behind)
+}
+
+#[test]
+fn appends_go_behind_the_write_before_them_even_inside_a_block() {
+    let v = Volume::create();
+    let (m, log) = v.mount_recorded();
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    // As tar writes a file: 10 KiB records, each ending inside a 4 KiB block the next
+    // one completes; then as a stream, 1 MiB at a time.
+    let records = pattern(7, 10 * 10_240 + 777);
+    let stream = pattern(8, 4 << 20);
+    for (name, data, chunk) in [("records", &records, 10_240), ("stream", &stream, 1 << 20)] {
+        log.clear();
+        let mut f = File::create(m.p(name)).unwrap();
+        for piece in data.chunks(chunk) {
+            f.write_all(piece).unwrap();
+        }
+        assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
+        drop(f);
+        // The relay records frames on its own threads: read them once nothing is on its
+        // way (a stat of the file waits for its writes).
+        let _ = fs::metadata(m.p(name)).unwrap();
+        let frames = log.frames();
+        let created = frames
+            .iter()
+            .position(|f| f.op == Some(Op::Create))
+            .expect("the create");
+        let frames = &frames[created..];
+        let ops: Vec<Op> = frames
+            .iter()
+            .filter(|f| f.up)
+            .filter_map(|f| f.op)
+            .collect();
+        assert!(
+            !ops.contains(&Op::Read),
+            "{name}: the block each append completes came from the write before it: {ops:?}"
+        );
+        let (writes, behind) = sent_before_the_last_answer(frames, Op::Write);
+        // Answers come 30 ms late through this relay.
+        assert!(
+            behind * 2 >= writes,
+            "{name}: {behind} of {writes} writes went behind the one before them: {ops:?}"
+        );
+    }
+    m.unmount();
+    let fresh = v.mount();
+    let g = v.gocryptfs();
+    for (name, data) in [("records", &records), ("stream", &stream)] {
+        assert!(fs::read(fresh.p(name)).unwrap() == *data, "{name} here");
+        assert!(
+            fs::read(g.path().join(name)).unwrap() == *data,
+            "{name} in gocryptfs"
+        );
+    }
+    drop(g);
+    fresh.unmount();
+}
+
 #[test]
 fn times_and_mode_set_after_a_write_go_behind_it_and_land_in_order() {
     let v = Volume::create();

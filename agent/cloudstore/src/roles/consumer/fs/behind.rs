@@ -4,16 +4,23 @@
 //! The kernel sends a file's writes one at a time (a FUSE mount without writeback caching
 //! holds the inode lock across each), so a synchronous write costs the whole round trip to
 //! storage and back before the application can hand over the next block. Here the round
-//! trip of write N overlaps the copy and encryption of write N+1; a streaming write is
-//! bound by the slower of the two instead of their sum.
+//! trips of the writes before write N overlap the copy and encryption of write N; a
+//! streaming write is bound by the slower of the two instead of their sum.
 //!
 //! The rules that keep it safe:
-//! - At most one write per file is in flight. Any other request about the file (a read, a
-//!   stat, a truncate, an fsync, the next write) first waits for its answer
-//!   ([`Core::settle`]), so storage sees a file's requests in the order the application
-//!   made them, even though it serves a connection's requests concurrently.
-//! - A connection lost with the write in flight: the write is sent again on the next one
-//!   (the same bytes at the same offset), as a synchronous write would be.
+//! - A file's writes and attribute changes on their way (its *chain*) all go through one
+//!   storage handle on one connection, and storage runs the changes through one handle in
+//!   the order they arrived (its lane per handle, see the storage role's `Handler::lane`).
+//!   At most [`MAX_CHAIN`] requests and [`MAX_CHAIN_BYTES`] of ciphertext are on their
+//!   way per file. A write through another handle, and any other request about the file
+//!   (a read, a stat, a truncate, an fsync), first waits for the whole chain
+//!   ([`Core::settle`]): storage serves everything else on a connection concurrently.
+//! - A write that has to read a block it only partly covers finds it in what the write
+//!   before it sent (the file's partial last block is kept, `FileCache::tail`), or waits
+//!   for the chain like any read.
+//! - A connection lost with the chain on its way: each write and change is sent again on
+//!   the next one, in the same order (the same bytes at the same offsets), as synchronous
+//!   ones would be.
 //! - A write storage refuses (a full disk, a timeout) is reported to the application by the
 //!   file's next write or `fsync` ([`Core::write_error`]), and logged with the file's name
 //!   (kept for `cloudstore status`) when the file is released; the cached size is dropped so
@@ -23,16 +30,16 @@
 //!   inherited the descriptor.
 //! - Until storage has answered, the write counts in the status's pending writes.
 //!
-//! An attribute change (`chmod`, `utimensat`) made while a write of the file is in flight
+//! An attribute change (`chmod`, `utimensat`) made while a write of the file is on its way
 //! goes behind it the same way: `tar` and `cp -a` set a file's times and mode right after
 //! writing it, and waiting for the write's answer and then the change's own would cost two
-//! round trips a file. It is sent at once through the write's storage handle, which storage
-//! runs in order (one lane per handle, see the storage role's `Handler::lane`), and answered
+//! round trips a file. It is sent at once through the write's storage handle and answered
 //! with the attributes it will leave: those storage last gave for the file, with the size
 //! of the ciphertext written since, the times of the write or the change, and the change's
 //! mode. Its failure is reported like a write's; its answer, when collected, replaces what
 //! was predicted.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
@@ -44,24 +51,50 @@ use super::core::{expect_resp, Core, OpenFile};
 use super::nodes::FileState;
 use super::{Fail, FsStatus};
 
+/// The most writes and changes of one file on their way at once.
+const MAX_CHAIN: usize = 8;
+/// The most ciphertext of one file on its way at once: two 1 MiB writes (each 1 MiB +
+/// 8 KiB of ciphertext), which keeps the protocol's reused buffers enough for a stream.
+const MAX_CHAIN_BYTES: usize = 2 * (MAX_IO + 8 * 1024) + 64 * 1024;
+
 /// What one file has on its way to storage.
 #[derive(Default)]
 pub(crate) struct WriteBehind {
-    inflight: Option<SentWrite>,
-    /// Attribute changes sent after the write in flight (or the first of them) through the
-    /// same handle, in the order sent.
-    attrs: Vec<SentAttr>,
-    /// The attributes the file will have once the last of `attrs` is done.
+    /// Writes and attribute changes on their way, in the order sent, all through one
+    /// storage handle on one connection (storage runs them in that order).
+    chain: VecDeque<Sent>,
+    /// The attributes the file will have once the chain is done, when it ends in an
+    /// attribute change.
     expected: Option<Attr>,
     /// The failure of a write already answered to the application, until reported.
     failed: Option<Fail>,
 }
 
+enum Sent {
+    Write(SentWrite),
+    Attr(SentAttr),
+}
+
+impl Sent {
+    fn through(&self) -> (&Arc<OpenFile>, u64) {
+        match self {
+            Sent::Write(w) => (&w.of, w.gen),
+            Sent::Attr(a) => (&a.of, a.gen),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Sent::Write(w) => pieces_of(&w.requests).iter().map(|(_, d)| d.len()).sum(),
+            Sent::Attr(_) => 0,
+        }
+    }
+}
+
 impl std::fmt::Debug for WriteBehind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteBehind")
-            .field("inflight", &self.inflight.is_some())
-            .field("attrs", &self.attrs.len())
+            .field("chain", &self.chain.len())
             .field("failed", &self.failed)
             .finish()
     }
@@ -144,7 +177,7 @@ pub(crate) fn changes_if_idle(state: &FileState) -> Option<u64> {
 
 impl WriteBehind {
     fn is_idle(&self) -> bool {
-        self.inflight.is_none() && self.attrs.is_empty()
+        self.chain.is_empty()
     }
 }
 
@@ -213,21 +246,28 @@ impl Core {
     }
 
     fn settle_locked(&self, state: &FileState, wb: &mut WriteBehind) {
-        if let Some(sent) = wb.inflight.take() {
-            if let Err(f) = self.finish_write(sent) {
-                state.forget_cached();
-                wb.failed.get_or_insert(f);
-            }
-        }
-        wb.expected = None;
-        for sent in std::mem::take(&mut wb.attrs) {
-            if let Err(f) = self.finish_attr(sent) {
-                state.forget_cached();
-                wb.failed.get_or_insert(f);
-            }
-        }
+        while self.finish_first(state, wb) {}
         // A directory's attributes, fsync and listing wait for its unlinks the same way.
         self.unlinks_settled(state);
+    }
+
+    /// Waits for the oldest write or change on its way, if any; false if there was none.
+    fn finish_first(&self, state: &FileState, wb: &mut WriteBehind) -> bool {
+        let Some(sent) = wb.chain.pop_front() else {
+            return false;
+        };
+        let done = match sent {
+            Sent::Write(w) => self.finish_write(w),
+            Sent::Attr(a) => self.finish_attr(a),
+        };
+        if wb.chain.is_empty() {
+            wb.expected = None;
+        }
+        if let Err(f) = done {
+            state.forget_cached();
+            wb.failed.get_or_insert(f);
+        }
+        true
     }
 
     /// Waits for the write in flight, and reports (once) a write of this file that failed
@@ -241,8 +281,10 @@ impl Core {
         }
     }
 
-    /// Sends the pieces of a write through `of` and returns before storage answers; the
-    /// write before it is collected first, and its failure fails this one.
+    /// Sends the pieces of a write through `of` and returns before storage answers. It
+    /// goes behind what is on its way through the same handle, up to [`MAX_CHAIN`] requests
+    /// and [`MAX_CHAIN_BYTES`] (the oldest are collected to make room); anything else on
+    /// its way is collected first. A failure collected fails this write.
     pub(crate) fn write_behind(
         &self,
         ino: u64,
@@ -251,18 +293,32 @@ impl Core {
     ) -> Result<(), Fail> {
         let state = &of.file;
         let mut wb = lock(state);
-        self.settle_locked(state, &mut wb);
-        if let Some(f) = wb.failed.take() {
-            return Err(f);
-        }
         let timeout = self.opts.request_timeout;
         let deadline = Instant::now() + timeout;
         let (client, gen) = self.st.client(deadline)?;
+        let same_way = wb.chain.back().is_some_and(|last| {
+            let (o, g) = last.through();
+            Arc::ptr_eq(o, of) && g == gen
+        });
+        if same_way {
+            let bytes: usize = pieces.iter().map(|(_, d)| d.len()).sum();
+            while wb.chain.len() >= MAX_CHAIN
+                || wb.chain.iter().map(Sent::bytes).sum::<usize>() + bytes > MAX_CHAIN_BYTES
+            {
+                self.finish_first(state, &mut wb);
+            }
+        } else {
+            self.settle_locked(state, &mut wb);
+        }
+        if let Some(f) = wb.failed.take() {
+            return Err(f);
+        }
         let file = match self.handle_for(of, &client, gen, deadline) {
             Ok(f) => f,
             // Sent the ordinary way, which reconnects and retries.
             Err(f) if f.is(ErrorCode::ConnectionLost) => {
-                return self.send_writes(ino, Some(of), pieces)
+                self.settle_locked(state, &mut wb);
+                return self.send_writes(ino, Some(of), pieces);
             }
             Err(f) => return Err(f),
         };
@@ -279,11 +335,15 @@ impl Core {
         for r in &requests {
             match client.begin(r, timeout) {
                 Ok(c) => calls.push(c),
-                // Whatever was sent is sent again, the same bytes at the same offsets.
-                Err(_) => return self.send_writes(ino, Some(of), pieces),
+                // Whatever was sent is sent again, the same bytes at the same offsets, after
+                // what went before it.
+                Err(_) => {
+                    self.settle_locked(state, &mut wb);
+                    return self.send_writes(ino, Some(of), pieces);
+                }
             }
         }
-        wb.inflight = Some(SentWrite {
+        wb.chain.push_back(Sent::Write(SentWrite {
             ino,
             of: of.clone(),
             gen,
@@ -291,7 +351,7 @@ impl Core {
             calls,
             stamp,
             _pending: PendingWrite::new(&self.status),
-        });
+        }));
         Ok(())
     }
 
@@ -327,10 +387,14 @@ impl Core {
         if wb.failed.is_some() {
             return None;
         }
-        let (of, gen, base) = match (wb.attrs.last(), &wb.inflight) {
-            (Some(last), _) => (last.of.clone(), last.gen, wb.expected.clone()?),
-            (None, Some(write)) => (write.of.clone(), write.gen, state.base_attr()?),
-            (None, None) => return None,
+        let (of, gen) = {
+            let (o, g) = wb.chain.back()?.through();
+            (o.clone(), g)
+        };
+        // What the last change on its way leaves, or storage's last word before the chain.
+        let base = match &wb.expected {
+            Some(e) => e.clone(),
+            None => state.base_attr()?,
         };
         let (client, current) = self.st.current()?;
         let handle = match *super::lock(&of.remote) {
@@ -345,7 +409,7 @@ impl Core {
             Some(TimeSet::Now) => now,
             None => unset,
         };
-        let written = wb.inflight.is_some() && wb.attrs.is_empty();
+        let written = matches!(wb.chain.back(), Some(Sent::Write(_)));
         let expected = Attr {
             size: clen,
             blocks: clen.div_ceil(512),
@@ -362,7 +426,7 @@ impl Core {
             attr,
         };
         let call = client.begin(&request, self.opts.request_timeout).ok()?;
-        wb.attrs.push(SentAttr {
+        wb.chain.push_back(Sent::Attr(SentAttr {
             ino: of.ino,
             of,
             gen,
@@ -370,7 +434,7 @@ impl Core {
             call,
             stamp,
             _pending: PendingWrite::new(&self.status),
-        });
+        }));
         wb.expected = Some(expected.clone());
         Some(expected)
     }
@@ -397,6 +461,9 @@ impl Core {
         };
         match answer {
             Response::Attr(a) => {
+                // The base for what later changes leave, even if a write sent since makes
+                // these attributes too old to answer a stat with.
+                sent.of.file.keep_base(a.clone());
                 self.keep_attr(&sent.of.file, Some(a), sent.stamp);
                 Ok(())
             }
@@ -408,7 +475,10 @@ impl Core {
     /// those the last of them will leave (storage does not keep ownership).
     pub(crate) fn expected_attr(&self, state: &FileState) -> Option<Attr> {
         let wb = state.behind.try_lock().ok()?;
-        wb.expected.clone().filter(|_| !wb.attrs.is_empty())
+        match wb.chain.back() {
+            Some(Sent::Attr(_)) => wb.expected.clone(),
+            _ => None,
+        }
     }
 
     fn finish_write(&self, sent: SentWrite) -> Result<(), Fail> {

@@ -214,6 +214,8 @@ struct Remote<'a> {
     pre: Option<Vec<u8>>,
     /// A new file's header, sent together with its first blocks.
     pending_header: Option<[u8; HEADER_LEN]>,
+    /// The file's partial last block as written here (see [`FileCache::tail`]).
+    tail: Option<(u64, Vec<u8>)>,
 }
 
 /// How much of a file is fetched with its header: 32 blocks covers most small files.
@@ -260,6 +262,7 @@ impl Remote<'_> {
             err: None,
             pre: None,
             pending_header: None,
+            tail: None,
         }
     }
 
@@ -312,6 +315,36 @@ impl Remote<'_> {
             return Some(&pre[from..from + n]);
         }
         None
+    }
+
+    /// The `len` bytes at `offset` if they lie in the partial last block written here.
+    fn in_tail(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let (start, bytes) = self.tail.as_ref()?;
+        let end = start + bytes.len() as u64;
+        (end == self.clen && offset >= *start && offset + len as u64 <= end)
+            .then(|| &bytes[(offset - start) as usize..][..len])
+    }
+
+    /// After a write of `data` at `offset`, which succeeded: keeps the file's last block if
+    /// the write made it and it is partial (the next append rewrites it), else forgets it
+    /// if the write touched it.
+    fn track_tail(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        let block = cloudstore_format::CIPHER_BS as u64;
+        let last_start = if self.clen > HEADER_LEN as u64 {
+            HEADER_LEN as u64 + (self.clen - HEADER_LEN as u64 - 1) / block * block
+        } else {
+            self.clen
+        };
+        if end == self.clen && last_start >= offset && self.clen - last_start < block {
+            self.tail = Some((last_start, data[(last_start - offset) as usize..].to_vec()));
+        } else if self
+            .tail
+            .as_ref()
+            .is_some_and(|(start, bytes)| end > *start && offset < start + bytes.len() as u64)
+        {
+            self.tail = None;
+        }
     }
 
     /// Reads `len` bytes of ciphertext at `offset` from storage (short only at the end),
@@ -377,7 +410,10 @@ impl CipherStore for Remote<'_> {
                 return Ok(HEADER_LEN);
             }
         }
-        if let Some(pre) = self.prefetched(offset, buf.len()) {
+        if let Some(pre) = self
+            .in_tail(offset, buf.len())
+            .or_else(|| self.prefetched(offset, buf.len()))
+        {
             buf[..pre.len()].copy_from_slice(pre);
             return Ok(pre.len());
         }
@@ -428,6 +464,7 @@ impl CipherStore for Remote<'_> {
         };
         res.map_err(|f| self.fail(f))?;
         self.clen = self.clen.max(offset + data.len() as u64);
+        self.track_tail(offset, data);
         if offset == 0 && data.len() >= HEADER_LEN {
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&data[..HEADER_LEN]);
@@ -438,6 +475,7 @@ impl CipherStore for Remote<'_> {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.pre = None;
+        self.tail = None;
         if len == 0 {
             self.pending_header = None;
         }
@@ -1377,10 +1415,11 @@ impl Core {
         mut f: impl FnMut(&mut CryptFile<Remote<'_>>, &mut ContentCipher) -> Result<T, FormatError>,
     ) -> Result<T, Fail> {
         for attempt in 0..2 {
-            let (clen, header, content, changes) = {
+            let (clen, header, content, tail, changes) = {
                 let mut c = lock(&state.cache);
                 let content = if attempt == 0 { c.content.take() } else { None };
-                (c.clen, c.header, content, c.changes)
+                let tail = if attempt == 0 { c.tail.take() } else { None };
+                (c.clen, c.header, content, tail, c.changes)
             };
             let clen = match clen {
                 Some(l) if attempt == 0 => l,
@@ -1394,6 +1433,7 @@ impl Core {
                 if attempt == 0 { header } else { None },
             );
             remote.behind = behind;
+            remote.tail = tail;
             if let Some(held) = content.filter(|h| h.len() as u64 == clen) {
                 remote.pre = Some(held.into_bytes());
             }
@@ -1426,6 +1466,7 @@ impl Core {
                     let mut c = lock(&state.cache);
                     c.clen = Some(remote.clen);
                     c.header = remote.header;
+                    c.tail = remote.tail.take();
                     let whole = remote.pre.take().filter(|p| p.len() as u64 == remote.clen);
                     let read_only = of.is_some_and(|o| !o.write);
                     if let Some(bytes) =
@@ -1935,8 +1976,11 @@ impl Core {
         let Some(of) = lock(&self.files).remove(&fh) else {
             return;
         };
-        // Content from the open that no read took is not held past the handle.
-        if !of.write {
+        // Content from the open that no read took is not held past the handle, nor the
+        // last block a writer kept for its next append.
+        if of.write {
+            lock(&of.file.cache).tail = None;
+        } else {
             lock(&of.file.cache).content = None;
         }
         // Not reported to the application unless it wrote again or called fsync: the

@@ -59,6 +59,11 @@ pub(crate) struct FileCache {
     /// (unlike `fresh`) and dropped with a change made elsewhere: the base from which an
     /// attribute change sent behind a write predicts what it will leave (behind.rs).
     pub base: Option<Attr>,
+    /// The file's last ciphertext block as this mount last wrote it, when partial, with
+    /// its offset: the next append rewrites that block and finds it here instead of asking
+    /// storage, so it can go behind the write before it (behind.rs). Valid while it ends
+    /// at `clen`; dropped at the release of a handle that wrote.
+    pub tail: Option<(u64, Vec<u8>)>,
 }
 
 /// Orders the changes made here against the listings asked for: storage serves a
@@ -164,6 +169,7 @@ impl FileState {
         c.header = None;
         c.seen = None;
         c.base = None;
+        c.tail = None;
         c.attrs_unknown();
     }
 
@@ -177,6 +183,10 @@ impl FileState {
     /// See [`FileCache::base`].
     pub(crate) fn base_attr(&self) -> Option<Attr> {
         self.cache().base.clone()
+    }
+
+    pub(crate) fn keep_base(&self, attr: Attr) {
+        self.cache().base = Some(attr);
     }
 
     /// A request that may change the attributes is on its way: whatever they were, they
