@@ -219,7 +219,7 @@ fn check_written(pieces: &[(u64, &[u8])], answers: Vec<Response>) -> Result<Opti
 }
 
 impl Core {
-    /// Waits for the write in flight on this file, if any. A failure is kept for
+    /// Waits for the file's writes and changes on their way, if any. A failure is kept for
     /// [`Core::write_error`] rather than returned: the operation waiting here is not the
     /// one that failed.
     pub(crate) fn settle(&self, state: &FileState) {
@@ -227,7 +227,7 @@ impl Core {
         self.settle_locked(state, &mut wb);
     }
 
-    /// Waits for the write in flight and counts a change about to be asked of storage,
+    /// Waits for what is on its way and counts a change about to be asked of storage,
     /// under the file's write-behind lock. Apart, a write sent in between would be counted
     /// before the returned count, and an answer storage gave from before that write (it
     /// serves a connection's requests concurrently, so it may run them in either order)
@@ -270,7 +270,7 @@ impl Core {
         true
     }
 
-    /// Waits for the write in flight, and reports (once) a write of this file that failed
+    /// Waits for what is on its way, and reports (once) a write of this file that failed
     /// after the application was told it succeeded.
     pub(crate) fn write_error(&self, state: &FileState) -> Result<(), Fail> {
         let mut wb = lock(state);
@@ -305,7 +305,9 @@ impl Core {
             while wb.chain.len() >= MAX_CHAIN
                 || wb.chain.iter().map(Sent::bytes).sum::<usize>() + bytes > MAX_CHAIN_BYTES
             {
-                self.finish_first(state, &mut wb);
+                if !self.finish_first(state, &mut wb) {
+                    break;
+                }
             }
         } else {
             self.settle_locked(state, &mut wb);
