@@ -873,6 +873,16 @@ fn requests_seen(log: &FrameLog) -> Vec<Op> {
         .collect()
 }
 
+/// A mount whose frames are recorded, once it follows storage's changes (before that,
+/// nothing it knows is kept, and so every answer is asked for).
+fn recorded_mount_following(v: &Volume) -> (Mount, FrameLog) {
+    let (m, log) = v.mount_recorded();
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    (m, log)
+}
+
 /// Of the requests of `op` that went up, how many were sent before the answer to the one
 /// before them came back.
 fn sent_before_the_last_answer(frames: &[SeenFrame], op: Op) -> (usize, usize) {
@@ -896,10 +906,7 @@ fn sent_before_the_last_answer(frames: &[SeenFrame], op: Op) -> (usize, usize) {
 #[test]
 fn appends_go_behind_the_write_before_them_even_inside_a_block() {
     let v = Volume::create();
-    let (m, log) = v.mount_recorded();
-    support::wait_until("the mount to follow storage's changes", || {
-        m.status.following()
-    });
+    let (m, log) = recorded_mount_following(&v);
     // As tar writes a file: 10 KiB records, each ending inside a 4 KiB block the next
     // one completes; then as a stream, 1 MiB at a time.
     let records = pattern(7, 10 * 10_240 + 777);
@@ -954,10 +961,7 @@ fn appends_go_behind_the_write_before_them_even_inside_a_block() {
 #[test]
 fn times_and_mode_set_after_a_write_go_behind_it_and_land_in_order() {
     let v = Volume::create();
-    let (m, log) = v.mount_recorded();
-    support::wait_until("the mount to follow storage's changes", || {
-        m.status.following()
-    });
+    let (m, log) = recorded_mount_following(&v);
     fs::create_dir(m.p("x")).unwrap();
     let mtime = |i: u64| std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000 + i * 86_400);
     let mode = |i: u64| if i % 2 == 0 { 0o640 } else { 0o750 };
@@ -1039,10 +1043,7 @@ fn times_and_mode_set_after_a_write_go_behind_it_and_land_in_order() {
 #[test]
 fn a_directory_is_made_with_its_iv_in_one_request() {
     let v = Volume::create();
-    let (m, log) = v.mount_recorded();
-    support::wait_until("the mount to follow storage's changes", || {
-        m.status.following()
-    });
+    let (m, log) = recorded_mount_following(&v);
     fs::create_dir(m.p("top")).unwrap();
     log.clear();
     fs::create_dir(m.p("top/sub")).unwrap();
@@ -1072,10 +1073,7 @@ fn a_small_file_looked_up_is_opened_and_read_without_another_round_trip() {
     fs::write(m.p("changes.txt"), b"before").unwrap();
     let big = pattern(3, 64 * 1024);
     fs::write(m.p("big.bin"), &big).unwrap();
-    let (other, log) = v.mount_recorded();
-    support::wait_until("the other mount to follow storage's changes", || {
-        other.status.following()
-    });
+    let (other, log) = recorded_mount_following(&v);
     let asked = requests_seen;
     // The root directory's IV, dropped when pushes began to be followed, asked again.
     assert!(fs::metadata(other.p("absent")).is_err());
@@ -1140,10 +1138,7 @@ fn files_opened_in_listing_order_are_read_ahead() {
     for i in 0..100 {
         fs::write(m.p(&format!("tree/f{i:03}")), content(i)).unwrap();
     }
-    let (other, log) = v.mount_recorded();
-    support::wait_until("the other mount to follow storage's changes", || {
-        other.status.following()
-    });
+    let (other, log) = recorded_mount_following(&v);
     // As `tar c` goes: all names first, then each file in that order. The listing gives the
     // kernel each entry's attributes, so no lookup brings content.
     let names: Vec<String> = fs::read_dir(other.p("tree"))
