@@ -432,6 +432,48 @@ fn storage_killed_and_restarted_mid_writes_loses_nothing() {
 }
 
 #[test]
+fn writes_and_changes_on_their_way_when_storage_dies_are_sent_again_in_order() {
+    let mut v = Volume::create();
+    let m = v.mount();
+    support::wait_until("the mount to follow storage's changes", || {
+        m.status.following()
+    });
+    let then = std::time::UNIX_EPOCH + Duration::from_secs(1_400_000_000);
+    let records = pattern(9, 5 * 10_240 + 123);
+    let mut f = File::create(m.p("f")).unwrap();
+    // Storage stops answering: the records, the time and the mode all go out behind each
+    // other, answered here without it.
+    support::stop_process(v.storage.pid());
+    for r in records.chunks(10_240) {
+        f.write_all(r).unwrap();
+    }
+    f.set_modified(then).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    assert!(m.status.pending_writes() > 0, "the chain is on its way");
+    // It dies with all of them unanswered, and comes back.
+    v.storage.kill();
+    v.storage.spawn();
+    // The fsync collects the chain: each one sent again on the new connection, in order.
+    f.sync_all().expect("nothing was lost with the connection");
+    drop(f);
+    assert_eq!(m.status.pending_writes(), 0);
+    let md = fs::metadata(m.p("f")).unwrap();
+    assert_eq!(
+        md.modified().unwrap(),
+        then,
+        "the time is the change's, not a write's"
+    );
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert!(fs::read(m.p("f")).unwrap() == records);
+    m.unmount();
+    let g = v.gocryptfs();
+    let md = fs::metadata(g.path().join("f")).unwrap();
+    assert_eq!(md.modified().unwrap(), then);
+    assert!(fs::read(g.path().join("f")).unwrap() == records);
+}
+
+#[test]
 fn an_operation_storage_cannot_serve_in_time_fails_with_eio() {
     let mut v = Volume::create();
     let m = v.mount_with(|o| o.request_timeout = Duration::from_secs(2));
