@@ -434,16 +434,18 @@ where
         for _ in 0..config.workers {
             let (jobs, lanes, conn, errors) = (&jobs, &lanes, &conn, &errors);
             s.spawn(move || {
-                while let Some(job) = jobs.pop() {
-                    let mut job = Some(job);
-                    while let Some(j) = job.take() {
-                        let lane = j.lane;
-                        if !run_job(conn, handler, j) {
+                while let Some(mut job) = jobs.pop() {
+                    loop {
+                        let lane = job.lane;
+                        if !run_job(conn, handler, job) {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
                         // The lane's next request runs here, after this one, not queued
                         // behind requests that came after it.
-                        job = lane.and_then(|l| lanes.next(l));
+                        match lane.and_then(|l| lanes.next(l)) {
+                            Some(next) => job = next,
+                            None => break,
+                        }
                     }
                 }
             });

@@ -63,8 +63,9 @@ pub(crate) struct WriteBehind {
     /// Writes and attribute changes on their way, in the order sent, all through one
     /// storage handle on one connection (storage runs them in that order).
     chain: VecDeque<Sent>,
-    /// The attributes the file will have once the chain is done, when it ends in an
-    /// attribute change.
+    /// The attributes the last attribute change in the chain will leave (the base for the
+    /// next one; writes after it change only the size and times); none once the chain is
+    /// done.
     expected: Option<Attr>,
     /// The failure of a write already answered to the application, until reported.
     failed: Option<Fail>,
@@ -404,8 +405,7 @@ impl Core {
             _ => return None,
         };
         let clen = super::lock(&state.cache).clen?;
-        let since_epoch = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
-        let now = Timespec::new(since_epoch.as_secs() as i64, since_epoch.subsec_nanos());
+        let now = super::core::timespec_now();
         let time = |set: Option<TimeSet>, unset: Timespec| match set {
             Some(TimeSet::At(t)) => t,
             Some(TimeSet::Now) => now,

@@ -150,23 +150,30 @@ fn to_time(t: Timespec) -> SystemTime {
     }
 }
 
+fn to_timespec(t: SystemTime) -> Timespec {
+    let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+            }
+        }
+    };
+    Timespec::new(secs, nanos)
+}
+
+/// This machine's time now, for attributes answered before storage gives its own.
+pub(crate) fn timespec_now() -> Timespec {
+    to_timespec(SystemTime::now())
+}
+
 fn to_timeset(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(st) => {
-            let (secs, nanos) = match st.duration_since(UNIX_EPOCH) {
-                Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-                Err(e) => {
-                    let d = e.duration();
-                    if d.subsec_nanos() == 0 {
-                        (-(d.as_secs() as i64), 0)
-                    } else {
-                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-                    }
-                }
-            };
-            TimeSet::At(Timespec::new(secs, nanos))
-        }
+        TimeOrNow::SpecificTime(st) => TimeSet::At(to_timespec(st)),
     }
 }
 
@@ -332,7 +339,7 @@ impl Remote<'_> {
         let end = offset + data.len() as u64;
         let block = cloudstore_format::CIPHER_BS as u64;
         let last_start = if self.clen > HEADER_LEN as u64 {
-            HEADER_LEN as u64 + (self.clen - HEADER_LEN as u64 - 1) / block * block
+            offsets::block_no_to_cipher_off((self.clen - HEADER_LEN as u64 - 1) / block)
         } else {
             self.clen
         };

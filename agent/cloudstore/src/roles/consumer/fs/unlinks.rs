@@ -37,7 +37,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use cloudstore_protocol::{Attr, ErrorCode, PendingCall, Request, Response, Timespec};
+use cloudstore_protocol::{Attr, ErrorCode, PendingCall, Request, Response};
 
 use cloudstore_format::EncryptedName;
 
@@ -332,13 +332,7 @@ impl Core {
 
 /// A directory's attributes after an entry was removed now: modified and changed now.
 fn changed_now(mut a: Attr) -> Attr {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let t = Timespec {
-        secs: now.as_secs() as i64,
-        nanos: now.subsec_nanos(),
-    };
+    let t = super::core::timespec_now();
     a.mtime = t;
     a.ctime = t;
     a
