@@ -1422,11 +1422,11 @@ impl Core {
         mut f: impl FnMut(&mut CryptFile<Remote<'_>>, &mut ContentCipher) -> Result<T, FormatError>,
     ) -> Result<T, Fail> {
         for attempt in 0..2 {
-            let (clen, header, content, tail, changes) = {
+            let (clen, header, content, tail, changes, forgotten) = {
                 let mut c = lock(&state.cache);
                 let content = if attempt == 0 { c.content.take() } else { None };
                 let tail = if attempt == 0 { c.tail.take() } else { None };
-                (c.clen, c.header, content, tail, c.changes)
+                (c.clen, c.header, content, tail, c.changes, c.forgotten)
             };
             let clen = match clen {
                 Some(l) if attempt == 0 => l,
@@ -1471,9 +1471,7 @@ impl Core {
             match res {
                 Ok(v) => {
                     let mut c = lock(&state.cache);
-                    c.clen = Some(remote.clen);
-                    c.header = remote.header;
-                    c.tail = remote.tail.take();
+                    c.put_back(forgotten, remote.clen, remote.header, remote.tail.take());
                     let whole = remote.pre.take().filter(|p| p.len() as u64 == remote.clen);
                     let read_only = of.is_some_and(|o| !o.write);
                     if let Some(bytes) =

@@ -64,6 +64,10 @@ pub(crate) struct FileCache {
     /// storage, so it can go behind the write before it (behind.rs). Valid while it ends
     /// at `clen`; dropped at the release of a handle that wrote.
     pub tail: Option<(u64, Vec<u8>)>,
+    /// Counts [`FileState::forget_cached`]: what an operation learnt of the ciphertext
+    /// (`clen`, `header`, `tail`) before a count may be of a version since replaced, and is
+    /// not put back after it ([`FileCache::put_back`]).
+    pub forgotten: u64,
 }
 
 /// Orders the changes made here against the listings asked for: storage serves a
@@ -81,6 +85,26 @@ fn tick() -> u64 {
 }
 
 impl FileCache {
+    /// Puts back what an operation that started at `forgotten` (the count then) learnt of
+    /// the ciphertext, unless the cache was forgotten meanwhile: a change pushed from
+    /// elsewhere while a read or write ran must not be undone by it, or the next write
+    /// would encrypt blocks for the old header into the new file. Returns whether it was.
+    pub(crate) fn put_back(
+        &mut self,
+        forgotten: u64,
+        clen: u64,
+        header: Option<[u8; cloudstore_format::HEADER_LEN]>,
+        tail: Option<(u64, Vec<u8>)>,
+    ) -> bool {
+        if self.forgotten != forgotten {
+            return false;
+        }
+        self.clen = Some(clen);
+        self.header = header;
+        self.tail = tail;
+        true
+    }
+
     /// Drops what rests on the attributes being known (kept attributes, content held from
     /// an open) and counts the change; returns the new count.
     fn attrs_unknown(&mut self) -> u64 {
@@ -170,6 +194,7 @@ impl FileState {
         c.seen = None;
         c.base = None;
         c.tail = None;
+        c.forgotten += 1;
         c.attrs_unknown();
     }
 
@@ -588,6 +613,38 @@ impl Nodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_an_operation_learnt_is_not_put_back_over_a_change_from_elsewhere() {
+        let state = FileState::default();
+        let header = Some([7u8; cloudstore_format::HEADER_LEN]);
+        let tail = || Some((4114u64, vec![1u8; 100]));
+
+        let started = state.cache().forgotten;
+        assert!(state.cache().put_back(started, 4214, header, tail()));
+        let c = state.cache();
+        assert_eq!(
+            (c.clen, c.header, c.tail.clone()),
+            (Some(4214), header, tail())
+        );
+        drop(c);
+
+        // A read starts, the file is replaced from elsewhere, the read ends.
+        let started = state.cache().forgotten;
+        state.forget_cached();
+        assert!(!state.cache().put_back(started, 4214, header, tail()));
+        let c = state.cache();
+        assert_eq!((c.clen, c.header, c.tail.clone()), (None, None, None));
+        drop(c);
+
+        // Attribute changes made here do not count: a write that set times meanwhile
+        // still keeps what it learnt.
+        let started = state.cache().forgotten;
+        state.attrs_changing();
+        state.forget_attrs();
+        assert!(state.cache().put_back(started, 8228, header, None));
+        assert_eq!(state.cache().clen, Some(8228));
+    }
 
     #[test]
     fn paths_follow_renames_of_ancestors_and_hard_links_share_a_node() {
