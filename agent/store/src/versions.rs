@@ -7,13 +7,18 @@
 //! the record lives depends on what the caller does next:
 //!
 //! - It changes names only (an unlink, a rename over the file; [`Then::ChangesNames`]): the
-//!   record is the data file's extended attribute `user.cloudstore.version`, and nothing is
-//!   flushed. ext4 with its journal (a qube's private volume) and XFS write changes to
-//!   names and attributes to disk in the order they were made, so a crash that keeps the
-//!   caller's change keeps the data's name and its record too. Flushing here cost an unlink
-//!   two flushes of the disk's cache (record file, then directory), more than half of its
-//!   time on this project's benchmark disk. Only where the store found such a file system
-//!   at open (`StoreConfig::names_in_order`); elsewhere the record is a flushed file, below.
+//!   record rides on the data, unflushed. ext4 with its journal (a qube's private volume)
+//!   and XFS write changes to names and attributes to disk in the order they were made, so
+//!   a crash that keeps the caller's change keeps the data's name and its record too.
+//!   Flushing here cost an unlink two flushes of the disk's cache (record file, then
+//!   directory), more than half of its time on this project's benchmark disk. Only where
+//!   the store found such a file system at open (`StoreConfig::names_in_order`); elsewhere
+//!   the record is a flushed file, below. A file kept by hard link carries its record in
+//!   the data's own name, `<id>.r<record in base64url>`: one link makes both, at once and
+//!   for good, where an attribute of over 50 bytes made ext4 allocate a block per version
+//!   (a fifth of the CPU of a mass delete). A record too long for a name (255 bytes: a
+//!   path of about 120 bytes) and a copy's record are the data's extended attribute
+//!   `user.cloudstore.version` instead; a copy is named only once it is whole.
 //! - It writes into the file, or the entry is a parked conflict that only the transfer qube
 //!   tracks ([`Then::ChangesContent`]): nothing orders file content after names, so the
 //!   record is the file `<id>.meta`, written to `<id>.meta.tmp`, fsynced and renamed. The
@@ -40,6 +45,9 @@ use crate::crc32::crc32;
 use crate::error::{ErrorKind, IoContext, Result, StoreError};
 use crate::sys;
 use crate::types::{FileType, Timespec};
+
+/// The longest file name the area's file systems take (ext4, XFS, btrfs).
+const NAME_MAX: usize = 255;
 
 /// Largest meta record: a 4096-byte path plus fixed fields; a bigger file is not ours.
 const MAX_META: usize = 4096 + 128;
@@ -185,8 +193,19 @@ struct Index {
     /// What each entry's data takes on disk (allocated blocks): retention counts this, not
     /// the length, so a sparse file's version costs what its data does.
     disk: BTreeMap<u64, u64>,
+    /// The data's name where it is not `<id>.data`: where it carries the record.
+    named: BTreeMap<u64, String>,
     next_id: u64,
     total: u64,
+}
+
+impl Index {
+    fn data_name(&self, id: u64) -> String {
+        self.named
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| data_name(id))
+    }
 }
 
 pub(crate) struct Versions {
@@ -201,9 +220,29 @@ fn data_name(id: u64) -> String {
     format!("{id:016x}.data")
 }
 
-/// The bytes entry `id`'s data has allocated on disk.
-fn disk_bytes(dir: BorrowedFd<'_>, id: u64) -> Option<u64> {
-    let st = sys::stat_at(dir, &data_name(id)).ok()?;
+/// The data's name that carries its record (module docs), if the record fits in a name.
+fn recorded_name(v: &VersionInfo) -> Option<String> {
+    use base64::Engine as _;
+    let name = format!(
+        "{:016x}.r{}",
+        v.id.0,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(encode_meta(v))
+    );
+    (name.len() <= NAME_MAX).then_some(name)
+}
+
+/// The record a data name carries (`r<base64url>`, the part after the id's dot).
+fn record_in_name(ext: &str) -> Option<VersionInfo> {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(ext.strip_prefix('r')?)
+        .ok()?;
+    decode_meta(&b)
+}
+
+/// The bytes the data named `name` has allocated on disk.
+fn disk_bytes(dir: BorrowedFd<'_>, name: &str) -> Option<u64> {
+    let st = sys::stat_at(dir, name).ok()?;
     Some(st.st_blocks as u64 * 512)
 }
 
@@ -287,6 +326,26 @@ fn read_data_record(dir: BorrowedFd<'_>, id: u64) -> Option<VersionInfo> {
     decode_meta(&sys::fget_xattr(fd.as_fd(), RECORD_XATTR, MAX_META).ok()??)
 }
 
+/// What entry `id` keeps of a file at `path` whose stat was `st`, kept at `now`.
+fn version_info(
+    id: u64,
+    path: &str,
+    st: &libc::stat,
+    reason: VersionReason,
+    now: Timespec,
+) -> VersionInfo {
+    VersionInfo {
+        id: VersionId(id),
+        path: path.to_owned(),
+        time: now,
+        size: st.st_size as u64,
+        kind: FileType::from_mode(st.st_mode),
+        reason,
+        perm: st.st_mode & 0o7777,
+        mtime: Timespec::new(st.st_mtime, st.st_mtime_nsec as u32),
+    }
+}
+
 impl Versions {
     /// Opens the area in `dir`, loading its index and removing leftovers of a crash.
     pub(crate) fn open(dir: OwnedFd, label: String, names_in_order: bool) -> Result<Versions> {
@@ -307,6 +366,7 @@ impl Versions {
             }
         }
         let mut by_id = BTreeMap::new();
+        let mut named = BTreeMap::new();
         let mut datas = std::collections::HashSet::new();
         let mut stray = Vec::new();
         for n in &names {
@@ -320,6 +380,16 @@ impl Versions {
                 Some((id, "data")) => {
                     datas.insert(id);
                 }
+                Some((id, ext)) if ext.starts_with('r') => match record_in_name(ext) {
+                    Some(v) if v.id.0 == id => {
+                        datas.insert(id);
+                        by_id.insert(id, v);
+                        named.insert(id, s.to_owned());
+                    }
+                    _ => {
+                        tracing::error!(file = %format!("{label}/{s}"), "version data whose name is not a record; leaving it in place");
+                    }
+                },
                 Some((id, "meta")) => match read_meta(dir.as_fd(), s, &label)? {
                     Some(v) if v.id.0 == id => {
                         by_id.insert(id, v);
@@ -376,20 +446,28 @@ impl Versions {
         // prevented (the unlink or the rename over it never happened): the original is
         // intact, and this "copy" would follow its every later change. Copies are made of
         // files with other names, so a kept file's data has only its own.
+        let name_of = |id: u64| named.get(&id).cloned().unwrap_or_else(|| data_name(id));
         by_id.retain(|id, v| {
+            let dname = name_of(*id);
             let shared = v.kind == FileType::File
-                && sys::stat_at(dir.as_fd(), &data_name(*id)).is_ok_and(|st| st.st_nlink > 1);
+                && sys::stat_at(dir.as_fd(), &dname).is_ok_and(|st| st.st_nlink > 1);
             if shared {
-                tracing::info!(file = %format!("{label}/{}", data_name(*id)), "removing a version whose file was never changed (crash before the change it guarded)");
+                tracing::info!(file = %format!("{label}/{dname}"), "removing a version whose file was never changed (crash before the change it guarded)");
                 let _ = sys::unlink_at(dir.as_fd(), &meta_name(*id), false);
-                let _ = sys::unlink_at(dir.as_fd(), &data_name(*id), false);
+                let _ = sys::unlink_at(dir.as_fd(), &dname, false);
             }
             !shared
         });
         let disk: BTreeMap<u64, u64> = by_id
             .iter()
-            .map(|(id, v)| (*id, disk_bytes(dir.as_fd(), *id).unwrap_or(v.size)))
+            .map(|(id, v)| {
+                (
+                    *id,
+                    disk_bytes(dir.as_fd(), &name_of(*id)).unwrap_or(v.size),
+                )
+            })
             .collect();
+        named.retain(|id, _| by_id.contains_key(id));
         let next_id = names
             .iter()
             .filter_map(|n| std::str::from_utf8(n).ok())
@@ -404,6 +482,7 @@ impl Versions {
             index: Mutex::new(Index {
                 by_id,
                 disk,
+                named,
                 next_id,
                 total,
             }),
@@ -438,6 +517,17 @@ impl Versions {
             return Ok(None);
         }
         let id = self.alloc();
+        if kind == FileType::File && st.st_nlink == 1 && self.names_in_order {
+            let v = version_info(id, path, st, reason, now);
+            if let Some(rname) = recorded_name(&v) {
+                match sys::link_at(parent, name, self.dir.as_fd(), &rname) {
+                    Ok(()) => return Ok(Some(self.index_new(v, Some(rname)))),
+                    // A file system with shorter names: the record goes beside the data.
+                    Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+                    Err(e) => return Err(StoreError::fs("keep version of", path, e)),
+                }
+            }
+        }
         let dname = data_name(id);
         if kind == FileType::Symlink || st.st_nlink == 1 {
             sys::link_at(parent, name, self.dir.as_fd(), &dname).ctx("keep version of", path)?;
@@ -526,24 +616,14 @@ impl Versions {
         now: Timespec,
         then: Then,
     ) -> Result<VersionId> {
-        let kind = FileType::from_mode(st.st_mode);
-        let v = VersionInfo {
-            id: VersionId(id),
-            path: path.to_owned(),
-            time: now,
-            size: st.st_size as u64,
-            kind,
-            reason,
-            perm: st.st_mode & 0o7777,
-            mtime: Timespec::new(st.st_mtime, st.st_mtime_nsec as u32),
-        };
+        let v = version_info(id, path, st, reason, now);
         let record = encode_meta(&v);
         if self.names_in_order
             && then == Then::ChangesNames
-            && kind == FileType::File
+            && v.kind == FileType::File
             && self.record_on_data(id, &record)
         {
-            return Ok(self.index_new(v));
+            return Ok(self.index_new(v, None));
         }
         let tmp = format!("{}.tmp", meta_name(id));
         let r = (|| {
@@ -563,7 +643,7 @@ impl Versions {
             let _ = sys::unlink_at(self.dir.as_fd(), &data_name(id), false);
             return Err(StoreError::fs("keep version of", path, e));
         }
-        Ok(self.index_new(v))
+        Ok(self.index_new(v, None))
     }
 
     /// Writes `record` as the data's attribute; false if the file system refuses it (no
@@ -579,13 +659,18 @@ impl Versions {
         .is_ok()
     }
 
-    fn index_new(&self, v: VersionInfo) -> VersionId {
+    /// Indexes a new entry whose data is named `named`, or `<id>.data` if `None`.
+    fn index_new(&self, v: VersionInfo, named: Option<String>) -> VersionId {
         let id = v.id;
-        let disk = disk_bytes(self.dir.as_fd(), id.0).unwrap_or(v.size);
+        let dname = named.clone().unwrap_or_else(|| data_name(id.0));
+        let disk = disk_bytes(self.dir.as_fd(), &dname).unwrap_or(v.size);
         let mut ix = self.index.lock().unwrap();
         ix.total += disk;
         ix.disk.insert(id.0, disk);
         ix.by_id.insert(id.0, v);
+        if let Some(n) = named {
+            ix.named.insert(id.0, n);
+        }
         id
     }
 
@@ -629,22 +714,24 @@ impl Versions {
     }
 
     pub(crate) fn open_data(&self, id: VersionId) -> Result<File> {
-        sys::open_at(self.dir.as_fd(), &data_name(id.0), libc::O_RDONLY, 0)
+        let dname = self.data_name(id);
+        sys::open_at(self.dir.as_fd(), &dname, libc::O_RDONLY, 0)
             .map(File::from)
-            .ctx("open", &self.file_label(&data_name(id.0)))
+            .ctx("open", &self.file_label(&dname))
     }
 
     pub(crate) fn read_link(&self, id: VersionId) -> Result<Vec<u8>> {
-        sys::readlink_at(self.dir.as_fd(), &data_name(id.0))
-            .ctx("read", &self.file_label(&data_name(id.0)))
+        let dname = self.data_name(id);
+        sys::readlink_at(self.dir.as_fd(), &dname).ctx("read", &self.file_label(&dname))
     }
 
     pub(crate) fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
 
-    pub(crate) fn data_name(id: VersionId) -> String {
-        data_name(id.0)
+    /// The name of entry `id`'s data in the area.
+    pub(crate) fn data_name(&self, id: VersionId) -> String {
+        self.index.lock().unwrap().data_name(id.0)
     }
 
     /// Forgets an entry whose data was moved away (conflict adoption) or is to be removed.
@@ -656,7 +743,7 @@ impl Versions {
             r => r.ctx("remove", &self.file_label(&mname))?,
         }
         if data_too {
-            let dname = data_name(id.0);
+            let dname = self.data_name(id);
             match sys::unlink_at(self.dir.as_fd(), &dname, false) {
                 Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
                     return Err(StoreError::fs("remove", &self.file_label(&dname), e))
@@ -666,6 +753,7 @@ impl Versions {
         }
         let mut ix = self.index.lock().unwrap();
         ix.by_id.remove(&id.0);
+        ix.named.remove(&id.0);
         if let Some(d) = ix.disk.remove(&id.0) {
             ix.total -= d;
         }

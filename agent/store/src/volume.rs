@@ -1370,7 +1370,7 @@ impl Volume {
         )?;
         sys::rename_at(
             self.conflicts.dir(),
-            &Versions::data_name(id),
+            &self.conflicts.data_name(id),
             dir.as_fd(),
             name,
             libc::RENAME_NOREPLACE,

@@ -55,8 +55,12 @@ fn a_delete_s_version_records_itself_unflushed_only_where_a_journal_orders_names
         put_bytes(&vol, "f", b"kept");
         vol.unlink(&p("f")).unwrap();
         let id = vol.list_versions(&p("f"))[0].id;
-        let record_file = dir.join(format!("data/volumes/work/versions/{id}.meta"));
+        let area = dir.join("data/volumes/work/versions");
+        let record_file = area.join(format!("{id}.meta"));
         assert_eq!(record_file.exists(), !journaled, "{features}");
+        // Where names are in order, the data's name is the record.
+        let plain_data = area.join(format!("{id}.data"));
+        assert_eq!(plain_data.exists(), !journaled, "{features}");
         drop(vol);
         drop(store);
         // Either way it is found again.

@@ -76,9 +76,8 @@ fn a_hard_linked_file_is_copied_so_the_version_cannot_change() {
     put_bytes(v, "c", b"cc");
     put_bytes(v, "c", b"dd");
     let id = v.list_versions(&p("c"))[0].id;
-    let path = f.data().join(format!("volumes/work/versions/{id}.data"));
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(path).unwrap().nlink(), 1);
+    assert_eq!(std::fs::metadata(f.version_data(id)).unwrap().nlink(), 1);
 }
 
 #[test]
@@ -429,7 +428,7 @@ fn a_record_whose_rename_was_lost_is_taken_and_a_torn_one_goes_with_its_data() {
 }
 
 #[test]
-fn a_deleted_file_s_record_rides_on_its_data_unless_it_is_too_long_for_that() {
+fn a_deleted_file_s_record_rides_in_its_data_s_name_or_attribute_or_beside_it_if_too_long() {
     let day = Duration::from_secs(24 * 3600);
     let f = Fixture::with(|c| {
         c.retention = RetentionPolicy {
@@ -440,9 +439,11 @@ fn a_deleted_file_s_record_rides_on_its_data_unless_it_is_too_long_for_that() {
         // As on a journaled file system (tests/record_order.rs finds out for real).
         c.names_in_order = Some(true);
     });
-    put_bytes(&f.vol, "short", b"short content");
-    put_bytes(&f.vol, "lost", b"lost record");
-    // 16 directories of 250 characters: a record longer than an attribute may be.
+    // A record of a path up to about 120 bytes fits in a name; 16 directories of 250
+    // characters do not fit in an attribute either.
+    let medium_dir = "m".repeat(200);
+    f.vol.mkdir(&p(&medium_dir), 0o700).unwrap();
+    let (medium, lost) = (format!("{medium_dir}/medium"), format!("{medium_dir}/lost"));
     let mut long = String::new();
     for i in 0..16 {
         long.push_str(&format!("{i:x}").repeat(250));
@@ -450,31 +451,80 @@ fn a_deleted_file_s_record_rides_on_its_data_unless_it_is_too_long_for_that() {
         long.push('/');
     }
     long.push_str("file");
-    put_bytes(&f.vol, &long, b"long content");
-    for name in ["short", "lost", long.as_str()] {
+    let names = ["short", medium.as_str(), lost.as_str(), long.as_str()];
+    for name in names {
+        put_bytes(&f.vol, name, format!("{name} content").as_bytes());
         f.vol.unlink(&p(name)).unwrap();
     }
     let id = |f: &Fixture, name: &str| f.vol.list_versions(&p(name))[0].id;
-    let (short, lost, long_id) = (id(&f, "short"), id(&f, "lost"), id(&f, &long));
-    let area = f.data().join("volumes/work/versions");
+    let [short, medium_id, lost_id, long_id] = names.map(|n| id(&f, n));
+    let area = f.versions();
     let file_record = |id: VersionId| area.join(format!("{id}.meta")).exists();
-    assert!(!file_record(short) && !file_record(lost));
-    assert!(file_record(long_id));
-    // A crash after the data was linked and before its record was set: no record.
-    let data = std::ffi::CString::new(format!("{}/{lost}.data", area.display())).unwrap();
+    let plain_data = |id: VersionId| area.join(format!("{id}.data")).exists();
+    assert!(
+        !file_record(short) && !plain_data(short),
+        "the record is the name"
+    );
+    let named = f.version_data(short);
+    let name = named.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with(&format!("{short}.r")) && name.len() <= 255,
+        "{name}"
+    );
+    assert!(
+        !file_record(medium_id) && plain_data(medium_id),
+        "an attribute"
+    );
+    assert!(file_record(long_id) && plain_data(long_id), "a file");
+    // A crash after the data was linked and before its attribute was set: no record.
+    let data = std::ffi::CString::new(format!("{}/{lost_id}.data", area.display())).unwrap();
     // SAFETY: both strings are NUL-terminated.
     let r = unsafe { libc::removexattr(data.as_ptr(), c"user.cloudstore.version".as_ptr()) };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     let f = f.reopen();
-    assert_eq!(contents(&f.vol, "short"), [b"short content".to_vec()]);
-    assert_eq!(contents(&f.vol, &long), [b"long content".to_vec()]);
-    assert!(f.vol.list_versions(&p("lost")).is_empty());
-    assert!(!area.join(format!("{lost}.data")).exists(), "removed");
-    // Retention removes both kinds.
+    for name in ["short", medium.as_str(), long.as_str()] {
+        assert_eq!(
+            contents(&f.vol, name),
+            [format!("{name} content").into_bytes()]
+        );
+    }
+    assert!(f.vol.list_versions(&p(&lost)).is_empty());
+    assert!(!plain_data(lost_id), "removed");
+    // Retention removes every kind.
     f.clock.advance(2 * day);
     let r = f.vol.prune_versions().unwrap();
     assert_eq!(r.kept, 0, "{r:?}");
     assert_eq!(area.read_dir().unwrap().count(), 0);
+}
+
+#[test]
+fn a_data_name_that_is_not_a_record_is_left_alone_and_not_listed() {
+    let f = Fixture::with(|c| c.names_in_order = Some(true));
+    put_bytes(&f.vol, "a", b"a content");
+    put_bytes(&f.vol, "b", b"b content");
+    f.vol.unlink(&p("a")).unwrap();
+    f.vol.unlink(&p("b")).unwrap();
+    let [a, b] = ["a", "b"].map(|n| f.vol.list_versions(&p(n))[0].id);
+    // One character of a's record changed: its checksum no longer matches.
+    let named = f.version_data(a);
+    let mut damaged = named.file_name().unwrap().to_str().unwrap().to_owned();
+    let last = damaged.pop().unwrap();
+    damaged.push(if last == 'A' { 'B' } else { 'A' });
+    let damaged = f.versions().join(damaged);
+    std::fs::rename(&named, &damaged).unwrap();
+    let f = f.reopen();
+    assert!(f.vol.list_versions(&p("a")).is_empty());
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        b"a content",
+        "kept for a person to look at"
+    );
+    assert_eq!(contents(&f.vol, "b"), [b"b content".to_vec()]);
+    // New versions do not take the damaged one's id.
+    put_bytes(&f.vol, "c", b"c");
+    f.vol.unlink(&p("c")).unwrap();
+    let c = f.vol.list_versions(&p("c"))[0].id;
+    assert!(c > a && c > b, "{c} after {a} and {b}");
 }
 
 #[test]
@@ -484,13 +534,14 @@ fn a_version_kept_before_a_change_a_crash_prevented_is_dropped_and_the_file_kept
         put_bytes(&f.vol, "f", b"the file");
         f.vol.unlink(&p("f")).unwrap();
         let id = f.vol.list_versions(&p("f"))[0].id;
-        let area = f.data().join("volumes/work/versions");
+        let area = f.versions();
+        let data = f.version_data(id);
         // The state a crash between keeping the version and the unlink leaves: the file
         // still in the tree, its data also linked (and recorded) as a version.
-        std::fs::hard_link(area.join(format!("{id}.data")), f.tree().join("f")).unwrap();
+        std::fs::hard_link(&data, f.tree().join("f")).unwrap();
         let f = f.reopen();
         assert!(f.vol.list_versions(&p("f")).is_empty(), "{names_in_order}");
-        assert!(!area.join(format!("{id}.data")).exists());
+        assert!(!data.exists(), "{}", data.display());
         assert!(!area.join(format!("{id}.meta")).exists());
         // The file is whole, and a change to it now is kept as a version of its own.
         assert_eq!(std::fs::read(f.tree().join("f")).unwrap(), b"the file");

@@ -65,6 +65,17 @@ impl Fixture {
         self.data().join("volumes/work/tree")
     }
 
+    /// The volume's version area.
+    pub fn versions(&self) -> PathBuf {
+        self.data().join("volumes/work/versions")
+    }
+
+    /// Entry `id`'s data in the version area, whatever its name: `<id>.data`, or the name
+    /// that carries its record.
+    pub fn version_data(&self, id: cloudstore_store::VersionId) -> PathBuf {
+        version_data_in(&self.versions(), id)
+    }
+
     /// Drops the store and opens it again from disk, as after a restart.
     pub fn reopen(self) -> Fixture {
         self.close_and_restart(|_| {}, |_| {})
@@ -179,4 +190,16 @@ pub fn private_mount_namespace() {
         "make mounts private: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// Entry `id`'s data in the version area `area` (see [`Fixture::version_data`]).
+pub fn version_data_in(area: &std::path::Path, id: cloudstore_store::VersionId) -> PathBuf {
+    let prefix = format!("{id}.");
+    std::fs::read_dir(area)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| {
+            n.starts_with(&prefix) && (n.ends_with(".data") || n[prefix.len()..].starts_with('r'))
+        })
+        .map_or_else(|| area.join(format!("{id}.data")), |n| area.join(n))
 }
