@@ -521,7 +521,11 @@ impl Versions {
             let v = version_info(id, path, st, reason, now);
             if let Some(rname) = recorded_name(&v) {
                 match sys::link_at(parent, name, self.dir.as_fd(), &rname) {
-                    Ok(()) => return Ok(Some(self.index_new(v, Some(rname)))),
+                    Ok(()) => {
+                        // The same inode: what it has allocated is known without a stat.
+                        let disk = st.st_blocks as u64 * 512;
+                        return Ok(Some(self.index_new(v, Some(rname), Some(disk))));
+                    }
                     // A file system with shorter names: the record goes beside the data.
                     Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
                     Err(e) => return Err(StoreError::fs("keep version of", path, e)),
@@ -623,7 +627,7 @@ impl Versions {
             && v.kind == FileType::File
             && self.record_on_data(id, &record)
         {
-            return Ok(self.index_new(v, None));
+            return Ok(self.index_new(v, None, None));
         }
         let tmp = format!("{}.tmp", meta_name(id));
         let r = (|| {
@@ -643,7 +647,7 @@ impl Versions {
             let _ = sys::unlink_at(self.dir.as_fd(), &data_name(id), false);
             return Err(StoreError::fs("keep version of", path, e));
         }
-        Ok(self.index_new(v, None))
+        Ok(self.index_new(v, None, None))
     }
 
     /// Writes `record` as the data's attribute; false if the file system refuses it (no
@@ -659,11 +663,14 @@ impl Versions {
         .is_ok()
     }
 
-    /// Indexes a new entry whose data is named `named`, or `<id>.data` if `None`.
-    fn index_new(&self, v: VersionInfo, named: Option<String>) -> VersionId {
+    /// Indexes a new entry whose data is named `named`, or `<id>.data` if `None`, and takes
+    /// `disk` bytes on disk (looked up if `None`).
+    fn index_new(&self, v: VersionInfo, named: Option<String>, disk: Option<u64>) -> VersionId {
         let id = v.id;
-        let dname = named.clone().unwrap_or_else(|| data_name(id.0));
-        let disk = disk_bytes(self.dir.as_fd(), &dname).unwrap_or(v.size);
+        let disk = disk.unwrap_or_else(|| {
+            let dname = named.clone().unwrap_or_else(|| data_name(id.0));
+            disk_bytes(self.dir.as_fd(), &dname).unwrap_or(v.size)
+        });
         let mut ix = self.index.lock().unwrap();
         ix.total += disk;
         ix.disk.insert(id.0, disk);
