@@ -18,7 +18,8 @@
 //!   for good, where an attribute of over 50 bytes made ext4 allocate a block per version
 //!   (a fifth of the CPU of a mass delete). A record too long for a name (255 bytes: a
 //!   path of about 120 bytes) and a copy's record are the data's extended attribute
-//!   `user.cloudstore.version` instead; a copy is named only once it is whole.
+//!   `user.cloudstore.version` instead (a copy gets it only once it is whole and flushed,
+//!   so one cut short by a crash has none and is removed at the next open).
 //! - It writes into the file, or the entry is a parked conflict that only the transfer qube
 //!   tracks ([`Then::ChangesContent`]): nothing orders file content after names, so the
 //!   record is the file `<id>.meta`, written to `<id>.meta.tmp`, fsynced and renamed. The

@@ -415,6 +415,20 @@ impl Volume {
         f: impl FnOnce(&File) -> io::Result<T>,
     ) -> Result<Option<T>> {
         let _g = self.ns.read().unwrap();
+        // A change through a peer's handle while the file's session is under way needs no
+        // new descriptor: a session ends whenever its path stops naming its file (rename,
+        // unlink, replace: all under the name lock this holds), so the session's own
+        // descriptor is the file `p` names. Saves a random writer an open and a stat each.
+        let live = only_if.and_then(|k| self.sessions.lock().unwrap().get(&k).cloned());
+        if let Some(sess) = live {
+            let mut s = sess.lock().unwrap();
+            let now = self.now();
+            if !s.dead && s.path == p.as_str() && !self.quiet_for(&s, now) {
+                s.last = now;
+                let file = s.file.clone();
+                return f(&file).ctx(op, p.as_str()).map(Some);
+            }
+        }
         let file = match self.open_obj(op, p, libc::O_RDWR) {
             Ok(f) => Arc::new(f),
             Err(e) if only_if.is_some() && e.kind() == ErrorKind::NotFound => return Ok(None),

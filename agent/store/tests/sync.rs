@@ -315,4 +315,32 @@ fn handle_writes_follow_the_file_not_the_name() {
         v.open_file(&p("dir"), false).err().unwrap().kind(),
         ErrorKind::IsDir
     );
+    // The same while the file's session is under way (the writes after the first one go
+    // through the session's own descriptor): a rename of the file or of a directory above
+    // it ends the session, and the old name no longer reaches the file.
+    put_bytes(v, "dir/f", b"abc");
+    let (_file, _, key) = v.open_file(&p("dir/f"), true).unwrap();
+    assert_eq!(
+        v.write_if(&p("dir/f"), Some(key), 0, b"A").unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        v.write_if(&p("dir/f"), Some(key), 1, b"B").unwrap(),
+        Some(1)
+    );
+    v.rename(&p("dir/f"), &p("dir/g"), RenameMode::Replace)
+        .unwrap();
+    assert_eq!(v.write_if(&p("dir/f"), Some(key), 2, b"X").unwrap(), None);
+    assert_eq!(
+        v.write_if(&p("dir/g"), Some(key), 2, b"C").unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        v.write_if(&p("dir/g"), Some(key), 3, b"D").unwrap(),
+        Some(1)
+    );
+    v.rename(&p("dir"), &p("moved"), RenameMode::Replace)
+        .unwrap();
+    assert_eq!(v.write_if(&p("dir/g"), Some(key), 0, b"X").unwrap(), None);
+    assert_eq!(get_bytes(v, "moved/g"), b"ABCD");
 }
