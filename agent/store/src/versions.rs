@@ -202,10 +202,7 @@ struct Index {
 
 impl Index {
     fn data_name(&self, id: u64) -> String {
-        self.named
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| data_name(id))
+        data_name_among(&self.named, id)
     }
 }
 
@@ -219,6 +216,11 @@ pub(crate) struct Versions {
 
 fn data_name(id: u64) -> String {
     format!("{id:016x}.data")
+}
+
+/// Entry `id`'s data name: the one in `named` (which carries its record), else `<id>.data`.
+fn data_name_among(named: &BTreeMap<u64, String>, id: u64) -> String {
+    named.get(&id).cloned().unwrap_or_else(|| data_name(id))
 }
 
 /// The data's name that carries its record (module docs), if the record fits in a name.
@@ -447,7 +449,7 @@ impl Versions {
         // prevented (the unlink or the rename over it never happened): the original is
         // intact, and this "copy" would follow its every later change. Copies are made of
         // files with other names, so a kept file's data has only its own.
-        let name_of = |id: u64| named.get(&id).cloned().unwrap_or_else(|| data_name(id));
+        let name_of = |id: u64| data_name_among(&named, id);
         by_id.retain(|id, v| {
             let dname = name_of(*id);
             let shared = v.kind == FileType::File
