@@ -1689,3 +1689,89 @@ fn unlinks_in_flight_when_storage_dies_are_sent_again_and_a_rename_waits_for_the
     assert_eq!(ciphertext_entries(&v, &root_entry(&v, "e")).len(), 1);
     assert!(!v.tree().join(root_entry(&v, "d")).exists());
 }
+
+#[test]
+fn a_file_keeps_the_mode_set_on_it_and_storage_still_reads_and_writes_it() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::Command;
+    let v = Volume::create();
+    let m = v.mount();
+    let mode = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    // Made read-only and written through the descriptor its creation returned, as git
+    // writes its objects and `cp -p` a read-only file.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(m.p("ro"))
+        .unwrap();
+    f.write_all(&pattern(1, 70_000)).unwrap();
+    drop(f);
+    fs::write(m.p("locked"), b"nobody but root reads this").unwrap();
+    fs::set_permissions(m.p("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::set_permissions(m.p("d"), fs::Permissions::from_mode(0o555)).unwrap();
+    m.unmount();
+    // On disk, for gocryptfs and every other tool, the modes are the ones set.
+    assert_eq!(mode(&v.tree().join(root_entry(&v, "ro"))), 0o444);
+    assert_eq!(mode(&v.tree().join(root_entry(&v, "locked"))), 0o000);
+    // A fresh mount (nothing remembered here) shows them; a directory keeps owner rwx on
+    // disk, so that storage can always walk and change it.
+    let fresh = v.mount();
+    assert_eq!(mode(&fresh.p("ro")), 0o444);
+    assert_eq!(mode(&fresh.p("locked")), 0o000);
+    assert_eq!(mode(&fresh.p("d")), 0o755);
+    // The kernel checks them: the owner without the capability that overrides modes may
+    // neither write the read-only file nor read the locked one.
+    let owner_without_override = |script: &str| {
+        Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                "-dac_override,-dac_read_search,-fowner",
+                "--",
+            ])
+            .args(["sh", "-c", script])
+            .current_dir(fresh.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert_eq!(
+        fs::metadata(fresh.p("ro")).unwrap().uid(),
+        0,
+        "files are root's here"
+    );
+    assert!(
+        owner_without_override("cat ro > /dev/null"),
+        "a read-only file is readable"
+    );
+    assert!(
+        !owner_without_override("echo x >> ro"),
+        "a read-only file was written"
+    );
+    assert!(!owner_without_override("cat locked"), "a 000 file was read");
+    // Storage runs without that capability too, yet root here reads and writes anything.
+    assert_eq!(
+        fs::read(fresh.p("locked")).unwrap(),
+        b"nobody but root reads this"
+    );
+    let mut w = OpenOptions::new().append(true).open(fresh.p("ro")).unwrap();
+    w.write_all(b"root's line").unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    assert_eq!(fs::read(fresh.p("ro")).unwrap().len(), 70_000 + 11);
+    assert_eq!(
+        mode(&fresh.p("ro")),
+        0o444,
+        "the write lifted the mode for good"
+    );
+    fs::set_permissions(fresh.p("locked"), fs::Permissions::from_mode(0o640)).unwrap();
+    fresh.unmount();
+    let g = v.gocryptfs();
+    assert_eq!(mode(&g.path().join("locked")), 0o640);
+    assert_eq!(mode(&g.path().join("ro")), 0o444);
+    let mut want = pattern(1, 70_000);
+    want.extend_from_slice(b"root's line");
+    assert_eq!(fs::read(g.path().join("ro")).unwrap(), want);
+}

@@ -25,6 +25,7 @@
 mod crc32;
 mod error;
 mod journal;
+mod modes;
 mod path;
 mod sequential;
 mod store;
@@ -35,6 +36,7 @@ mod volume;
 
 pub use error::{ErrorKind, Result, StoreError};
 pub use journal::{acting_for, Notice, Subscription};
+pub use modes::{set_descriptor_mode, stat_descriptor};
 pub use path::{
     parse_path, validate_volume_name, PathProblem, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN,
     MAX_VOLUME_NAME_LEN,

@@ -10,6 +10,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
 /// How many times to retry `openat2` when the kernel reports EAGAIN: it does so when a
 /// concurrent rename might have let a resolution escape, and asks the caller to retry.
@@ -159,8 +160,26 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> io::Re
     })
 }
 
+/// Held shared by every stat here and exclusively while the `modes` module lifts a file's
+/// mode for a moment, so no stat ever reports a lifted mode as the file's own.
+static MODES_SETTLED: RwLock<()> = RwLock::new(());
+
+/// Keeps every stat waiting while a file's mode is lifted (see `MODES_SETTLED`); stat with
+/// [`stat_at_unsettled`] meanwhile.
+pub(crate) fn unsettle_modes() -> RwLockWriteGuard<'static, ()> {
+    MODES_SETTLED
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
 /// lstat of `name` in `dir` (`fstatat` with `AT_SYMLINK_NOFOLLOW`); an empty name stats `dir`.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
+    let _settled = MODES_SETTLED.read().unwrap_or_else(PoisonError::into_inner);
+    stat_at_unsettled(dir, name)
+}
+
+/// [`stat_at`] for the holder of [`unsettle_modes`].
+pub(crate) fn stat_at_unsettled(dir: BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
     let c = cstr(name)?;
     let flags = libc::AT_SYMLINK_NOFOLLOW
         | if name.is_empty() {

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use crate::crc32::crc32;
 use crate::error::{ErrorKind, IoContext, Result, StoreError};
+use crate::modes;
 use crate::sys;
 use crate::types::{FileType, Timespec};
 
@@ -540,7 +541,8 @@ impl Versions {
             sys::link_at(parent, name, self.dir.as_fd(), &dname).ctx("keep version of", path)?;
         } else {
             let src = File::from(
-                sys::open_at(parent, name, libc::O_RDONLY, 0).ctx("keep version of", path)?,
+                modes::open_whatever_mode(parent, name, libc::O_RDONLY)
+                    .ctx("keep version of", path)?,
             );
             self.copy_into(&src, &dname, st, path)?;
         }
@@ -725,7 +727,8 @@ impl Versions {
 
     pub(crate) fn open_data(&self, id: VersionId) -> Result<File> {
         let dname = self.data_name(id);
-        sys::open_at(self.dir.as_fd(), &dname, libc::O_RDONLY, 0)
+        // An entry's data name is never given to other data, so it stays this file's.
+        modes::open_whatever_mode(self.dir.as_fd(), &dname, libc::O_RDONLY)
             .map(File::from)
             .ctx("open", &self.file_label(&dname))
     }

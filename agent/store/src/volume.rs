@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use crate::error::{ErrorKind, IoContext, Result, StoreError};
 use crate::journal::{Journal, JournalOptions, Subscription};
+use crate::modes;
 use crate::path::RelPath;
 use crate::store::StoreConfig;
 use crate::sys;
@@ -300,10 +301,35 @@ impl Volume {
         Ok((fd, name))
     }
 
+    /// Opens `p` (a final symlink not followed) whatever its permission bits say (see the
+    /// `modes` module). The caller does not hold the namespace lock: a lift takes it, to
+    /// keep the name from being replaced while its mode is lifted.
     fn open_obj(&self, op: &'static str, p: &RelPath, flags: i32) -> Result<File> {
-        sys::open_beneath(self.tree.as_fd(), p.as_str(), flags | libc::O_NOFOLLOW, 0)
-            .map(File::from)
-            .ctx(op, p.as_str())
+        self.open_obj_with(op, p, flags, false)
+    }
+
+    /// [`Volume::open_obj`] for a caller that holds the namespace lock.
+    fn open_obj_locked(&self, op: &'static str, p: &RelPath, flags: i32) -> Result<File> {
+        self.open_obj_with(op, p, flags, true)
+    }
+
+    fn open_obj_with(
+        &self,
+        op: &'static str,
+        p: &RelPath,
+        flags: i32,
+        ns_held: bool,
+    ) -> Result<File> {
+        match sys::open_beneath(self.tree.as_fd(), p.as_str(), flags | libc::O_NOFOLLOW, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) && !p.is_root() => {
+                let _g = (!ns_held).then(|| self.ns.read().unwrap());
+                let (dir, name) = self.parent(op, p, libc::O_PATH)?;
+                modes::open_whatever_mode(dir.as_fd(), name, flags)
+            }
+            r => r,
+        }
+        .map(File::from)
+        .ctx(op, p.as_str())
     }
 
     fn lstat(&self, p: &RelPath) -> Result<libc::stat> {
@@ -429,7 +455,7 @@ impl Volume {
                 return f(&file).ctx(op, p.as_str()).map(Some);
             }
         }
-        let file = match self.open_obj(op, p, libc::O_RDWR) {
+        let file = match self.open_obj_locked(op, p, libc::O_RDWR) {
             Ok(f) => Arc::new(f),
             Err(e) if only_if.is_some() && e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -698,17 +724,30 @@ impl Volume {
             self.now(),
         )?;
         if let Some(mode) = a.mode {
-            let keep = if kind == FileType::Dir { 0o700 } else { 0o600 };
-            let f = self.open_obj("chmod", p, libc::O_RDONLY | libc::O_NONBLOCK)?;
-            if key_of(&sys::fstat(f.as_fd()).ctx("chmod", p.as_str())?) != key_of(&st) {
-                return Err(StoreError::refused(
+            let replaced = || {
+                StoreError::refused(
                     "chmod",
                     p.as_str(),
                     ErrorKind::Conflict,
                     "the entry was replaced during the operation",
-                ));
+                )
+            };
+            if kind == FileType::Dir {
+                // A directory keeps owner rwx (the `modes` module says why).
+                let f = self.open_obj_locked("chmod", p, libc::O_RDONLY | libc::O_NONBLOCK)?;
+                if key_of(&sys::fstat(f.as_fd()).ctx("chmod", p.as_str())?) != key_of(&st) {
+                    return Err(replaced());
+                }
+                sys::fchmod(f.as_fd(), (mode & 0o7777) | 0o700).ctx("chmod", p.as_str())?;
+            } else {
+                // By name: a file whose mode refuses its owner cannot be opened to fchmod.
+                let (dir, name) = self.parent("chmod", p, libc::O_PATH)?;
+                let cur = sys::stat_at(dir.as_fd(), name).ctx("chmod", p.as_str())?;
+                if key_of(&cur) != key_of(&st) || kind_of(&cur) != FileType::File {
+                    return Err(replaced());
+                }
+                modes::set_file_mode(dir.as_fd(), name, mode).ctx("chmod", p.as_str())?;
             }
-            sys::fchmod(f.as_fd(), (mode & 0o7777) | keep).ctx("chmod", p.as_str())?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             if p.is_root() {
@@ -741,8 +780,7 @@ impl Volume {
         Ok(())
     }
 
-    /// Creates the regular file `p` with permission bits `mode` (owner read/write always
-    /// kept). If it exists: `Exists` when `exclusive`, else its attributes (a directory or
+    /// Creates the regular file `p` with permission bits `mode`. If it exists: `Exists` when `exclusive`, else its attributes (a directory or
     /// symlink there is `IsDir` / `Exists`).
     pub fn create(&self, p: &RelPath, mode: u32, exclusive: bool) -> Result<Attr> {
         self.create_open(p, mode, exclusive).map(|c| c.attr)
@@ -766,11 +804,10 @@ impl Volume {
         if let Some(st) = sys::stat_at_opt(dir.as_fd(), name).ctx("create", p.as_str())? {
             let errno = match kind_of(&st) {
                 FileType::File if !exclusive => {
-                    let f = sys::open_at(
+                    let f = modes::open_whatever_mode(
                         dir.as_fd(),
                         name,
-                        libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW,
-                        0,
+                        libc::O_RDWR | libc::O_NONBLOCK,
                     )
                     .ctx("create", p.as_str())?;
                     return created(f);
@@ -791,11 +828,12 @@ impl Volume {
             dir.as_fd(),
             name,
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-            (mode & 0o7777) | 0o600,
+            mode & 0o7777,
         )
         .ctx("create", p.as_str())?;
-        // The mode passed to open is filtered by the umask; set it exactly.
-        sys::fchmod(f.as_fd(), (mode & 0o7777) | 0o600).ctx("create", p.as_str())?;
+        // The mode passed to open is filtered by the umask; set it exactly. The descriptor
+        // stays open for writing whatever the mode (the creator's right, as in any open).
+        sys::fchmod(f.as_fd(), mode & 0o7777).ctx("create", p.as_str())?;
         created(f)
     }
 
@@ -1215,7 +1253,7 @@ impl Volume {
         let r = (|| {
             io::copy(content, &mut f)?;
             f.flush()?;
-            sys::fchmod(f.as_fd(), (mode.unwrap_or(0o600) & 0o7777) | 0o600)?;
+            sys::fchmod(f.as_fd(), mode.unwrap_or(0o600) & 0o7777)?;
             if let Some(t) = mtime {
                 sys::utimens_at(f.as_fd(), "", sys::UTIME_OMIT_TS, t.to_libc())?;
             }
@@ -1481,7 +1519,7 @@ impl Volume {
                 let src = self.versions.open_data(id)?;
                 let (name, dst) = self.stage(op, p)?;
                 let r = sys::clone_or_copy(&src, &dst)
-                    .and_then(|_| sys::fchmod(dst.as_fd(), info.perm | 0o600))
+                    .and_then(|_| sys::fchmod(dst.as_fd(), info.perm & 0o7777))
                     .and_then(|_| {
                         sys::utimens_at(dst.as_fd(), "", sys::UTIME_OMIT_TS, info.mtime.to_libc())
                     })

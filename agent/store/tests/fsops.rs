@@ -36,8 +36,9 @@ fn create_write_read_stat() {
         ErrorKind::Exists
     );
     assert_eq!(v.create(&p("f"), 0o600, false).unwrap().size, 21);
-    // Owner read/write are kept whatever mode is asked: the agent must read what it stores.
-    assert_eq!(v.create(&p("g"), 0o000, true).unwrap().perm, 0o600);
+    // The mode is the one asked, even one that refuses the owner (storage reads regardless).
+    assert_eq!(v.create(&p("g"), 0o000, true).unwrap().perm, 0o000);
+    assert_eq!(v.read(&p("g"), 0, 10).unwrap(), b"");
     assert!(v
         .read(&p("f"), 0, MAX_READ + 1)
         .unwrap_err()

@@ -2,9 +2,6 @@
 //! crate knows nothing of the store, the store nothing of the wire); this is the one place
 //! that maps between them, errors included.
 
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
-
 use cloudstore_protocol as wire;
 use cloudstore_store as store;
 use store::{ErrorKind, StoreError};
@@ -49,33 +46,6 @@ pub fn attr(a: &store::Attr) -> wire::Attr {
         atime: time(a.atime),
         mtime: time(a.mtime),
         ctime: time(a.ctime),
-    }
-}
-
-/// Attributes of an open handle's file, which may no longer have a name in the tree.
-pub fn attr_of_metadata(m: &Metadata) -> wire::Attr {
-    let ts = |secs: i64, nanos: i64| wire::Timespec::new(secs, nanos as u32);
-    let ft = m.file_type();
-    wire::Attr {
-        kind: if ft.is_file() {
-            wire::FileType::File
-        } else if ft.is_dir() {
-            wire::FileType::Dir
-        } else if ft.is_symlink() {
-            wire::FileType::Symlink
-        } else {
-            wire::FileType::Other
-        },
-        perm: m.mode() & 0o7777,
-        ino: m.ino(),
-        nlink: m.nlink(),
-        uid: m.uid(),
-        gid: m.gid(),
-        size: m.size(),
-        blocks: m.blocks(),
-        atime: ts(m.atime(), m.atime_nsec()),
-        mtime: ts(m.mtime(), m.mtime_nsec()),
-        ctime: ts(m.ctime(), m.ctime_nsec()),
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -211,11 +211,9 @@ impl Connection {
     }
 
     fn fstat(&self, of: &OpenFile) -> Result<wire::Attr, RemoteError> {
-        let m = of
-            .file
-            .metadata()
+        let a = store::stat_descriptor(&of.file)
             .map_err(|e| convert::io_error("stat", &Connection::label(of), &e))?;
-        Ok(convert::attr_of_metadata(&m))
+        Ok(convert::attr(&a))
     }
 
     fn label(of: &OpenFile) -> String {
@@ -852,10 +850,7 @@ fn set_attr_on_descriptor(of: &OpenFile, a: &wire::SetAttr) -> Result<Response, 
         of.file.set_len(size).map_err(|e| fail("truncate", e))?;
     }
     if let Some(mode) = a.mode {
-        use std::os::unix::fs::PermissionsExt;
-        of.file
-            .set_permissions(std::fs::Permissions::from_mode((mode & 0o7777) | 0o600))
-            .map_err(|e| fail("chmod", e))?;
+        store::set_descriptor_mode(of.file.as_fd(), mode).map_err(|e| fail("chmod", e))?;
     }
     if a.atime.is_some() || a.mtime.is_some() {
         let ts = |t: Option<wire::TimeSet>| match t {
@@ -866,6 +861,6 @@ fn set_attr_on_descriptor(of: &OpenFile, a: &wire::SetAttr) -> Result<Response, 
         nix::sys::stat::futimens(of.file.as_raw_fd(), &ts(a.atime), &ts(a.mtime))
             .map_err(|e| fail("set times of", e.into()))?;
     }
-    let m = of.file.metadata().map_err(|e| fail("stat", e))?;
-    Ok(Response::Attr(convert::attr_of_metadata(&m)))
+    let a = store::stat_descriptor(&of.file).map_err(|e| fail("stat", e))?;
+    Ok(Response::Attr(convert::attr(&a)))
 }

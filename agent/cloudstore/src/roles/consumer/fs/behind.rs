@@ -415,8 +415,7 @@ impl Core {
         let expected = Attr {
             size: clen,
             blocks: clen.div_ceil(512),
-            // Storage keeps its own read and write bits on every file (store::Volume::setattr).
-            perm: attr.mode.map_or(base.perm, |m| (m & 0o7777) | 0o600),
+            perm: attr.mode.map_or(base.perm, |m| m & 0o7777),
             atime: time(attr.atime, base.atime),
             mtime: time(attr.mtime, if written { now } else { base.mtime }),
             ctime: now,

@@ -1,0 +1,175 @@
+//! A file's mode is kept exactly as set, and storage opens every file whatever its mode says,
+//! as the storage agent runs: without the capabilities that let root ignore modes.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+
+use caps::{CapSet, Capability};
+use cloudstore_store::*;
+use common::*;
+
+/// Runs `f` on a thread that, like the storage agent, has no capability to ignore modes.
+/// Capabilities are per thread, so the rest of the test process keeps its own.
+fn as_storage_runs<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for c in [
+                Capability::CAP_DAC_OVERRIDE,
+                Capability::CAP_DAC_READ_SEARCH,
+                Capability::CAP_FOWNER,
+            ] {
+                caps::drop(None, CapSet::Effective, c).unwrap();
+            }
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn mode_on_disk(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn chmod(v: &Volume, path: &str, mode: u32) -> Attr {
+    v.setattr(
+        &p(path),
+        &SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap()
+}
+
+fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut b = Vec::new();
+    r.read_to_end(&mut b).unwrap();
+    b
+}
+
+#[test]
+fn storage_opens_any_file_whatever_its_mode_and_leaves_the_mode_as_set() {
+    let f = Fixture::new();
+    let v = &f.vol;
+    as_storage_runs(|| {
+        // Created read-only, then written through its handle (as git writes its objects).
+        let c = v.create_open(&p("ro"), 0o444, true).unwrap();
+        assert_eq!(c.attr.perm, 0o444);
+        drop(c.file);
+        assert_eq!(
+            v.write_if(&p("ro"), Some(c.key), 0, b"object").unwrap(),
+            Some(6)
+        );
+        assert_eq!(v.read(&p("ro"), 0, 100).unwrap(), b"object");
+        assert_eq!(mode_on_disk(&f.tree().join("ro")), 0o444);
+        v.release_file(c.key).unwrap();
+        // A non-exclusive create of it opens it as it is.
+        assert_eq!(v.create_open(&p("ro"), 0o600, false).unwrap().attr.size, 6);
+
+        put_bytes(v, "locked", b"secret");
+        assert_eq!(chmod(v, "locked", 0o000).perm, 0o000);
+        // This thread really is refused by the mode: what follows goes through the lift.
+        let refused = std::fs::read(f.tree().join("locked")).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(v.read(&p("locked"), 0, 100).unwrap(), b"secret");
+        assert_eq!(get_bytes(v, "locked"), b"secret");
+        v.fsync(&p("locked"), false).unwrap();
+        let (handle, attr, key) = v.open_file(&p("locked"), true).unwrap();
+        assert_eq!(attr.perm, 0o000);
+        drop(handle);
+        v.write_if(&p("locked"), Some(key), 6, b"!").unwrap();
+        v.release_file(key).unwrap();
+        assert_eq!(v.stat(&p("locked")).unwrap().perm, 0o000);
+        assert_eq!(mode_on_disk(&f.tree().join("locked")), 0o000);
+        // The mode is changed back from one that refuses even reading.
+        assert_eq!(chmod(v, "locked", 0o200).perm, 0o200);
+        assert_eq!(chmod(v, "locked", 0o000).perm, 0o000);
+
+        // Its versions are read and restored with their mode, whether the data was kept by
+        // a link (the only name) or a copy (another name still links it).
+        v.unlink(&p("locked")).unwrap();
+        let gone = v.list_versions(&p("locked"));
+        let id = gone[0].id;
+        assert_eq!(gone[0].perm, 0o000);
+        assert_eq!(
+            read_all(v.open_version(&p("locked"), id).unwrap()),
+            b"secret!"
+        );
+        v.restore(&p("locked"), id).unwrap();
+        assert_eq!(v.stat(&p("locked")).unwrap().perm, 0o000);
+        assert_eq!(v.read(&p("locked"), 0, 100).unwrap(), b"secret!");
+        v.link(&p("locked"), &p("also")).unwrap();
+        v.unlink(&p("locked")).unwrap();
+        let copied = v.list_versions(&p("locked"))[0].id;
+        assert_ne!(copied, id);
+        assert_eq!(
+            read_all(v.open_version(&p("locked"), copied).unwrap()),
+            b"secret!"
+        );
+        assert_eq!(mode_on_disk(&f.tree().join("also")), 0o000);
+
+        // A directory keeps owner rwx on disk: storage must walk and change it whatever
+        // its mode.
+        assert_eq!(v.mkdir(&p("d"), 0o555).unwrap().perm, 0o755);
+        assert_eq!(chmod(v, "d", 0o500).perm, 0o700);
+    });
+}
+
+#[test]
+fn a_mode_set_while_storage_lifts_it_is_the_mode_kept() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let f = Fixture::new();
+    let v = &f.vol;
+    put_bytes(v, "f", b"content");
+    chmod(v, "f", 0o000);
+    // One thread reads the file over and over (each read lifts the owner's read bit for a
+    // moment) while another changes the mode: no lift may put back the mode it found over a
+    // change made meanwhile. None of these modes has the owner's read bit, so a lift under
+    // way is told apart from a mode put back.
+    let modes = [0o000, 0o004, 0o040, 0o200, 0o020, 0o002, 0o100];
+    let reads = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    as_storage_runs(|| {
+        std::thread::scope(|s| {
+            // Stops the reader however the loop below ends (a failed assertion included).
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(&done);
+            let reader = s.spawn(|| {
+                as_storage_runs(|| {
+                    while !done.load(Ordering::SeqCst) {
+                        assert_eq!(v.read(&p("f"), 0, 100).unwrap(), b"content");
+                        reads.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            });
+            for i in 0..300 {
+                let m = modes[i % modes.len()];
+                assert_eq!(chmod(v, "f", m).perm, m);
+                // Two whole reads later, any lift begun before the change has ended.
+                let seen = reads.load(Ordering::SeqCst);
+                while reads.load(Ordering::SeqCst) < seen + 2 && !reader.is_finished() {
+                    std::thread::yield_now();
+                }
+                let now = mode_on_disk(&f.tree().join("f"));
+                assert_eq!(
+                    now & !0o400,
+                    m,
+                    "round {i}: {now:o} on disk after setting {m:o}"
+                );
+            }
+        });
+    });
+    assert_eq!(mode_on_disk(&f.tree().join("f")), modes[299 % modes.len()]);
+}
