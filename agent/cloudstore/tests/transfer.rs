@@ -324,13 +324,20 @@ fn two_way_sync() {
         &cloud.join("only-storage"),
         b"changed in storage",
     );
-    // Cloud → storage, through the poll.
+    // Cloud → storage, through the poll; the file keeps the mode it has in storage (the
+    // cloud carries none: a script edited elsewhere stays executable here).
+    let in_storage = storage.tree("work").join("only-cloud");
+    fs::set_permissions(&in_storage, fs::Permissions::from_mode(0o750)).unwrap();
     write_cloud(&cloud, "only-cloud", b"changed in the cloud");
     wait_for_content(
         "the cloud change in storage",
         20,
-        &storage.tree("work").join("only-cloud"),
+        &in_storage,
         b"changed in the cloud",
+    );
+    assert_eq!(
+        fs::metadata(&in_storage).unwrap().permissions().mode() & 0o7777,
+        0o750
     );
 
     // Both sides change while the agent is stopped: both kept.

@@ -75,10 +75,20 @@ pub type ConflictInfo = VersionInfo;
 pub struct PutOptions {
     /// Precondition on what the path holds now.
     pub expect: Expect,
-    /// Permission bits of the new file (default 0600; owner read/write always kept).
+    /// Permission bits of the new file (default: those of the file it replaces, so a
+    /// script changed elsewhere stays executable; 0600 for a new file).
     pub mode: Option<u32>,
     /// Modification time of the new file (default: now).
     pub mtime: Option<Timespec>,
+}
+
+/// The mode a staged file takes into the tree.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StagedMode {
+    /// The one it was staged with.
+    AsStaged,
+    /// That of the regular file it replaces, if any (else as staged).
+    OfReplaced,
 }
 
 /// A whole-file reader over a file opened once: a concurrent replace (put, rename) does not
@@ -1277,6 +1287,7 @@ impl Volume {
         name: &str,
         expect: Expect,
         kind: ChangeKind,
+        mode: StagedMode,
     ) -> Result<Attr> {
         let _g = self.ns.write().unwrap();
         let (dir, fname) = self.parent(op, p, libc::O_RDONLY)?;
@@ -1289,6 +1300,10 @@ impl Volume {
                     p.as_str(),
                     io::Error::from_raw_os_error(libc::EISDIR),
                 ));
+            }
+            if mode == StagedMode::OfReplaced && kind_of(st) == FileType::File {
+                // Taken under the namespace lock, so a chmod made meanwhile is not undone.
+                modes::set_file_mode(self.staging.as_fd(), name, st.st_mode).ctx(op, p.as_str())?;
             }
             self.end_session(key_of(st))?;
             self.versions.preserve_entry(
@@ -1323,7 +1338,11 @@ impl Volume {
         // Fail early, before streaming, when the parent is missing.
         drop(self.parent("put", p, libc::O_PATH)?);
         let name = self.stage_stream("put", p, content, opts.mode, opts.mtime)?;
-        let r = self.commit_staged("put", p, &name, opts.expect, ChangeKind::Put);
+        let mode = match opts.mode {
+            Some(_) => StagedMode::AsStaged,
+            None => StagedMode::OfReplaced,
+        };
+        let r = self.commit_staged("put", p, &name, opts.expect, ChangeKind::Put, mode);
         if r.is_err() {
             self.unstage(&name);
         }
@@ -1531,7 +1550,14 @@ impl Volume {
                 (name, Some(dst))
             }
         };
-        let r = self.commit_staged(op, p, &name, Expect::Any, ChangeKind::Restore);
+        let r = self.commit_staged(
+            op,
+            p,
+            &name,
+            Expect::Any,
+            ChangeKind::Restore,
+            StagedMode::AsStaged,
+        );
         if r.is_err() {
             self.unstage(&name);
         }

@@ -42,6 +42,37 @@ fn get_is_not_torn_by_a_concurrent_put() {
 }
 
 #[test]
+fn a_put_without_a_mode_keeps_the_mode_of_the_file_it_replaces() {
+    let f = Fixture::new();
+    let v = &f.vol;
+    let mode_of = |path: &str| v.stat(&p(path)).unwrap().perm;
+    // New from elsewhere: private to the owner.
+    assert_eq!(put_bytes(v, "script", b"#!/bin/sh\n").perm, 0o600);
+    v.setattr(
+        &p("script"),
+        &SetAttr {
+            mode: Some(0o755),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    // Changed elsewhere and brought back: still executable, as the answer says too.
+    assert_eq!(put_bytes(v, "script", b"#!/bin/sh\necho\n").perm, 0o755);
+    assert_eq!(mode_of("script"), 0o755);
+    assert_eq!(get_bytes(v, "script"), b"#!/bin/sh\necho\n");
+    // A mode given is the mode taken.
+    let given = PutOptions {
+        mode: Some(0o640),
+        ..PutOptions::default()
+    };
+    v.put(&p("script"), &mut &b"x"[..], given).unwrap();
+    assert_eq!(mode_of("script"), 0o640);
+    // The replaced version keeps its own.
+    let kept = v.list_versions(&p("script"));
+    assert_eq!(kept[0].perm, 0o755);
+}
+
+#[test]
 fn put_with_expectations_detects_concurrent_change() {
     let f = Fixture::new();
     let v = &f.vol;
