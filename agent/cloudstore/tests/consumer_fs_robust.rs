@@ -1715,12 +1715,13 @@ fn a_file_keeps_the_mode_set_on_it_and_storage_still_reads_and_writes_it() {
     // On disk, for gocryptfs and every other tool, the modes are the ones set.
     assert_eq!(mode(&v.tree().join(root_entry(&v, "ro"))), 0o444);
     assert_eq!(mode(&v.tree().join(root_entry(&v, "locked"))), 0o000);
-    // A fresh mount (nothing remembered here) shows them; a directory keeps owner rwx on
-    // disk, so that storage can always walk and change it.
+    // A directory keeps owner rwx on disk, so that storage can always walk and change it.
+    assert_eq!(mode(&v.tree().join(root_entry(&v, "d"))), 0o1755);
+    // A fresh mount (nothing remembered here) shows the modes set.
     let fresh = v.mount();
     assert_eq!(mode(&fresh.p("ro")), 0o444);
     assert_eq!(mode(&fresh.p("locked")), 0o000);
-    assert_eq!(mode(&fresh.p("d")), 0o755);
+    assert_eq!(mode(&fresh.p("d")), 0o555);
     // The kernel checks them: the owner without the capability that overrides modes may
     // neither write the read-only file nor read the locked one.
     let owner_without_override = |script: &str| {
@@ -1751,6 +1752,14 @@ fn a_file_keeps_the_mode_set_on_it_and_storage_still_reads_and_writes_it() {
         "a read-only file was written"
     );
     assert!(!owner_without_override("cat locked"), "a 000 file was read");
+    assert!(
+        !owner_without_override("touch d/new"),
+        "a read-only directory was written"
+    );
+    assert!(
+        owner_without_override("ls d"),
+        "a read-only directory is listed"
+    );
     // Storage runs without that capability too, yet root here reads and writes anything.
     assert_eq!(
         fs::read(fresh.p("locked")).unwrap(),
@@ -1766,6 +1775,8 @@ fn a_file_keeps_the_mode_set_on_it_and_storage_still_reads_and_writes_it() {
         0o444,
         "the write lifted the mode for good"
     );
+    fs::write(fresh.p("d/root's"), b"root writes anywhere").unwrap();
+    assert_eq!(mode(&fresh.p("d")), 0o555);
     fs::set_permissions(fresh.p("locked"), fs::Permissions::from_mode(0o640)).unwrap();
     fresh.unmount();
     let g = v.gocryptfs();

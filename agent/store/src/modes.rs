@@ -8,8 +8,16 @@
 //! needs are granted for the moment of the open and taken back on the descriptor it returned
 //! (gocryptfs does the same for write-only files it must read).
 //!
-//! Directories keep owner rwx on disk (every path beneath them must stay walkable for the
-//! sync, and their entries changeable); their mode is not lifted here.
+//! Directories keep owner rwx on disk instead: every path beneath one must stay walkable and
+//! its entries changeable (the sync brings changes into a directory made read-only here).
+//! A directory whose mode lacks any owner bit, or has the sticky bit, is marked on disk with
+//! the sticky bit (which means nothing to storage, the owner of everything in the tree), and
+//! its mode is kept in its extended attribute `user.cloudstore.mode` (octal text). Every
+//! stat of the store reports that mode for a marked directory (`sys::stat_at`), so no other
+//! code knows of the difference; an unmarked directory costs nothing. The attribute is
+//! written before the mark and removed after it, so a crash between leaves the mode before
+//! or after the change, never another. Where the file system keeps no user attributes, a
+//! directory keeps owner rwx and shows it.
 //!
 //! Every change of a file's mode made by storage, lifted or asked for, holds the store's
 //! stats off (`sys::unsettle_modes`): a lift never restores a mode over a change asked for
@@ -17,10 +25,66 @@
 //! A machine crash during a lift leaves the owner bits granted (what every file had before
 //! modes were kept exactly); nothing else is lost.
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::sys;
+
+const DIR_MODE_XATTR: &CStr = c"user.cloudstore.mode";
+
+/// The mode a directory whose kept mode is `mode` has on disk: owner rwx, and the sticky bit
+/// as the mark of a mode kept apart.
+fn dir_mode_on_disk(mode: u32) -> u32 {
+    let mode = mode & 0o7777;
+    if mode & 0o700 == 0o700 && mode & libc::S_ISVTX == 0 {
+        mode
+    } else {
+        mode | 0o700 | libc::S_ISVTX
+    }
+}
+
+/// Sets the mode of the directory open as `dir` (not `O_PATH`) to `mode`, as it is kept.
+pub(crate) fn set_dir_mode(dir: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let mode = mode & 0o7777;
+    let on_disk = dir_mode_on_disk(mode);
+    if on_disk & libc::S_ISVTX == 0 {
+        // Unmarked first: from then on the attribute is not read.
+        sys::fchmod(dir, mode)?;
+        return sys::fremove_xattr(dir, DIR_MODE_XATTR);
+    }
+    match sys::fset_xattr(dir, DIR_MODE_XATTR, format!("{mode:o}").as_bytes()) {
+        Ok(()) => sys::fchmod(dir, on_disk),
+        // No user attributes here: owner rwx, shown as it is (a mark without an attribute).
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => sys::fchmod(dir, mode | 0o700),
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts the kept mode of the directory `name` in `dir` (`dir` itself for an empty name) into
+/// `st`, its stat, if it is a marked directory with a kept mode; leaves `st` as it is else.
+pub(crate) fn report_kept_dir_mode(dir: BorrowedFd<'_>, name: &str, st: &mut libc::stat) {
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR || st.st_mode & libc::S_ISVTX == 0 {
+        return;
+    }
+    let at = if name.is_empty() { "." } else { name };
+    let Ok(d) = sys::open_at(
+        dir,
+        at,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+        0,
+    ) else {
+        return;
+    };
+    let kept = sys::fget_xattr(d.as_fd(), DIR_MODE_XATTR, 8)
+        .ok()
+        .flatten()
+        .and_then(|v| u32::from_str_radix(std::str::from_utf8(&v).ok()?, 8).ok())
+        .filter(|m| *m <= 0o7777);
+    if let Some(mode) = kept {
+        st.st_mode = (st.st_mode & !0o7777) | mode;
+    }
+}
 
 /// The owner bits an open with `flags` needs.
 fn owner_bits_for(flags: i32) -> u32 {
@@ -101,6 +165,17 @@ pub fn set_descriptor_mode(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_on_disk_keeps_owner_rwx_and_is_marked_when_its_mode_differs() {
+        assert_eq!(dir_mode_on_disk(0o755), 0o755);
+        assert_eq!(dir_mode_on_disk(0o2770), 0o2770);
+        assert_eq!(dir_mode_on_disk(0o555), 0o1755);
+        assert_eq!(dir_mode_on_disk(0o000), 0o1700);
+        assert_eq!(dir_mode_on_disk(0o1777), 0o1777);
+        assert_eq!(dir_mode_on_disk(0o1555), 0o1755);
+        assert_eq!(dir_mode_on_disk(0o40555), 0o1755);
+    }
 
     #[test]
     fn an_open_needs_the_owner_bits_of_its_access_mode() {

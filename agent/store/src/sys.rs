@@ -173,6 +173,8 @@ pub(crate) fn unsettle_modes() -> RwLockWriteGuard<'static, ()> {
 }
 
 /// lstat of `name` in `dir` (`fstatat` with `AT_SYMLINK_NOFOLLOW`); an empty name stats `dir`.
+/// A directory's mode is the one kept for it, which may differ from its mode on disk (see
+/// the `modes` module).
 pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
     let _settled = MODES_SETTLED.read().unwrap_or_else(PoisonError::into_inner);
     stat_at_unsettled(dir, name)
@@ -180,6 +182,12 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
 
 /// [`stat_at`] for the holder of [`unsettle_modes`].
 pub(crate) fn stat_at_unsettled(dir: BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
+    let mut st = raw_stat_at(dir, name)?;
+    crate::modes::report_kept_dir_mode(dir, name, &mut st);
+    Ok(st)
+}
+
+fn raw_stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
     let c = cstr(name)?;
     let flags = libc::AT_SYMLINK_NOFOLLOW
         | if name.is_empty() {
@@ -360,6 +368,16 @@ pub fn fget_xattr(fd: BorrowedFd<'_>, name: &CStr, max: usize) -> io::Result<Opt
     }
     buf.truncate(n as usize);
     Ok(Some(buf))
+}
+
+/// Removes the extended attribute `name` of the open file `fd`; `Ok` if it had none (or the
+/// file system keeps none).
+pub fn fremove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    match cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => Ok(()),
+        r => r.map(drop),
+    }
 }
 
 /// Whether the file system under `fd` writes changes to names and attributes to disk in

@@ -743,12 +743,11 @@ impl Volume {
                 )
             };
             if kind == FileType::Dir {
-                // A directory keeps owner rwx (the `modes` module says why).
                 let f = self.open_obj_locked("chmod", p, libc::O_RDONLY | libc::O_NONBLOCK)?;
                 if key_of(&sys::fstat(f.as_fd()).ctx("chmod", p.as_str())?) != key_of(&st) {
                     return Err(replaced());
                 }
-                sys::fchmod(f.as_fd(), (mode & 0o7777) | 0o700).ctx("chmod", p.as_str())?;
+                modes::set_dir_mode(f.as_fd(), mode).ctx("chmod", p.as_str())?;
             } else {
                 // By name: a file whose mode refuses its owner cannot be opened to fchmod.
                 let (dir, name) = self.parent("chmod", p, libc::O_PATH)?;
@@ -847,7 +846,7 @@ impl Volume {
         created(f)
     }
 
-    /// Creates the directory `p` (owner rwx always kept).
+    /// Creates the directory `p` with mode `mode` (kept as the `modes` module says).
     pub fn mkdir(&self, p: &RelPath, mode: u32) -> Result<Attr> {
         let _g = self.ns.write().unwrap();
         let (dir, name) = self.parent("mkdir", p, libc::O_PATH)?;
@@ -858,13 +857,13 @@ impl Volume {
         sys::mkdir_at(dir.as_fd(), name, (mode & 0o7777) | 0o700).ctx("mkdir", p.as_str())?;
         let d = sys::open_at(dir.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .ctx("mkdir", p.as_str())?;
-        sys::fchmod(d.as_fd(), (mode & 0o7777) | 0o700).ctx("mkdir", p.as_str())?;
+        modes::set_dir_mode(d.as_fd(), mode).ctx("mkdir", p.as_str())?;
         Ok(Attr::from_stat(
             &sys::fstat(d.as_fd()).ctx("mkdir", p.as_str())?,
         ))
     }
 
-    /// Creates the directory `p` (owner rwx always kept) with the file `file` inside holding
+    /// Creates the directory `p` (mode `mode`, kept as the `modes` module says) with the file `file` inside holding
     /// `content` (mode `file_mode`), both journaled, in one step: a gocryptfs directory with
     /// its IV. The file is flushed before this returns, which on a journaling file system
     /// also makes the directory durable; the parent is not flushed, as a local `mkdir` is
@@ -907,7 +906,7 @@ impl Volume {
         sys::mkdir_at(dir.as_fd(), name, (mode & 0o7777) | 0o700).ctx("mkdir", p.as_str())?;
         let made = (|| -> io::Result<Made> {
             let d = sys::open_at(dir.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            sys::fchmod(d.as_fd(), (mode & 0o7777) | 0o700)?;
+            modes::set_dir_mode(d.as_fd(), mode)?;
             let mut f = File::from(sys::open_at(
                 d.as_fd(),
                 file,

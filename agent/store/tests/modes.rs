@@ -115,11 +115,39 @@ fn storage_opens_any_file_whatever_its_mode_and_leaves_the_mode_as_set() {
         );
         assert_eq!(mode_on_disk(&f.tree().join("also")), 0o000);
 
-        // A directory keeps owner rwx on disk: storage must walk and change it whatever
-        // its mode.
-        assert_eq!(v.mkdir(&p("d"), 0o555).unwrap().perm, 0o755);
-        assert_eq!(chmod(v, "d", 0o500).perm, 0o700);
+        // A directory shows its mode while it keeps owner rwx on disk, so storage walks and
+        // changes it whatever its mode.
+        let dir_on_disk = |path: &str| mode_on_disk(&f.tree().join(path));
+        assert_eq!(v.mkdir(&p("d"), 0o555).unwrap().perm, 0o555);
+        assert_eq!(dir_on_disk("d"), 0o1755, "owner rwx, marked");
+        put_bytes(v, "d/brought", b"by the sync");
+        assert_eq!(chmod(v, "d", 0o000).perm, 0o000);
+        v.create(&p("d/made"), 0o600, true).unwrap();
+        assert_eq!(v.readdir(&p("d"), 0, 10).unwrap().entries.len(), 2);
+        assert_eq!(v.stat(&p("d")).unwrap().perm, 0o000);
+        // Back to a mode the disk says by itself: unmarked, nothing kept apart.
+        assert_eq!(chmod(v, "d", 0o750).perm, 0o750);
+        assert_eq!(dir_on_disk("d"), 0o750);
+        // The sticky bit is the user's own too.
+        assert_eq!(chmod(v, "d", 0o1777).perm, 0o1777);
+        assert_eq!(chmod(v, "d", 0o1555).perm, 0o1555);
+        assert_eq!(dir_on_disk("d"), 0o1755);
+        assert_eq!(chmod(v, "d", 0o1777).perm, 0o1777);
+        assert_eq!(dir_on_disk("d"), 0o1777);
+        // Made in one step with its first file (a gocryptfs directory and its IV), and
+        // renamed: the mode goes with the directory.
+        let made = v
+            .mkdir_with_file(&p("e"), 0o500, "gocryptfs.diriv", &[7; 16], 0o440)
+            .unwrap();
+        assert_eq!(made.attr.perm, 0o500);
+        v.rename(&p("e"), &p("d/e"), RenameMode::NoReplace).unwrap();
+        assert_eq!(v.stat(&p("d/e")).unwrap().perm, 0o500);
+        assert_eq!(v.read(&p("d/e/gocryptfs.diriv"), 0, 16).unwrap(), [7; 16]);
     });
+    // Through a restart, from what is on disk alone.
+    let f = f.reopen();
+    assert_eq!(f.vol.stat(&p("d/e")).unwrap().perm, 0o500);
+    assert_eq!(f.vol.stat(&p("d")).unwrap().perm, 0o1777);
 }
 
 #[test]
