@@ -58,6 +58,10 @@ struct Session {
     file: Arc<File>,
     path: String,
     last: Timespec,
+    /// Its `ModifyStart` is journaled. A session not started is one prepared by the
+    /// file's creation: the first change through the creator's handle starts it with the
+    /// descriptor the creation opened, with no lookup of the path.
+    started: bool,
     /// Ended and removed from the table; a thread that finds this must look up again.
     dead: bool,
 }
@@ -459,9 +463,12 @@ impl Volume {
         if let Some(sess) = live {
             let mut s = sess.lock().unwrap();
             let now = self.now();
-            if !s.dead && s.path == p.as_str() && !self.quiet_for(&s, now) {
-                s.last = now;
+            if !s.dead && s.path == p.as_str() && !(s.started && self.quiet_for(&s, now)) {
                 let file = s.file.clone();
+                if !s.started {
+                    self.start_session(op, p, &mut s, &file, now)?;
+                }
+                s.last = now;
                 return f(&file).ctx(op, p.as_str()).map(Some);
             }
         }
@@ -485,6 +492,7 @@ impl Volume {
                             file: file.clone(),
                             path: String::new(),
                             last: Timespec::default(),
+                            started: false,
                             dead: false,
                         }))
                     })
@@ -495,36 +503,45 @@ impl Volume {
                 continue;
             }
             let now = self.now();
-            let started = !s.path.is_empty();
-            let quiet = started && self.quiet_for(&s, now);
+            let quiet = s.started && self.quiet_for(&s, now);
             if quiet {
                 self.journal_end(&s)?;
             }
-            if !started || quiet {
-                let cur = sys::fstat(file.as_fd()).ctx(op, p.as_str())?;
-                if cur.st_size > 0 {
-                    self.versions.preserve_open(
-                        &file,
-                        p.as_str(),
-                        &cur,
-                        VersionReason::Modify,
-                        now,
-                    )?;
-                }
-                self.journal.append(
-                    ChangeKind::ModifyStart,
-                    p.as_str(),
-                    None,
-                    cur.st_size as u64,
-                    ts_mtime(&cur),
-                    now,
-                )?;
-                s.path = p.as_str().to_owned();
-                s.file = file.clone();
+            if !s.started || quiet {
+                self.start_session(op, p, &mut s, &file, now)?;
             }
             s.last = now;
             return f(&file).ctx(op, p.as_str()).map(Some);
         }
+    }
+
+    /// Starts session `s` of `file` at `p`: keeps the content as a version (an empty file
+    /// has nothing to keep) and journals `ModifyStart`.
+    fn start_session(
+        &self,
+        op: &'static str,
+        p: &RelPath,
+        s: &mut Session,
+        file: &Arc<File>,
+        now: Timespec,
+    ) -> Result<()> {
+        let cur = sys::fstat(file.as_fd()).ctx(op, p.as_str())?;
+        if cur.st_size > 0 {
+            self.versions
+                .preserve_open(file, p.as_str(), &cur, VersionReason::Modify, now)?;
+        }
+        self.journal.append(
+            ChangeKind::ModifyStart,
+            p.as_str(),
+            None,
+            cur.st_size as u64,
+            ts_mtime(&cur),
+            now,
+        )?;
+        s.path = p.as_str().to_owned();
+        s.file = file.clone();
+        s.started = true;
+        Ok(())
     }
 
     fn quiet_for(&self, s: &Session, now: Timespec) -> bool {
@@ -553,7 +570,7 @@ impl Volume {
         if let Some(sess) = sess {
             let mut s = sess.lock().unwrap();
             if !s.dead {
-                if !s.path.is_empty() {
+                if s.started {
                     self.journal_end(&s)?;
                 }
                 s.dead = true;
@@ -843,7 +860,20 @@ impl Volume {
         // The mode passed to open is filtered by the umask; set it exactly. The descriptor
         // stays open for writing whatever the mode (the creator's right, as in any open).
         sys::fchmod(f.as_fd(), mode & 0o7777).ctx("create", p.as_str())?;
-        created(f)
+        let made = created(f)?;
+        // The creator's first write needs no lookup: the session waits here, with a
+        // descriptor of its own (the creator's may close first).
+        let file = Arc::new(made.file.try_clone().ctx("create", p.as_str())?);
+        let prepared = Session {
+            file,
+            path: p.as_str().to_owned(),
+            last: now,
+            started: false,
+            dead: false,
+        };
+        let mut table = self.sessions.lock().unwrap();
+        table.insert(made.key, Arc::new(Mutex::new(prepared)));
+        Ok(made)
     }
 
     /// Creates the directory `p` with mode `mode` (kept as the `modes` module says).
@@ -1580,7 +1610,11 @@ impl Volume {
             versions,
             version_bytes,
             conflicts: self.conflicts.usage().0,
-            open_sessions: self.sessions.lock().unwrap().len(),
+            open_sessions: self
+                .session_list()
+                .iter()
+                .filter(|(_, s)| s.lock().unwrap().started)
+                .count(),
         }
     }
 }

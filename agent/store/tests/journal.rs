@@ -33,6 +33,66 @@ fn kinds(entries: &[ChangeEntry]) -> Vec<(ChangeKind, String, Option<String>)> {
 }
 
 #[test]
+fn a_file_written_through_its_creation_is_journaled_as_any_modification() {
+    use ChangeKind::*;
+    let f = Fixture::new();
+    let v = &f.vol;
+    v.mkdir(&p("d"), 0o700).unwrap();
+    let start = v.journal_head();
+    // Created and written through the creation's handle, whose descriptor is closed first.
+    let c = v.create_open(&p("d/new"), 0o644, true).unwrap();
+    drop(c.file);
+    assert_eq!(v.stats().open_sessions, 0, "nothing modified yet");
+    assert_eq!(
+        v.write_if(&p("d/new"), Some(c.key), 0, b"first").unwrap(),
+        Some(5)
+    );
+    assert_eq!(v.stats().open_sessions, 1);
+    v.write_if(&p("d/new"), Some(c.key), 5, b" second").unwrap();
+    v.release_file(c.key).unwrap();
+    assert_eq!(get_bytes(v, "d/new"), b"first second");
+    let e = all_changes(v, start);
+    assert_eq!(
+        kinds(&e),
+        vec![
+            (Create, "d/new".to_string(), None),
+            (ModifyStart, "d/new".to_string(), None),
+            (ModifyEnd, "d/new".to_string(), None),
+        ]
+    );
+    assert_eq!((e[1].size, e[2].size), (0, 12));
+    // Created, then renamed before its first write: the write goes to the file where it
+    // is now, and is journaled there.
+    let start = v.journal_head();
+    let c = v.create_open(&p("d/a"), 0o644, true).unwrap();
+    v.rename(&p("d/a"), &p("d/b"), RenameMode::NoReplace)
+        .unwrap();
+    assert_eq!(v.write_if(&p("d/a"), Some(c.key), 0, b"x").unwrap(), None);
+    assert_eq!(
+        v.write_if(&p("d/b"), Some(c.key), 0, b"y").unwrap(),
+        Some(1)
+    );
+    v.release_file(c.key).unwrap();
+    assert_eq!(get_bytes(v, "d/b"), b"y");
+    let e = all_changes(v, start);
+    assert_eq!(
+        kinds(&e)[2..],
+        [
+            (ModifyStart, "d/b".to_string(), None),
+            (ModifyEnd, "d/b".to_string(), None),
+        ]
+    );
+    // Created and closed unwritten: nothing but the creation.
+    let start = v.journal_head();
+    let c = v.create_open(&p("d/empty"), 0o644, true).unwrap();
+    v.release_file(c.key).unwrap();
+    assert_eq!(
+        kinds(&all_changes(v, start)),
+        vec![(Create, "d/empty".to_string(), None)]
+    );
+}
+
+#[test]
 fn a_directory_made_with_a_file_inside_is_journaled_as_both_and_refuses_other_names() {
     use std::os::unix::fs::PermissionsExt;
     let f = Fixture::new();
