@@ -1092,19 +1092,28 @@ fn a_directory_is_made_with_its_iv_in_one_request() {
     // The stat of its parent the kernel sends after it is answered from the same answer.
     assert!(fs::metadata(m.p("top")).unwrap().is_dir());
     assert_eq!(requests_seen(&log), [Op::MkdirWith]);
-    // A mode without the owner's bits is asked for after it (the IV is written first).
+    // A mode without the owner's bits goes with it too: storage writes the IV whatever
+    // the mode.
     log.clear();
     fs::DirBuilder::new()
         .mode(0o555)
         .create(m.p("top/locked"))
         .unwrap();
-    assert_eq!(requests_seen(&log), [Op::MkdirWith, Op::SetAttr]);
+    assert_eq!(requests_seen(&log), [Op::MkdirWith]);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&m.p("top/locked")), 0o555);
+    fs::write(m.p("top/locked/by-root"), b"root writes anyway").unwrap();
     fs::write(m.p("top/sub/f"), b"inside").unwrap();
     m.unmount();
-    // gocryptfs finds the IV and decrypts the names made with it.
+    // gocryptfs finds the IVs and decrypts the names made with them.
     let g = v.gocryptfs();
     assert_eq!(fs::read(g.path().join("top/sub/f")).unwrap(), b"inside");
     assert_eq!(listing(&g.path().join("top")), ["locked", "sub"]);
+    assert_eq!(
+        fs::read(g.path().join("top/locked/by-root")).unwrap(),
+        b"root writes anyway"
+    );
+    assert_eq!(mode(&v.mount().p("top/locked")), 0o555);
 }
 
 #[test]

@@ -1595,7 +1595,7 @@ impl Core {
         let made = self.st.call_with(|_, _, _| {
             Ok(Request::MkdirWith {
                 path: cpath.to_owned(),
-                mode: mode | 0o700,
+                mode,
                 file: DIRIV_NAME.into(),
                 content: iv.0.to_vec(),
                 file_mode: DIRIV_MODE,
@@ -1617,24 +1617,7 @@ impl Core {
                 return Err(f);
             }
         };
-        if mode == mode | 0o700 {
-            return Ok((a, made_here));
-        }
-        Ok((self.set_dir_mode(cpath, mode)?, made_here))
-    }
-
-    /// Gives a directory just made 0700-or-more (so its IV could be written) its mode.
-    fn set_dir_mode(&self, cpath: &str, mode: u32) -> Result<Attr, Fail> {
-        match self.st.call(Request::SetAttr {
-            file: FileRef::Path(cpath.to_owned()),
-            attr: SetAttr {
-                mode: Some(mode),
-                ..SetAttr::default()
-            },
-        })? {
-            Response::Attr(a) => Ok(a),
-            r => Err(expect_resp(r, "Attr")),
-        }
+        Ok((a, made_here))
     }
 
     /// Makes the directory, then its IV (gocryptfs node_dir.go `Mkdir`), for a storage
@@ -1648,7 +1631,7 @@ impl Core {
         match self.st.call_with(|_, _, _| {
             Ok(Request::Mkdir {
                 path: cpath.to_owned(),
-                mode: mode | 0o700,
+                mode,
             })
         }) {
             Ok(_) => {}
@@ -1660,7 +1643,7 @@ impl Core {
                 return Err(f);
             }
         }
-        match self.finish_mkdir(cpath, mode) {
+        match self.finish_mkdir(cpath) {
             Ok(made) => Ok(made),
             Err(f) => {
                 // gocryptfs node_dir.go Mkdir: a directory without its IV is unusable.
@@ -1676,9 +1659,11 @@ impl Core {
         }
     }
 
-    /// The new directory's IV (gocryptfs node_dir.go `Mkdir`: created 0700 so the IV can be
-    /// written, then given its mode) and its attributes.
-    fn finish_mkdir(&self, cpath: &str, mode: u32) -> Result<(Attr, Option<DirIv>), Fail> {
+    /// The new directory's IV (gocryptfs node_dir.go `Mkdir`) and its attributes. gocryptfs
+    /// makes the directory 0700 so that the IV can be written, then gives it its mode; the
+    /// mode is given at once here, since storage keeps every directory writable to itself
+    /// on disk whatever its mode (every storage agent has: older ones showed owner rwx).
+    fn finish_mkdir(&self, cpath: &str) -> Result<(Attr, Option<DirIv>), Fail> {
         // Volumes with deterministic or plaintext names have no per-directory IV.
         let mut made_here = None;
         if self.vol.names().uses_dir_iv() {
@@ -1692,9 +1677,6 @@ impl Core {
                 Err(f) if f.maybe_applied && f.is(ErrorCode::Conflict) => {}
                 Err(f) => return Err(f),
             }
-        }
-        if mode != mode | 0o700 {
-            self.set_dir_mode(cpath, mode)?;
         }
         Ok((self.stat_path(cpath)?, made_here))
     }
