@@ -806,15 +806,27 @@ impl Volume {
         Ok(())
     }
 
-    /// Creates the regular file `p` with permission bits `mode`. If it exists: `Exists` when `exclusive`, else its attributes (a directory or
-    /// symlink there is `IsDir` / `Exists`).
+    /// Creates the regular file `p` with permission bits `mode`. If it exists: `Exists` when
+    /// `exclusive`, else its attributes (a directory or symlink there is `IsDir` / `Exists`).
     pub fn create(&self, p: &RelPath, mode: u32, exclusive: bool) -> Result<Attr> {
-        self.create_open(p, mode, exclusive).map(|c| c.attr)
+        self.make_file(p, mode, exclusive, false).map(|c| c.attr)
     }
 
     /// [`Volume::create`], keeping the file open for reading and writing, with its
     /// directory's attributes after (all from the descriptors the creation holds anyway).
+    /// The first change made with the key it returns (`write_if`, `truncate_if`) needs no
+    /// lookup of the path; release the key when done (`release_file`).
     pub fn create_open(&self, p: &RelPath, mode: u32, exclusive: bool) -> Result<Created> {
+        self.make_file(p, mode, exclusive, true)
+    }
+
+    fn make_file(
+        &self,
+        p: &RelPath,
+        mode: u32,
+        exclusive: bool,
+        prepare_session: bool,
+    ) -> Result<Created> {
         let _g = self.ns.write().unwrap();
         let (dir, name) = self.parent("create", p, libc::O_PATH)?;
         let created = |f: OwnedFd| -> Result<Created> {
@@ -861,6 +873,9 @@ impl Volume {
         // stays open for writing whatever the mode (the creator's right, as in any open).
         sys::fchmod(f.as_fd(), mode & 0o7777).ctx("create", p.as_str())?;
         let made = created(f)?;
+        if !prepare_session {
+            return Ok(made);
+        }
         // The creator's first write needs no lookup: the session waits here, with a
         // descriptor of its own (the creator's may close first).
         let file = Arc::new(made.file.try_clone().ctx("create", p.as_str())?);
@@ -893,9 +908,9 @@ impl Volume {
         ))
     }
 
-    /// Creates the directory `p` (mode `mode`, kept as the `modes` module says) with the file `file` inside holding
-    /// `content` (mode `file_mode`), both journaled, in one step: a gocryptfs directory with
-    /// its IV. The file is flushed before this returns, which on a journaling file system
+    /// Creates the directory `p` (mode `mode`, kept as the `modes` module says) with the file
+    /// `file` inside holding `content` (mode `file_mode`), both journaled, in one step: a
+    /// gocryptfs directory with its IV. The file is flushed before this returns, which on a journaling file system
     /// also makes the directory durable; the parent is not flushed, as a local `mkdir` is
     /// not. Anything made inside later is ordered after it by that journal, so the IV every
     /// name there depends on is never lost while they are kept. A failure after the
