@@ -10,9 +10,12 @@
 //!
 //! Directories keep owner rwx on disk instead: every path beneath one must stay walkable and
 //! its entries changeable (the sync brings changes into a directory made read-only here).
-//! A directory whose mode lacks any owner bit, or has the sticky bit, is marked on disk with
-//! the sticky bit (which means nothing to storage, the owner of everything in the tree), and
-//! its mode is kept in its extended attribute `user.cloudstore.mode` (octal text). Every
+//! A directory whose mode lacks any owner bit, or has the sticky, setgid or setuid bit, is
+//! marked on disk with the sticky bit (which means nothing to storage, the owner of
+//! everything in the tree), and its mode is kept in its extended attribute
+//! `user.cloudstore.mode` (octal text). Setgid and setuid never reach the disk: the storage
+//! unit forbids setting them (`RestrictSUIDSGID=`), and a shared directory made setgid
+//! (`chmod 2775`) must not fail for it. Every
 //! stat of the store reports that mode for a marked directory (`sys::stat_at`), so no other
 //! code knows of the difference; an unmarked directory costs nothing. The attribute is
 //! written before the mark and removed after it, so a crash between leaves the mode before
@@ -37,10 +40,10 @@ const DIR_MODE_XATTR: &CStr = c"user.cloudstore.mode";
 /// as the mark of a mode kept apart.
 fn dir_mode_on_disk(mode: u32) -> u32 {
     let mode = mode & 0o7777;
-    if mode & 0o700 == 0o700 && mode & libc::S_ISVTX == 0 {
+    if mode & 0o700 == 0o700 && mode & 0o7000 == 0 {
         mode
     } else {
-        mode | 0o700 | libc::S_ISVTX
+        (mode & 0o777) | 0o700 | libc::S_ISVTX
     }
 }
 
@@ -56,7 +59,9 @@ pub(crate) fn set_dir_mode(dir: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     match sys::fset_xattr(dir, DIR_MODE_XATTR, format!("{mode:o}").as_bytes()) {
         Ok(()) => sys::fchmod(dir, on_disk),
         // No user attributes here: owner rwx, shown as it is (a mark without an attribute).
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => sys::fchmod(dir, mode | 0o700),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            sys::fchmod(dir, (mode & 0o1777) | 0o700)
+        }
         Err(e) => Err(e),
     }
 }
@@ -169,7 +174,9 @@ mod tests {
     #[test]
     fn a_directory_on_disk_keeps_owner_rwx_and_is_marked_when_its_mode_differs() {
         assert_eq!(dir_mode_on_disk(0o755), 0o755);
-        assert_eq!(dir_mode_on_disk(0o2770), 0o2770);
+        assert_eq!(dir_mode_on_disk(0o770), 0o770);
+        assert_eq!(dir_mode_on_disk(0o2775), 0o1775);
+        assert_eq!(dir_mode_on_disk(0o4700), 0o1700);
         assert_eq!(dir_mode_on_disk(0o555), 0o1755);
         assert_eq!(dir_mode_on_disk(0o000), 0o1700);
         assert_eq!(dir_mode_on_disk(0o1777), 0o1777);

@@ -899,7 +899,7 @@ impl Volume {
         let now = self.now();
         self.journal
             .append(ChangeKind::Mkdir, p.as_str(), None, 0, now, now)?;
-        sys::mkdir_at(dir.as_fd(), name, (mode & 0o7777) | 0o700).ctx("mkdir", p.as_str())?;
+        sys::mkdir_at(dir.as_fd(), name, (mode & 0o777) | 0o700).ctx("mkdir", p.as_str())?;
         let d = sys::open_at(dir.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .ctx("mkdir", p.as_str())?;
         modes::set_dir_mode(d.as_fd(), mode).ctx("mkdir", p.as_str())?;
@@ -948,7 +948,7 @@ impl Volume {
             now,
             now,
         )?;
-        sys::mkdir_at(dir.as_fd(), name, (mode & 0o7777) | 0o700).ctx("mkdir", p.as_str())?;
+        sys::mkdir_at(dir.as_fd(), name, (mode & 0o777) | 0o700).ctx("mkdir", p.as_str())?;
         let made = (|| -> io::Result<Made> {
             let d = sys::open_at(dir.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             modes::set_dir_mode(d.as_fd(), mode)?;

@@ -134,6 +134,13 @@ fn storage_opens_any_file_whatever_its_mode_and_leaves_the_mode_as_set() {
         assert_eq!(dir_on_disk("d"), 0o1755);
         assert_eq!(chmod(v, "d", 0o1777).perm, 0o1777);
         assert_eq!(dir_on_disk("d"), 0o1777);
+        // A shared directory's setgid bit is kept apart: it never reaches the disk, where
+        // the storage unit forbids it.
+        assert_eq!(chmod(v, "d", 0o2775).perm, 0o2775);
+        assert_eq!(dir_on_disk("d"), 0o1775);
+        assert_eq!(v.mkdir(&p("d/shared"), 0o2770).unwrap().perm, 0o2770);
+        assert_eq!(dir_on_disk("d/shared"), 0o1770);
+        assert_eq!(chmod(v, "d", 0o1777).perm, 0o1777);
         // Made in one step with its first file (a gocryptfs directory and its IV), and
         // renamed: the mode goes with the directory.
         let made = v
