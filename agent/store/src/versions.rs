@@ -528,7 +528,7 @@ impl Versions {
                     Ok(()) => {
                         // The same inode: what it has allocated is known without a stat.
                         let disk = st.st_blocks as u64 * 512;
-                        return Ok(Some(self.index_new(v, Some(rname), Some(disk))));
+                        return Ok(Some(self.index_entry(v, disk, Some(rname))));
                     }
                     // A file system with shorter names: the record goes beside the data.
                     Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
@@ -632,7 +632,7 @@ impl Versions {
             && v.kind == FileType::File
             && self.record_on_data(id, &record)
         {
-            return Ok(self.index_new(v, None, None));
+            return Ok(self.index_new(v));
         }
         let tmp = format!("{}.tmp", meta_name(id));
         let r = (|| {
@@ -652,7 +652,7 @@ impl Versions {
             let _ = sys::unlink_at(self.dir.as_fd(), &data_name(id), false);
             return Err(StoreError::fs("keep version of", path, e));
         }
-        Ok(self.index_new(v, None, None))
+        Ok(self.index_new(v))
     }
 
     /// Writes `record` as the data's attribute; false if the file system refuses it (no
@@ -668,14 +668,16 @@ impl Versions {
         .is_ok()
     }
 
-    /// Indexes a new entry whose data is named `named`, or `<id>.data` if `None`, and takes
-    /// `disk` bytes on disk (looked up if `None`).
-    fn index_new(&self, v: VersionInfo, named: Option<String>, disk: Option<u64>) -> VersionId {
+    /// Indexes a new entry whose data is `<id>.data`, looking up what it takes on disk.
+    fn index_new(&self, v: VersionInfo) -> VersionId {
+        let disk = disk_bytes(self.dir.as_fd(), &data_name(v.id.0)).unwrap_or(v.size);
+        self.index_entry(v, disk, None)
+    }
+
+    /// Indexes a new entry taking `disk` bytes on disk, whose data is named `named` (the
+    /// name that carries its record), or `<id>.data` if `None`.
+    fn index_entry(&self, v: VersionInfo, disk: u64, named: Option<String>) -> VersionId {
         let id = v.id;
-        let disk = disk.unwrap_or_else(|| {
-            let dname = named.clone().unwrap_or_else(|| data_name(id.0));
-            disk_bytes(self.dir.as_fd(), &dname).unwrap_or(v.size)
-        });
         let mut ix = self.index.lock().unwrap();
         ix.total += disk;
         ix.disk.insert(id.0, disk);
