@@ -19,11 +19,12 @@ use cloudstore_format::{
 use cloudstore_protocol::queue::WorkQueue;
 use cloudstore_protocol::{
     features, Attr, ChangeEntry, ChangeKind, Client, ErrorCode, Expect, FileRef, FileType,
-    OpenFlags, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec, MAX_IO,
-    STAT_HEAD_MAX,
+    OpenFlags, PendingCall, Push, RenameMode, Request, Response, SetAttr, TimeSet, Timespec,
+    MAX_IO, STAT_HEAD_MAX,
 };
 use fuser::{FileAttr, TimeOrNow};
 
+use super::ahead::Ahead;
 use super::conn::Storage;
 use super::nodes::{change_clock, FileState, Held, Nodes, ROOT};
 use super::{lock, Connector, Fail, FsOptions, FsStatus};
@@ -44,6 +45,8 @@ pub(crate) struct OpenFile {
     /// (connection generation, storage handle)
     pub remote: Mutex<Option<(u64, u64)>>,
     pub file: Arc<FileState>,
+    /// The ciphertext asked of storage ahead of this handle's reader (ahead.rs).
+    ahead: Mutex<Ahead<PendingCall>>,
 }
 
 pub(crate) struct DirItem {
@@ -101,6 +104,8 @@ pub(crate) struct Core {
     listings: Mutex<std::collections::VecDeque<Arc<Listing>>>,
     /// Unlinks sent and not yet answered (unlinks.rs).
     pub(crate) unlinks: super::unlinks::UnlinkQueue,
+    /// Bytes of ciphertext asked ahead of streaming readers and not yet read (ahead.rs).
+    asked_ahead: Arc<AtomicUsize>,
 }
 
 /// The most content a mount holds from read-only opens for the reads that follow: enough
@@ -223,6 +228,8 @@ struct Remote<'a> {
     pending_header: Option<[u8; HEADER_LEN]>,
     /// The file's partial last block as written here (see [`FileCache::tail`]).
     tail: Option<(u64, Vec<u8>)>,
+    /// A read through a handle, which may read ahead of a streaming reader (ahead.rs).
+    read_ahead: bool,
 }
 
 /// How much of a file is fetched with its header: 32 blocks covers most small files.
@@ -270,6 +277,7 @@ impl Remote<'_> {
             pre: None,
             pending_header: None,
             tail: None,
+            read_ahead: false,
         }
     }
 
@@ -362,13 +370,20 @@ impl Remote<'_> {
             .step_by(MAX_IO)
             .map(|s| (offset + s as u64, MAX_IO.min(len - s)))
             .collect();
-        let answers = self
-            .calls(pieces.len(), |file, i| Request::Read {
-                file,
-                offset: pieces[i].0,
-                len: pieces[i].1 as u32,
-            })
-            .map_err(|f| self.fail(f))?;
+        let asked = match (self.read_ahead, self.handle, &pieces[..]) {
+            (true, Some(of), [_]) => self.core.read_streaming(of, offset, len, self.clen),
+            _ => None,
+        };
+        let answers = match asked {
+            Some(answer) => vec![answer],
+            None => self
+                .calls(pieces.len(), |file, i| Request::Read {
+                    file,
+                    offset: pieces[i].0,
+                    len: pieces[i].1 as u32,
+                })
+                .map_err(|f| self.fail(f))?,
+        };
         let mut out: Option<Vec<u8>> = None;
         for (r, (_, want)) in answers.into_iter().zip(pieces) {
             let d = match r {
@@ -534,6 +549,7 @@ impl Core {
             listings: Mutex::new(std::collections::VecDeque::new()),
             stopping: AtomicBool::new(false),
             unlinks: super::unlinks::UnlinkQueue::new(),
+            asked_ahead: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -1233,6 +1249,7 @@ impl Core {
             write: false,
             remote: Mutex::new(None),
             file: state.clone(),
+            ahead: Mutex::default(),
         }))
     }
 
@@ -1424,6 +1441,10 @@ impl Core {
         for attempt in 0..2 {
             let (clen, header, content, tail, changes, forgotten) = {
                 let mut c = lock(&state.cache);
+                if !reading {
+                    // Whatever this does to the content, bytes read ahead of it are stale.
+                    c.content_changed += 1;
+                }
                 let content = if attempt == 0 { c.content.take() } else { None };
                 let tail = if attempt == 0 { c.tail.take() } else { None };
                 (c.clen, c.header, content, tail, c.changes, c.forgotten)
@@ -1441,6 +1462,7 @@ impl Core {
             );
             remote.behind = behind;
             remote.tail = tail;
+            remote.read_ahead = reading;
             if let Some(held) = content.filter(|h| h.len() as u64 == clen) {
                 remote.pre = Some(held.into_bytes());
             }
@@ -1751,6 +1773,7 @@ impl Core {
             write: true,
             remote: Mutex::new(Some((gen, handle))),
             file,
+            ahead: Mutex::default(),
         });
         Ok((self.attr_of(ino, &a), fh))
     }
@@ -1826,6 +1849,7 @@ impl Core {
             write,
             remote: Mutex::new(Some((gen, handle))),
             file,
+            ahead: Mutex::default(),
         });
         if read_only {
             self.read_ahead(ino);
@@ -1920,6 +1944,47 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The answer to a read of `len` bytes of ciphertext at `offset` through `of` (a file
+    /// `clen` bytes long) if its reader streams (ahead.rs): asked ahead, or asked now with
+    /// the ranges after it. `None` for any other read, and for anything gone wrong on the
+    /// way: the caller then reads as usual, with its retries and its errors.
+    fn read_streaming(
+        &self,
+        of: &OpenFile,
+        offset: u64,
+        len: usize,
+        clen: u64,
+    ) -> Option<Response> {
+        if len < super::ahead::MIN_READ {
+            return None;
+        }
+        // As any read: after the writes on their way, counted as a request about the file.
+        self.settle_then_count(&of.file);
+        let count = lock(&of.file.cache).content_count();
+        let (client, gen) = self.st.current()?;
+        let deadline = Instant::now() + self.st.timeout;
+        let file = self.handle_for(of, &client, gen, deadline).ok()?;
+        let call = lock(&of.ahead).next(
+            offset,
+            len,
+            clen,
+            (count, gen),
+            &self.asked_ahead,
+            |offset, len| {
+                let read = Request::Read {
+                    file: file.clone(),
+                    offset,
+                    len: len as u32,
+                };
+                client
+                    .begin_if_room(&read, self.st.timeout, READ_AHEAD_SPARE)
+                    .ok()
+                    .flatten()
+            },
+        )?;
+        call.wait().ok().filter(|r| matches!(r, Response::Data(_)))
     }
 
     pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Fail> {

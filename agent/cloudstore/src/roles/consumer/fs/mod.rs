@@ -16,6 +16,7 @@
 //! Errors become errno in one place ([`Fail`]); anything that turns into EIO is logged with
 //! the plaintext path.
 
+mod ahead;
 mod behind;
 mod conflicts;
 mod conn;

@@ -68,6 +68,9 @@ pub(crate) struct FileCache {
     /// (`clen`, `header`, `tail`) before a count may be of a version since replaced, and is
     /// not put back after it ([`FileCache::put_back`]).
     pub forgotten: u64,
+    /// Counts the changes of the content asked from here (writes, truncations), under the
+    /// file's I/O lock held alone.
+    pub content_changed: u64,
 }
 
 /// Orders the changes made here against the listings asked for: storage serves a
@@ -85,6 +88,12 @@ fn tick() -> u64 {
 }
 
 impl FileCache {
+    /// Moves with every change of the content, made here or pushed from elsewhere: what
+    /// was read of the file under one count may be out of date under another (ahead.rs).
+    pub(crate) fn content_count(&self) -> u64 {
+        self.forgotten.wrapping_add(self.content_changed)
+    }
+
     /// Puts back what an operation that started at `forgotten` (the count then) learnt of
     /// the ciphertext, unless the cache was forgotten meanwhile: a change pushed from
     /// elsewhere while a read or write ran must not be undone by it, or the next write
