@@ -218,6 +218,61 @@ fn a_streaming_reader_reads_what_was_written_after_its_next_reads_were_asked_for
     }
 }
 
+#[test]
+fn a_streaming_reader_on_a_storage_that_stops_answering_fails_within_the_time_limit() {
+    // The reader's next ranges are asked ahead; storage then stops (SIGSTOP: the
+    // connection stays up, nothing is answered). The read that waits on a range asked
+    // ahead fails when that call's time limit ends, without asking again and waiting a
+    // second time limit; the mount serves again once storage does.
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::fs::OpenOptionsExt;
+    const STEP: usize = 128 << 10;
+    const LIMIT: Duration = Duration::from_secs(3);
+    let v = Volume::create();
+    let m = v.mount_with(|o| o.request_timeout = LIMIT);
+    let data = pattern(5, 64 * STEP);
+    fs::write(m.p("f"), &data).unwrap();
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.p("f"))
+        .unwrap();
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, STEP);
+    for step in 0..3 {
+        reader.read_exact_at(buf, (step * STEP) as u64).unwrap();
+    }
+    let storage = Pid::from_raw(v.storage.pid());
+    kill(storage, Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let mut failed = None;
+    for step in 3..64 {
+        if let Err(e) = reader.read_exact_at(buf, (step * STEP) as u64) {
+            failed = Some((step, e, stopped.elapsed()));
+            break;
+        }
+        assert!(buf == &data[step * STEP..(step + 1) * STEP], "step {step}");
+    }
+    kill(storage, Signal::SIGCONT).unwrap();
+    let (step, err, waited) = failed.expect("a read fails while storage is stopped");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        waited < LIMIT + LIMIT / 2,
+        "the read failed {waited:?} after storage stopped, with a time limit of {LIMIT:?}"
+    );
+    let log = log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("read /f: ") && l.contains("no answer")),
+        "the error names the file and the silence:\n{log}"
+    );
+    support::wait_until("the reader to read again", || {
+        reader.read_exact_at(buf, (step * STEP) as u64).is_ok()
+            && *buf == data[step * STEP..(step + 1) * STEP]
+    });
+}
+
 const STRIPE: usize = 3_000; // not a block multiple: neighbours share blocks
 const ROUNDS: usize = 60;
 

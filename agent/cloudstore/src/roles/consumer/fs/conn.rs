@@ -217,9 +217,19 @@ impl Storage {
     pub(crate) fn call_all(
         &self,
         n: usize,
+        build: impl FnMut(&Arc<Client>, u64, Instant, usize) -> Result<Request, Fail>,
+    ) -> Result<(Vec<Response>, bool, u64), Fail> {
+        self.call_all_by(Instant::now() + self.timeout, n, build)
+    }
+
+    /// [`Storage::call_all`], answered by `deadline` rather than within the time limit
+    /// from now.
+    pub(crate) fn call_all_by(
+        &self,
+        deadline: Instant,
+        n: usize,
         mut build: impl FnMut(&Arc<Client>, u64, Instant, usize) -> Result<Request, Fail>,
     ) -> Result<(Vec<Response>, bool, u64), Fail> {
-        let deadline = Instant::now() + self.timeout;
         let mut maybe_sent = false;
         'attempt: loop {
             let (client, gen) = self.client(deadline)?;

@@ -248,15 +248,17 @@ impl Remote<'_> {
             .map(|(r, _)| r)
     }
 
-    /// Requests for the pieces of one large read or write, sent at once.
-    fn calls(
+    /// Requests for the pieces of one large read or write, sent at once, answered by
+    /// `deadline` (retried across reconnections until then).
+    fn calls_by(
         &self,
+        deadline: Instant,
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<Vec<Response>, Fail> {
         self.core
-            .file_calls(self.ino, self.handle, n, build)
-            .map(|(r, _)| r)
+            .file_calls_by(self.ino, self.handle, true, deadline, n, build)
+            .map(|(r, _, _)| r)
     }
 
     fn new<'a>(
@@ -370,6 +372,8 @@ impl Remote<'_> {
             .step_by(MAX_IO)
             .map(|s| (offset + s as u64, MAX_IO.min(len - s)))
             .collect();
+        // One time limit for the read, however it goes: asked ahead, or asked again.
+        let deadline = Instant::now() + self.core.st.timeout;
         let asked = match (self.read_ahead, self.handle, &pieces[..]) {
             (true, Some(of), [_]) => self.core.read_streaming(of, offset, len, self.clen),
             _ => None,
@@ -377,7 +381,7 @@ impl Remote<'_> {
         let answers = match asked {
             Some(answer) => vec![answer],
             None => self
-                .calls(pieces.len(), |file, i| Request::Read {
+                .calls_by(deadline, pieces.len(), |file, i| Request::Read {
                     file,
                     offset: pieces[i].0,
                     len: pieces[i].1 as u32,
@@ -1023,6 +1027,20 @@ impl Core {
         n: usize,
         build: impl Fn(FileRef, usize) -> Request,
     ) -> Result<(Vec<Response>, bool, Option<u64>), Fail> {
+        let deadline = Instant::now() + self.st.timeout;
+        self.file_calls_by(ino, of, settle, deadline, n, build)
+    }
+
+    /// [`Core::file_calls_stamped`], answered by `deadline`.
+    fn file_calls_by(
+        &self,
+        ino: u64,
+        of: Option<&OpenFile>,
+        settle: bool,
+        deadline: Instant,
+        n: usize,
+        build: impl Fn(FileRef, usize) -> Request,
+    ) -> Result<(Vec<Response>, bool, Option<u64>), Fail> {
         let state = self.state_of(ino, of);
         let stamp = if settle {
             self.settle_then_stamp(&state)
@@ -1031,7 +1049,7 @@ impl Core {
         };
         let mut file = None;
         self.st
-            .call_all(n, |client, gen, deadline, i| {
+            .call_all_by(deadline, n, |client, gen, deadline, i| {
                 if i == 0 {
                     file = Some(match of {
                         Some(of) => self.handle_for(of, client, gen, deadline)?,
@@ -1949,7 +1967,9 @@ impl Core {
     /// The answer to a read of `len` bytes of ciphertext at `offset` through `of` (a file
     /// `clen` bytes long) if its reader streams (ahead.rs): asked ahead, or asked now with
     /// the ranges after it. `None` for any other read, and for anything gone wrong on the
-    /// way: the caller then reads as usual, with its retries and its errors.
+    /// way: the caller then reads as usual, with its retries and its errors, by the
+    /// deadline the read started with (a call asked ahead that timed out or lost its
+    /// connection does not give the read a second time limit).
     fn read_streaming(
         &self,
         of: &OpenFile,
