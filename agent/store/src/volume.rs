@@ -910,11 +910,11 @@ impl Volume {
 
     /// Creates the directory `p` (mode `mode`, kept as the `modes` module says) with the file
     /// `file` inside holding `content` (mode `file_mode`), both journaled, in one step: a
-    /// gocryptfs directory with its IV. The file is flushed before this returns, which on a journaling file system
-    /// also makes the directory durable; the parent is not flushed, as a local `mkdir` is
-    /// not. Anything made inside later is ordered after it by that journal, so the IV every
-    /// name there depends on is never lost while they are kept. A failure after the
-    /// directory was made removes what was made.
+    /// gocryptfs directory with its IV. The file is flushed before this returns, which on a
+    /// journaling file system also makes the directory durable; the parent is not flushed,
+    /// as a local `mkdir` is not. Anything made inside later is ordered after it by that
+    /// journal, so the IV every name there depends on is never lost while they are kept. A
+    /// failure after the directory was made removes what was made.
     pub fn mkdir_with_file(
         &self,
         p: &RelPath,
